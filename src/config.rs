@@ -1,0 +1,295 @@
+//! Process configuration: every flag is also an environment variable (the names of
+//! nfs-subdir-external-provisioner work unchanged), parsed once into an immutable [`Config`].
+//! Nothing past this module looks at a raw string from the environment.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::Parser;
+
+use crate::core::lease::LeaseTimings;
+use crate::core::naming::normalize_export_path;
+
+/// Flags as given; [`Args::into_config`] validates them.
+///
+/// Values are kept as strings where nfs-subdir-external-provisioner accepted forms that clap would
+/// reject with a multi-line usage dump: a bad value must cost the admin one line naming the variable.
+#[derive(Parser, Debug)]
+#[command(name = "nfs-subdir-provisioner", version, about)]
+pub struct Args {
+    /// Name this provisioner answers to in StorageClass `provisioner:` (required).
+    #[arg(long, env = "PROVISIONER_NAME")]
+    provisioner_name: Option<String>,
+    /// NFS server written into every PersistentVolume (required).
+    #[arg(long, env = "NFS_SERVER")]
+    nfs_server: Option<String>,
+    /// Exported path on the NFS server written into every PersistentVolume (required).
+    #[arg(long, env = "NFS_PATH")]
+    nfs_path: Option<String>,
+    /// Where the export is mounted in this process's filesystem.
+    #[arg(long, env = "NFS_MOUNT_PATH", default_value = "/persistentvolumes")]
+    nfs_mount_path: PathBuf,
+    /// Elect a leader through a coordination.k8s.io Lease (true/false, as Go's ParseBool).
+    #[arg(long, env = "ENABLE_LEADER_ELECTION", default_value = "true")]
+    enable_leader_election: String,
+    /// Kubeconfig for running outside a cluster; in-cluster config (then ~/.kube/config) otherwise.
+    #[arg(long, env = "KUBECONFIG")]
+    kubeconfig: Option<PathBuf>,
+    /// Namespace of the leader-election Lease; defaults to the service account's namespace.
+    #[arg(long, env = "POD_NAMESPACE")]
+    pod_namespace: Option<String>,
+    /// Identity of this replica in the Lease and in Events; defaults to the host name.
+    #[arg(long, env = "POD_NAME")]
+    pod_name: Option<String>,
+    /// How long a Lease is valid without renewal.
+    #[arg(long, env = "LEADER_ELECTION_LEASE_DURATION", default_value = "15s")]
+    lease_duration: String,
+    /// A leader that has not renewed for this long stops acting (must be below the lease duration).
+    #[arg(long, env = "LEADER_ELECTION_RENEW_DEADLINE", default_value = "10s")]
+    renew_deadline: String,
+    /// Interval between leader-election attempts and renewals.
+    #[arg(long, env = "LEADER_ELECTION_RETRY_PERIOD", default_value = "2s")]
+    retry_period: String,
+    /// Deadline of one directory operation (create, archive, statvfs) on the export.
+    #[arg(long, env = "FS_OPERATION_TIMEOUT", default_value = "60s")]
+    fs_timeout: String,
+    /// Deadline of removing one volume's directory tree.
+    #[arg(long, env = "DELETE_TIMEOUT", default_value = "30m")]
+    delete_timeout: String,
+    /// Directory-tree removals keep this many operations in flight.
+    #[arg(long, env = "DELETE_CONCURRENCY", default_value = "32")]
+    delete_concurrency: usize,
+    /// Upper bound of the exponential retry backoff of a failing claim or volume.
+    #[arg(long, env = "RETRY_MAX_INTERVAL", default_value = "5m")]
+    retry_max: String,
+    /// Log format: text, json, or auto (text on a terminal, json otherwise).
+    #[arg(long, env = "LOG_FORMAT", default_value = "auto")]
+    log_format: String,
+}
+
+/// Validated configuration.
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub provisioner_name: String,
+    pub nfs_server: String,
+    /// Normalised: absolute, no trailing '/', "/" stays "/".
+    pub nfs_path: String,
+    pub mount_path: PathBuf,
+    pub leader_election: bool,
+    pub kubeconfig: Option<PathBuf>,
+    pub pod_namespace: Option<String>,
+    pub identity: Option<String>,
+    pub lease: LeaseTimings,
+    pub fs_timeout: Duration,
+    pub delete_timeout: Duration,
+    pub delete_concurrency: usize,
+    pub retry_max: Duration,
+    pub log_format: LogFormat,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LogFormat {
+    Text,
+    Json,
+    Auto,
+}
+
+/// A refused configuration: one line naming the variable and what is wrong.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+#[error("{var}: {problem}")]
+pub struct ConfigError {
+    pub var: &'static str,
+    pub problem: String,
+}
+
+fn bad(var: &'static str, problem: impl Into<String>) -> ConfigError {
+    ConfigError {
+        var,
+        problem: problem.into(),
+    }
+}
+
+fn required(var: &'static str, value: Option<String>) -> Result<String, ConfigError> {
+    match value.map(|v| v.trim().to_owned()) {
+        Some(v) if !v.is_empty() => Ok(v),
+        _ => Err(bad(var, "is required and was not set")),
+    }
+}
+
+fn duration(var: &'static str, value: &str) -> Result<Duration, ConfigError> {
+    // Plain integers are seconds, as most admins would write them in a manifest.
+    let parsed = match value.trim().parse::<u64>() {
+        Ok(secs) => Ok(Duration::from_secs(secs)),
+        Err(_) => humantime::parse_duration(value.trim()),
+    };
+    match parsed {
+        Ok(d) if !d.is_zero() => Ok(d),
+        Ok(_) => Err(bad(var, format!("{value:?} must be longer than zero"))),
+        Err(e) => Err(bad(
+            var,
+            format!("{value:?} is not a duration like 15s or 2m ({e})"),
+        )),
+    }
+}
+
+/// Go's strconv.ParseBool, which nfs-subdir-external-provisioner used for ENABLE_LEADER_ELECTION.
+fn go_bool(var: &'static str, value: &str) -> Result<bool, ConfigError> {
+    match value.trim() {
+        "1" | "t" | "T" | "TRUE" | "true" | "True" => Ok(true),
+        "0" | "f" | "F" | "FALSE" | "false" | "False" => Ok(false),
+        other => Err(bad(var, format!("{other:?} is not true or false"))),
+    }
+}
+
+impl Args {
+    pub fn into_config(self) -> Result<Config, ConfigError> {
+        let provisioner_name = required("PROVISIONER_NAME", self.provisioner_name)?;
+        if provisioner_name.len() > 253 || provisioner_name.contains(char::is_whitespace) {
+            return Err(bad(
+                "PROVISIONER_NAME",
+                format!("{provisioner_name:?} must be at most 253 characters without spaces"),
+            ));
+        }
+        let nfs_server = required("NFS_SERVER", self.nfs_server)?;
+        let nfs_path = normalize_export_path(&required("NFS_PATH", self.nfs_path)?)
+            .map_err(|e| bad("NFS_PATH", e.to_string()))?;
+        if !self.nfs_mount_path.is_absolute() {
+            return Err(bad(
+                "NFS_MOUNT_PATH",
+                format!("{:?} must be an absolute path", self.nfs_mount_path),
+            ));
+        }
+        let lease = LeaseTimings {
+            duration: duration("LEADER_ELECTION_LEASE_DURATION", &self.lease_duration)?,
+            renew_deadline: duration("LEADER_ELECTION_RENEW_DEADLINE", &self.renew_deadline)?,
+            retry_period: duration("LEADER_ELECTION_RETRY_PERIOD", &self.retry_period)?,
+        };
+        if lease.renew_deadline >= lease.duration {
+            return Err(bad(
+                "LEADER_ELECTION_RENEW_DEADLINE",
+                "must be shorter than LEADER_ELECTION_LEASE_DURATION, or a leader could act after its lease expired",
+            ));
+        }
+        if lease.retry_period >= lease.renew_deadline {
+            return Err(bad(
+                "LEADER_ELECTION_RETRY_PERIOD",
+                "must be shorter than LEADER_ELECTION_RENEW_DEADLINE",
+            ));
+        }
+        if self.delete_concurrency == 0 {
+            return Err(bad("DELETE_CONCURRENCY", "must be at least 1"));
+        }
+        let log_format = match self.log_format.trim() {
+            "text" => LogFormat::Text,
+            "json" => LogFormat::Json,
+            "auto" | "" => LogFormat::Auto,
+            other => return Err(bad("LOG_FORMAT", format!("{other:?} is not text, json or auto"))),
+        };
+        let non_empty = |v: Option<String>| v.map(|s| s.trim().to_owned()).filter(|s| !s.is_empty());
+        Ok(Config {
+            provisioner_name,
+            nfs_server,
+            nfs_path,
+            mount_path: self.nfs_mount_path,
+            leader_election: go_bool("ENABLE_LEADER_ELECTION", &self.enable_leader_election)?,
+            kubeconfig: self.kubeconfig.filter(|p| !p.as_os_str().is_empty()),
+            pod_namespace: non_empty(self.pod_namespace),
+            identity: non_empty(self.pod_name),
+            lease,
+            fs_timeout: duration("FS_OPERATION_TIMEOUT", &self.fs_timeout)?,
+            delete_timeout: duration("DELETE_TIMEOUT", &self.delete_timeout)?,
+            delete_concurrency: self.delete_concurrency,
+            retry_max: duration("RETRY_MAX_INTERVAL", &self.retry_max)?,
+            log_format,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(args: &[&str]) -> Result<Config, ConfigError> {
+        let mut argv = vec!["nfs-subdir-provisioner"];
+        argv.extend_from_slice(args);
+        Args::try_parse_from(argv)
+            .expect("clap accepts the flags")
+            .into_config()
+    }
+
+    const BASE: [&str; 6] = [
+        "--provisioner-name",
+        "p",
+        "--nfs-server",
+        "10.0.0.1",
+        "--nfs-path",
+        "/export/",
+    ];
+
+    #[test]
+    fn defaults_match_nfs_subdir_external_provisioner() {
+        let c = parse(&BASE).unwrap();
+        assert_eq!(c.mount_path, PathBuf::from("/persistentvolumes"));
+        assert!(c.leader_election);
+        assert_eq!(c.lease.duration, Duration::from_secs(15));
+        assert_eq!(c.lease.renew_deadline, Duration::from_secs(10));
+        assert_eq!(c.lease.retry_period, Duration::from_secs(2));
+    }
+
+    #[test]
+    fn nfs_path_trailing_slash_is_normalised() {
+        assert_eq!(parse(&BASE).unwrap().nfs_path, "/export");
+        let mut root = BASE;
+        root[5] = "/";
+        assert_eq!(parse(&root).unwrap().nfs_path, "/");
+    }
+
+    #[test]
+    fn missing_provisioner_name_names_the_variable() {
+        let err = parse(&BASE[2..]).unwrap_err();
+        assert_eq!(err.var, "PROVISIONER_NAME");
+        assert!(!err.to_string().contains('\n'));
+    }
+
+    #[test]
+    fn relative_nfs_path_is_refused() {
+        let mut args = BASE;
+        args[5] = "export";
+        assert_eq!(parse(&args).unwrap_err().var, "NFS_PATH");
+    }
+
+    #[test]
+    fn leader_election_accepts_go_booleans_and_refuses_others() {
+        for (v, want) in [("false", false), ("0", false), ("T", true), ("TRUE", true)] {
+            let mut args = BASE.to_vec();
+            args.extend(["--enable-leader-election", v]);
+            assert_eq!(parse(&args).unwrap().leader_election, want, "{v}");
+        }
+        let mut args = BASE.to_vec();
+        args.extend(["--enable-leader-election", "yes"]);
+        assert_eq!(parse(&args).unwrap_err().var, "ENABLE_LEADER_ELECTION");
+    }
+
+    #[test]
+    fn renew_deadline_must_be_shorter_than_lease() {
+        let mut args = BASE.to_vec();
+        args.extend(["--renew-deadline", "20s"]);
+        assert_eq!(parse(&args).unwrap_err().var, "LEADER_ELECTION_RENEW_DEADLINE");
+    }
+
+    #[test]
+    fn durations_accept_plain_seconds_and_units() {
+        let mut args = BASE.to_vec();
+        args.extend([
+            "--lease-duration",
+            "30",
+            "--renew-deadline",
+            "20s",
+            "--retry-period",
+            "500ms",
+        ]);
+        let c = parse(&args).unwrap();
+        assert_eq!(c.lease.duration, Duration::from_secs(30));
+        assert_eq!(c.lease.retry_period, Duration::from_millis(500));
+    }
+}

@@ -1,0 +1,155 @@
+//! Provisioning: PersistentVolumeClaim → directory → PersistentVolume.
+
+use std::sync::Arc;
+
+use k8s_openapi::api::core::v1::PersistentVolumeClaim;
+use k8s_openapi::api::storage::v1::StorageClass;
+use kube::runtime::controller::Action;
+use kube::runtime::reflector::{ObjectRef, Store};
+use kube::{Resource, ResourceExt};
+use tracing::{debug, info, warn};
+
+use super::{Ctx, Error, lock};
+use crate::core::claim::{self, ClaimDecision, ProvisionPlan, Skip};
+use crate::core::events;
+use crate::k8s;
+use crate::storage::Created;
+
+fn key(claim: &PersistentVolumeClaim) -> String {
+    format!(
+        "claim/{}/{}",
+        claim.namespace().unwrap_or_default(),
+        claim.name_any()
+    )
+}
+
+/// Claims waiting for a volume from `class`: re-evaluated when the class appears or changes.
+pub fn pending_claims_of_class(
+    claims: &Store<PersistentVolumeClaim>,
+    class: &StorageClass,
+) -> Vec<ObjectRef<PersistentVolumeClaim>> {
+    let name = class.name_any();
+    claims
+        .state()
+        .iter()
+        .filter(|c| claim::class_name(c) == Some(name.as_str()))
+        .filter(|c| {
+            c.spec
+                .as_ref()
+                .and_then(|s| s.volume_name.as_deref())
+                .is_none_or(str::is_empty)
+        })
+        .map(|c| ObjectRef::from_obj(c.as_ref()))
+        .collect()
+}
+
+#[tracing::instrument(skip_all, fields(namespace = %claim.namespace().unwrap_or_default(), claim = %claim.name_any(), class))]
+pub async fn reconcile(claim: Arc<PersistentVolumeClaim>, ctx: Arc<Ctx>) -> Result<Action, Error> {
+    ctx.caches_ready().await;
+    let class_name = claim::class_name(&claim);
+    tracing::Span::current().record("class", class_name.unwrap_or_default());
+    let pv_name = claim::pv_name(&claim);
+    let pv_exists = pv_name
+        .as_ref()
+        .is_some_and(|n| ctx.pvs.get(&ObjectRef::new(n)).is_some());
+    let class = ctx.class(class_name);
+
+    match claim::decide(
+        &claim,
+        class.as_deref(),
+        ctx.provisioner(),
+        &ctx.export,
+        pv_exists,
+    ) {
+        ClaimDecision::Skip(skip) => {
+            if skip == Skip::AlreadyProvisioned
+                && let Some(pv) = &pv_name
+            {
+                lock(&ctx.reservations).remove(pv);
+            }
+            debug!(?skip, "nothing to do");
+            ctx.succeeded(&key(&claim));
+            Ok(Action::await_change())
+        }
+        ClaimDecision::Refuse(refusal) => {
+            warn!(%refusal, "claim refused");
+            let event = events::provisioning_failed(&refusal, false);
+            ctx.shared.events.publish(event, claim.object_ref(&()));
+            Ok(Action::await_change())
+        }
+        ClaimDecision::Provision(plan) => {
+            let result = provision(&claim, *plan, &ctx).await;
+            if let Err(error) = &result {
+                warn!(%error, "provisioning failed; will retry");
+                if !matches!(error, Error::NotLeader(_)) {
+                    let event = events::provisioning_failed(error, true);
+                    ctx.shared.events.publish(event, claim.object_ref(&()));
+                }
+            }
+            result
+        }
+    }
+}
+
+async fn provision(claim: &PersistentVolumeClaim, plan: ProvisionPlan, ctx: &Ctx) -> Result<Action, Error> {
+    {
+        let mut reservations = lock(&ctx.reservations);
+        let live = ctx.live_directories(&reservations);
+        if let Some(refusal) = claim::find_overlap(&plan, live.iter().map(|(n, p)| (n.as_str(), p))) {
+            drop(reservations);
+            warn!(%refusal, "claim refused");
+            ctx.shared.events.publish(
+                events::provisioning_failed(&refusal, false),
+                claim.object_ref(&()),
+            );
+            return Ok(Action::await_change());
+        }
+        reservations.insert(plan.pv_name.clone(), plan.path.clone());
+    }
+    let result = make_volume(claim, &plan, ctx).await;
+    if result.is_err() {
+        lock(&ctx.reservations).remove(&plan.pv_name);
+    }
+    result
+}
+
+async fn make_volume(
+    claim: &PersistentVolumeClaim,
+    plan: &ProvisionPlan,
+    ctx: &Ctx,
+) -> Result<Action, Error> {
+    let pv = plan.pv_name.as_str();
+    ctx.ensure_leader(pv)?;
+    let claim_key = format!("{}/{}", claim.namespace().unwrap_or_default(), claim.name_any());
+    ctx.shared
+        .events
+        .publish(events::provisioning(&claim_key), claim.object_ref(&()));
+
+    let created = ctx.shared.storage.create_volume(pv, &plan.path, plan.dir).await?;
+    if created == Created::Adopted {
+        info!(pv, directory = %plan.path, "adopted directory of an earlier interrupted attempt");
+    }
+    ctx.ensure_leader(pv)?;
+    k8s::create_pv(&ctx.pv_api, &plan.pv)
+        .await
+        .map_err(|source| Error::Api {
+            op: "create",
+            name: pv.to_owned(),
+            source,
+        })?;
+    // The PV is now the durable record; the staging record is no longer needed. A failure here
+    // only leaves an empty record that the next term's sweep clears.
+    if let Err(error) = ctx.shared.storage.finish_volume(pv).await {
+        warn!(pv, %error, "could not clear staging record");
+    }
+    info!(pv, directory = %plan.path, "provisioned");
+    ctx.shared
+        .events
+        .publish(events::provisioned(pv, &plan.path), claim.object_ref(&()));
+    ctx.succeeded(&key(claim));
+    Ok(Action::await_change())
+}
+
+pub fn error_policy(claim: Arc<PersistentVolumeClaim>, _error: &Error, ctx: Arc<Ctx>) -> Action {
+    ctx.backoff(&key(&claim))
+}

@@ -1,0 +1,196 @@
+//! The controllers of one leadership term: a claim controller that provisions and a volume
+//! controller that releases, sharing caches of StorageClasses and PersistentVolumes. Each
+//! reconcile loads from the caches, asks [`crate::core`] what to do, executes idempotently and
+//! reports through Events and logs.
+
+pub mod claims;
+pub mod volumes;
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use futures::StreamExt;
+use k8s_openapi::api::core::v1::{PersistentVolume, PersistentVolumeClaim};
+use k8s_openapi::api::storage::v1::StorageClass;
+use kube::runtime::controller::Action;
+use kube::runtime::reflector::{self, ObjectRef, Store};
+use kube::runtime::{Controller, WatchStreamExt, watcher};
+use kube::{Api, Client};
+use tokio_util::sync::CancellationToken;
+use tracing::{info, warn};
+
+use crate::config::Config;
+use crate::core::naming::VolumePath;
+use crate::core::pv::Export;
+use crate::core::volume::directory_in_export;
+use crate::k8s::Events;
+use crate::lease::Leadership;
+use crate::storage::{Storage, StorageFailure};
+
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error(transparent)]
+    Storage(#[from] StorageFailure),
+    #[error("{op} PersistentVolume {name}: {source}")]
+    Api {
+        op: &'static str,
+        name: String,
+        source: kube::Error,
+    },
+    #[error("not the leader any more; leaving {0} to the next leader")]
+    NotLeader(String),
+}
+
+/// What lives for the whole process, across leadership terms.
+#[derive(Clone)]
+pub struct Shared {
+    pub client: Client,
+    pub config: Arc<Config>,
+    pub storage: Storage,
+    pub events: Events,
+    pub leadership: Leadership,
+}
+
+/// What a reconcile sees.
+pub struct Ctx {
+    pub shared: Shared,
+    pub export: Export,
+    pub pv_api: Api<PersistentVolume>,
+    pub classes: Store<StorageClass>,
+    pub pvs: Store<PersistentVolume>,
+    /// Directories being provisioned whose PV is not in the cache yet, so two claims racing for
+    /// overlapping directories cannot both pass the overlap check.
+    reservations: Mutex<HashMap<String, VolumePath>>,
+    /// Consecutive failures per object, for capped exponential backoff. Never dropped: a failing
+    /// object is retried until it succeeds or changes.
+    failures: Mutex<HashMap<String, u32>>,
+}
+
+impl Ctx {
+    fn provisioner(&self) -> &str {
+        &self.shared.config.provisioner_name
+    }
+
+    async fn caches_ready(&self) {
+        // Errors mean the writer was dropped, i.e. we are shutting down; reconciles end anyway.
+        let _ = self.classes.wait_until_ready().await;
+        let _ = self.pvs.wait_until_ready().await;
+    }
+
+    fn ensure_leader(&self, what: &str) -> Result<(), Error> {
+        if self.shared.leadership.may_act() {
+            Ok(())
+        } else {
+            Err(Error::NotLeader(what.to_owned()))
+        }
+    }
+
+    fn class(&self, name: Option<&str>) -> Option<Arc<StorageClass>> {
+        self.classes.get(&ObjectRef::new(name?))
+    }
+
+    /// Directories of every PV in our export (whoever made it) plus in-flight reservations.
+    fn live_directories(&self, reservations: &HashMap<String, VolumePath>) -> Vec<(String, VolumePath)> {
+        let mut live: Vec<(String, VolumePath)> = self
+            .pvs
+            .state()
+            .iter()
+            .filter_map(|pv| Some((pv.metadata.name.clone()?, directory_in_export(pv, &self.export)?)))
+            .collect();
+        live.extend(reservations.iter().map(|(k, v)| (k.clone(), v.clone())));
+        live
+    }
+
+    fn succeeded(&self, key: &str) {
+        lock(&self.failures).remove(key);
+    }
+
+    /// 1 s, 2 s, 4 s … capped at RETRY_MAX_INTERVAL.
+    fn backoff(&self, key: &str) -> Action {
+        let mut failures = lock(&self.failures);
+        let n = failures.entry(key.to_owned()).or_insert(0);
+        *n = n.saturating_add(1);
+        let delay = Duration::from_secs(1u64 << (*n - 1).min(20)).min(self.shared.config.retry_max);
+        Action::requeue(delay)
+    }
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+/// Runs both controllers until `term` is cancelled (shutdown or lost leadership); in-flight
+/// reconciles finish first.
+pub async fn run(shared: Shared, term: CancellationToken) {
+    let client = shared.client.clone();
+    let wc = watcher::Config::default();
+
+    let (classes, class_writer) = reflector::store::<StorageClass>();
+    let class_reflector = reflector::reflector(class_writer, watcher(Api::all(client.clone()), wc.clone()))
+        .default_backoff()
+        .applied_objects()
+        .for_each(|_| futures::future::ready(()));
+
+    let volume_controller = Controller::new(Api::<PersistentVolume>::all(client.clone()), wc.clone());
+    let pvs = volume_controller.store();
+    let claim_controller = Controller::new(Api::<PersistentVolumeClaim>::all(client.clone()), wc.clone());
+    let claims = claim_controller.store();
+    // A new or fixed StorageClass re-evaluates the pending claims that name it.
+    let claim_controller =
+        claim_controller.watches(Api::<StorageClass>::all(client.clone()), wc, move |class| {
+            claims::pending_claims_of_class(&claims, &class)
+        });
+
+    let export = Export {
+        server: shared.config.nfs_server.clone(),
+        path: shared.config.nfs_path.clone(),
+    };
+    let ctx = Arc::new(Ctx {
+        pv_api: Api::all(client),
+        export,
+        classes,
+        pvs,
+        shared,
+        reservations: Mutex::default(),
+        failures: Mutex::default(),
+    });
+
+    let volumes = volume_controller
+        .graceful_shutdown_on(term.clone().cancelled_owned())
+        .run(volumes::reconcile, volumes::error_policy, Arc::clone(&ctx))
+        .for_each(|_| futures::future::ready(()));
+    let claims = claim_controller
+        .graceful_shutdown_on(term.clone().cancelled_owned())
+        .run(claims::reconcile, claims::error_policy, Arc::clone(&ctx))
+        .for_each(|_| futures::future::ready(()));
+    let sweep = sweep_staging(Arc::clone(&ctx));
+
+    info!(provisioner = %ctx.provisioner(), "controllers started");
+    tokio::select! {
+        () = async { tokio::join!(volumes, claims, sweep); } => {}
+        () = class_reflector => warn!("StorageClass watch ended"),
+    }
+    info!("controllers stopped");
+}
+
+/// Clears staging records left by a crash after the PV was created (the record only proves
+/// ownership until the PV exists). Records of claims without a PV are left for the claim's
+/// reconcile, which adopts them.
+async fn sweep_staging(ctx: Arc<Ctx>) {
+    ctx.caches_ready().await;
+    let staged = match ctx.shared.storage.staged_volumes().await {
+        Ok(staged) => staged,
+        Err(error) => {
+            warn!(%error, "could not list staging records");
+            return;
+        }
+    };
+    for pv in staged {
+        if ctx.pvs.get(&ObjectRef::new(&pv)).is_some()
+            && let Err(error) = ctx.shared.storage.finish_volume(&pv).await
+        {
+            warn!(pv = %pv, %error, "could not clear staging record");
+        }
+    }
+}

@@ -1,0 +1,88 @@
+//! Release: a Released PersistentVolume of ours → archive, delete or keep its directory → delete
+//! the PV.
+
+use std::sync::Arc;
+
+use k8s_openapi::api::core::v1::PersistentVolume;
+use kube::runtime::controller::Action;
+use kube::{Resource, ResourceExt};
+use tracing::{debug, info, warn};
+
+use super::{Ctx, Error};
+use crate::core::events;
+use crate::core::params::OnDelete;
+use crate::core::volume::{self, ReleasePlan, VolumeDecision};
+use crate::k8s;
+use crate::storage::{Archived, Removed};
+
+fn key(pv: &PersistentVolume) -> String {
+    format!("volume/{}", pv.name_any())
+}
+
+#[tracing::instrument(skip_all, fields(pv = %pv.name_any(), class = pv.spec.as_ref().and_then(|s| s.storage_class_name.as_deref()).unwrap_or_default()))]
+pub async fn reconcile(pv: Arc<PersistentVolume>, ctx: Arc<Ctx>) -> Result<Action, Error> {
+    ctx.caches_ready().await;
+    let class = ctx.class(pv.spec.as_ref().and_then(|s| s.storage_class_name.as_deref()));
+    match volume::decide(&pv, ctx.provisioner(), &ctx.export, class.as_deref()) {
+        VolumeDecision::Skip(skip) => {
+            debug!(?skip, "nothing to do");
+            ctx.succeeded(&key(&pv));
+            Ok(Action::await_change())
+        }
+        VolumeDecision::Refuse(refusal) => {
+            warn!(%refusal, "volume not released");
+            ctx.shared
+                .events
+                .publish(events::delete_failed(&refusal), pv.object_ref(&()));
+            Ok(Action::await_change())
+        }
+        VolumeDecision::Release(plan) => {
+            let result = release(&pv, &plan, &ctx).await;
+            if let Err(error) = &result {
+                warn!(%error, "release failed; will retry");
+                if !matches!(error, Error::NotLeader(_)) {
+                    ctx.shared
+                        .events
+                        .publish(events::delete_failed(error), pv.object_ref(&()));
+                }
+            }
+            result
+        }
+    }
+}
+
+async fn release(pv: &PersistentVolume, plan: &ReleasePlan, ctx: &Ctx) -> Result<Action, Error> {
+    let name = pv.name_any();
+    ctx.ensure_leader(&name)?;
+    let storage = &ctx.shared.storage;
+    match plan.action {
+        OnDelete::Archive => match storage.archive_volume(&plan.path).await? {
+            Archived::To(archive) => {
+                info!(directory = %plan.path, %archive, "archived");
+                ctx.shared
+                    .events
+                    .publish(events::archived(&plan.path, &archive), pv.object_ref(&()));
+            }
+            Archived::Missing => info!(directory = %plan.path, "directory already gone; nothing to archive"),
+        },
+        OnDelete::Delete => match storage.delete_volume(&plan.path).await? {
+            Removed::Removed { entries } => info!(directory = %plan.path, entries, "deleted"),
+            Removed::Missing => info!(directory = %plan.path, "directory already gone; nothing to delete"),
+        },
+        OnDelete::Retain => info!(directory = %plan.path, "retained"),
+    }
+    ctx.ensure_leader(&name)?;
+    k8s::delete_pv(&ctx.pv_api, &name, pv.uid().as_deref())
+        .await
+        .map_err(|source| Error::Api {
+            op: "delete",
+            name: name.clone(),
+            source,
+        })?;
+    ctx.succeeded(&key(pv));
+    Ok(Action::await_change())
+}
+
+pub fn error_policy(pv: Arc<PersistentVolume>, _error: &Error, ctx: Arc<Ctx>) -> Action {
+    ctx.backoff(&key(&pv))
+}

@@ -1,0 +1,18 @@
+//! Annotation and label keys the provisioner reads or writes, with who sets them and why.
+
+/// Set by kube-controller-manager ≥ 1.23 on claims it hands to an external provisioner.
+pub const STORAGE_PROVISIONER: &str = "volume.kubernetes.io/storage-provisioner";
+/// The same, as kube-controller-manager ≤ 1.22 sets it (and newer ones still do).
+pub const STORAGE_PROVISIONER_BETA: &str = "volume.beta.kubernetes.io/storage-provisioner";
+/// Set by the scheduler on WaitForFirstConsumer claims once a pod using them has a node.
+pub const SELECTED_NODE: &str = "volume.kubernetes.io/selected-node";
+/// Legacy way to name a claim's class, still honoured by Kubernetes.
+pub const STORAGE_CLASS_BETA: &str = "volume.beta.kubernetes.io/storage-class";
+/// Marks a PV as made by a provisioner (sig-storage-lib-external-provisioner's annDynamicallyProvisioned);
+/// nfs-subdir-external-provisioner writes only this one, which is how we adopt its volumes.
+pub const PROVISIONED_BY: &str = "pv.kubernetes.io/provisioned-by";
+/// Our record of the volume's directory relative to the export, so release never depends on the
+/// StorageClass or on re-deriving the path.
+pub const DIRECTORY: &str = "nfs-subdir-provisioner/directory";
+/// Our record of what release does (archive, delete, retain), fixed when the volume was made.
+pub const ON_DELETE: &str = "nfs-subdir-provisioner/on-delete";

@@ -1,0 +1,490 @@
+//! Should this claim be provisioned, and how? [`decide`] answers from the claim, its StorageClass
+//! and whether its PV already exists; [`find_overlap`] checks the chosen directory against the
+//! directories of live volumes. The order of checks follows sig-storage-lib-external-provisioner's
+//! `shouldProvision`, with refusals where it would silently make an empty volume.
+
+use k8s_openapi::api::core::v1::{PersistentVolume, PersistentVolumeClaim};
+use k8s_openapi::api::storage::v1::StorageClass;
+
+use crate::core::annotations::{
+    SELECTED_NODE, STORAGE_CLASS_BETA, STORAGE_PROVISIONER, STORAGE_PROVISIONER_BETA,
+};
+use crate::core::naming::{self, ClaimNames, PathError, VolumePath};
+use crate::core::params::{ClassParams, DirMode, OnDelete, ParamError};
+use crate::core::pv::{self, Export};
+
+#[derive(Debug, Clone, PartialEq)]
+pub enum ClaimDecision {
+    /// Not ours to act on now; nothing to tell the user.
+    Skip(Skip),
+    /// Ours, but it cannot be provisioned as asked: a Warning Event, and the claim stays Pending.
+    Refuse(Refusal),
+    Provision(Box<ProvisionPlan>),
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Skip {
+    Deleting,
+    AlreadyBound,
+    /// The storage-provisioner annotation names someone else (or is missing).
+    NotForUs,
+    NoClass,
+    ClassOfAnotherProvisioner,
+    /// WaitForFirstConsumer: no pod has been scheduled with this claim yet.
+    WaitingForFirstConsumer,
+    /// `pvc-<uid>` exists: a previous reconcile (or replica) made it.
+    AlreadyProvisioned,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum Refusal {
+    #[error("StorageClass {0:?} not found")]
+    ClassNotFound(String),
+    #[error("volumeMode Block is not supported: NFS directories are filesystem volumes")]
+    BlockVolume,
+    #[error("spec.selector is not supported: a new directory cannot match a selector")]
+    Selector,
+    #[error("spec.{0} is not supported: the volume would be created empty, not from the source")]
+    DataSource(&'static str),
+    #[error("spec.resources.requests.storage is missing")]
+    NoCapacity,
+    #[error(transparent)]
+    Parameters(#[from] ParamError),
+    #[error(transparent)]
+    Path(#[from] PathError),
+    #[error("directory {path} overlaps the directory of volume {volume}")]
+    Overlap { path: String, volume: String },
+}
+
+/// Everything needed to make the volume: the directory, how to make it, and the PV to write.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ProvisionPlan {
+    pub pv_name: String,
+    pub path: VolumePath,
+    pub dir: DirMode,
+    pub on_delete: OnDelete,
+    pub pv: PersistentVolume,
+}
+
+/// Deterministic, so a retry or a second replica can only ever make the same PV.
+pub fn pv_name(claim: &PersistentVolumeClaim) -> Option<String> {
+    claim
+        .metadata
+        .uid
+        .as_deref()
+        .filter(|u| !u.is_empty())
+        .map(|uid| format!("pvc-{uid}"))
+}
+
+/// The class a claim asks for: `spec.storageClassName`, or the legacy beta annotation.
+pub fn class_name(claim: &PersistentVolumeClaim) -> Option<&str> {
+    let from_spec = claim.spec.as_ref().and_then(|s| s.storage_class_name.as_deref());
+    let from_annotation = || {
+        claim
+            .metadata
+            .annotations
+            .as_ref()?
+            .get(STORAGE_CLASS_BETA)
+            .map(String::as_str)
+    };
+    from_spec.or_else(from_annotation).filter(|c| !c.is_empty())
+}
+
+/// The provisioner a claim is handed to: the GA annotation if present, else the beta one
+/// (kube-controller-manager 1.20 sets only the beta one).
+fn requested_provisioner(claim: &PersistentVolumeClaim) -> Option<&str> {
+    let annotations = claim.metadata.annotations.as_ref()?;
+    annotations
+        .get(STORAGE_PROVISIONER)
+        .or_else(|| annotations.get(STORAGE_PROVISIONER_BETA))
+        .map(String::as_str)
+}
+
+pub fn decide(
+    claim: &PersistentVolumeClaim,
+    class: Option<&StorageClass>,
+    provisioner: &str,
+    export: &Export,
+    pv_exists: bool,
+) -> ClaimDecision {
+    use ClaimDecision::{Refuse, Skip as S};
+
+    if claim.metadata.deletion_timestamp.is_some() {
+        return S(Skip::Deleting);
+    }
+    let spec = claim.spec.clone().unwrap_or_default();
+    if spec.volume_name.as_deref().is_some_and(|v| !v.is_empty()) {
+        return S(Skip::AlreadyBound);
+    }
+    if requested_provisioner(claim) != Some(provisioner) {
+        return S(Skip::NotForUs);
+    }
+    let Some(class_name) = class_name(claim) else {
+        return S(Skip::NoClass);
+    };
+    let Some(pv_name) = pv_name(claim) else {
+        // The API server always sets a uid; a claim without one was never stored.
+        return S(Skip::NotForUs);
+    };
+    if pv_exists {
+        return S(Skip::AlreadyProvisioned);
+    }
+    let Some(class) = class else {
+        return Refuse(Refusal::ClassNotFound(class_name.to_owned()));
+    };
+    if class.provisioner != provisioner {
+        return S(Skip::ClassOfAnotherProvisioner);
+    }
+    let annotations = claim.metadata.annotations.clone().unwrap_or_default();
+    if class.volume_binding_mode.as_deref() == Some("WaitForFirstConsumer")
+        && annotations.get(SELECTED_NODE).is_none_or(|n| n.is_empty())
+    {
+        return S(Skip::WaitingForFirstConsumer);
+    }
+    if spec.volume_mode.as_deref() == Some("Block") {
+        return Refuse(Refusal::BlockVolume);
+    }
+    if spec.selector.is_some() {
+        return Refuse(Refusal::Selector);
+    }
+    if spec.data_source.is_some() {
+        return Refuse(Refusal::DataSource("dataSource"));
+    }
+    if spec.data_source_ref.is_some() {
+        return Refuse(Refusal::DataSource("dataSourceRef"));
+    }
+    let params = match ClassParams::parse(&class.parameters.clone().unwrap_or_default()) {
+        Ok(p) => p,
+        Err(e) => return Refuse(e.into()),
+    };
+    let Some(capacity) = spec
+        .resources
+        .as_ref()
+        .and_then(|r| r.requests.as_ref()?.get("storage"))
+        .cloned()
+    else {
+        return Refuse(Refusal::NoCapacity);
+    };
+
+    let labels = claim.metadata.labels.clone().unwrap_or_default();
+    let names = ClaimNames {
+        namespace: claim.metadata.namespace.as_deref().unwrap_or_default(),
+        name: claim.metadata.name.as_deref().unwrap_or_default(),
+        labels: &labels,
+        annotations: &annotations,
+        pv_name: &pv_name,
+    };
+    let path = match &params.path_pattern {
+        Some(pattern) => naming::render_pattern(pattern, &names),
+        None => naming::default_path(&names),
+    };
+    let path = match path {
+        Ok(p) => p,
+        Err(e) => return Refuse(e.into()),
+    };
+    let pv = pv::build(&pv::PvInputs {
+        name: &pv_name,
+        claim,
+        class,
+        provisioner,
+        export,
+        path: &path,
+        on_delete: params.on_delete,
+        capacity,
+    });
+    ClaimDecision::Provision(Box::new(ProvisionPlan {
+        pv_name,
+        path,
+        dir: params.dir,
+        on_delete: params.on_delete,
+        pv,
+    }))
+}
+
+/// Refuses a directory equal to, inside, or around the directory of another live volume, so two
+/// claims can never share data and one claim's release can never touch another's files.
+pub fn find_overlap<'a>(
+    plan: &ProvisionPlan,
+    live: impl IntoIterator<Item = (&'a str, &'a VolumePath)>,
+) -> Option<Refusal> {
+    let others = live.into_iter().filter(|(name, _)| *name != plan.pv_name);
+    naming::find_overlap(&plan.path, others).map(|volume| Refusal::Overlap {
+        path: plan.path.to_string(),
+        volume: volume.to_owned(),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::core::annotations::PROVISIONED_BY;
+    use k8s_openapi::api::core::v1::{
+        PersistentVolumeClaimSpec, TypedLocalObjectReference, VolumeResourceRequirements,
+    };
+    use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
+    use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, ObjectMeta, Time};
+    use std::collections::BTreeMap;
+
+    const ME: &str = "example.com/nfs";
+
+    fn export() -> Export {
+        Export {
+            server: "10.0.0.1".into(),
+            path: "/export".into(),
+        }
+    }
+
+    fn class(params: &[(&str, &str)]) -> StorageClass {
+        StorageClass {
+            metadata: ObjectMeta {
+                name: Some("nfs".into()),
+                ..Default::default()
+            },
+            provisioner: ME.into(),
+            parameters: Some(params.iter().map(|(k, v)| ((*k).into(), (*v).into())).collect()),
+            ..Default::default()
+        }
+    }
+
+    fn claim() -> PersistentVolumeClaim {
+        PersistentVolumeClaim {
+            metadata: ObjectMeta {
+                name: Some("data".into()),
+                namespace: Some("team".into()),
+                uid: Some("1234".into()),
+                annotations: Some(BTreeMap::from([(STORAGE_PROVISIONER_BETA.into(), ME.into())])),
+                ..Default::default()
+            },
+            spec: Some(PersistentVolumeClaimSpec {
+                storage_class_name: Some("nfs".into()),
+                access_modes: Some(vec!["ReadWriteMany".into()]),
+                resources: Some(VolumeResourceRequirements {
+                    requests: Some(BTreeMap::from([("storage".into(), Quantity("1Gi".into()))])),
+                    ..Default::default()
+                }),
+                ..Default::default()
+            }),
+            ..Default::default()
+        }
+    }
+
+    fn decide_with(claim: &PersistentVolumeClaim, class: Option<&StorageClass>) -> ClaimDecision {
+        decide(claim, class, ME, &export(), false)
+    }
+
+    fn plan(d: ClaimDecision) -> ProvisionPlan {
+        match d {
+            ClaimDecision::Provision(p) => *p,
+            other => panic!("expected a plan, got {other:?}"),
+        }
+    }
+
+    fn annotate(c: &mut PersistentVolumeClaim, k: &str, v: &str) {
+        c.metadata
+            .annotations
+            .get_or_insert_with(Default::default)
+            .insert(k.into(), v.into());
+    }
+
+    #[test]
+    fn provision_claim_annotated_with_beta_annotation_for_us() {
+        let p = plan(decide_with(&claim(), Some(&class(&[]))));
+        assert_eq!(p.pv_name, "pvc-1234");
+        assert_eq!(p.path.to_string(), "team-data-pvc-1234");
+        assert_eq!(p.on_delete, OnDelete::Archive);
+    }
+
+    #[test]
+    fn provision_claim_annotated_with_ga_annotation_for_us() {
+        let mut c = claim();
+        c.metadata.annotations = Some(BTreeMap::from([(STORAGE_PROVISIONER.into(), ME.into())]));
+        assert!(matches!(
+            decide_with(&c, Some(&class(&[]))),
+            ClaimDecision::Provision(_)
+        ));
+    }
+
+    #[test]
+    fn ga_annotation_naming_another_provisioner_wins_over_beta() {
+        let mut c = claim();
+        annotate(&mut c, STORAGE_PROVISIONER, "other");
+        assert_eq!(
+            decide_with(&c, Some(&class(&[]))),
+            ClaimDecision::Skip(Skip::NotForUs)
+        );
+    }
+
+    #[test]
+    fn skip_claim_for_another_provisioner() {
+        let mut c = claim();
+        annotate(&mut c, STORAGE_PROVISIONER_BETA, "other");
+        assert_eq!(
+            decide_with(&c, Some(&class(&[]))),
+            ClaimDecision::Skip(Skip::NotForUs)
+        );
+    }
+
+    #[test]
+    fn skip_claim_without_provisioner_annotation() {
+        let mut c = claim();
+        c.metadata.annotations = None;
+        assert_eq!(
+            decide_with(&c, Some(&class(&[]))),
+            ClaimDecision::Skip(Skip::NotForUs)
+        );
+    }
+
+    #[test]
+    fn skip_bound_claim() {
+        let mut c = claim();
+        c.spec.as_mut().unwrap().volume_name = Some("pv-1".into());
+        assert_eq!(
+            decide_with(&c, Some(&class(&[]))),
+            ClaimDecision::Skip(Skip::AlreadyBound)
+        );
+    }
+
+    #[test]
+    fn skip_claim_being_deleted() {
+        let mut c = claim();
+        c.metadata.deletion_timestamp = Some(Time(Default::default()));
+        assert_eq!(
+            decide_with(&c, Some(&class(&[]))),
+            ClaimDecision::Skip(Skip::Deleting)
+        );
+    }
+
+    #[test]
+    fn skip_claim_whose_volume_already_exists() {
+        assert_eq!(
+            decide(&claim(), Some(&class(&[])), ME, &export(), true),
+            ClaimDecision::Skip(Skip::AlreadyProvisioned)
+        );
+    }
+
+    #[test]
+    fn skip_claim_whose_class_names_another_provisioner() {
+        let mut sc = class(&[]);
+        sc.provisioner = "other".into();
+        assert_eq!(
+            decide_with(&claim(), Some(&sc)),
+            ClaimDecision::Skip(Skip::ClassOfAnotherProvisioner)
+        );
+    }
+
+    #[test]
+    fn refuse_claim_whose_class_is_missing() {
+        assert_eq!(
+            decide_with(&claim(), None),
+            ClaimDecision::Refuse(Refusal::ClassNotFound("nfs".into()))
+        );
+    }
+
+    #[test]
+    fn wait_for_first_consumer_until_a_node_is_selected() {
+        let mut sc = class(&[]);
+        sc.volume_binding_mode = Some("WaitForFirstConsumer".into());
+        assert_eq!(
+            decide_with(&claim(), Some(&sc)),
+            ClaimDecision::Skip(Skip::WaitingForFirstConsumer)
+        );
+        let mut c = claim();
+        annotate(&mut c, SELECTED_NODE, "node-1");
+        assert!(matches!(decide_with(&c, Some(&sc)), ClaimDecision::Provision(_)));
+    }
+
+    #[test]
+    fn refuse_block_volume_selector_and_data_sources() {
+        let mut block = claim();
+        block.spec.as_mut().unwrap().volume_mode = Some("Block".into());
+        assert_eq!(
+            decide_with(&block, Some(&class(&[]))),
+            ClaimDecision::Refuse(Refusal::BlockVolume)
+        );
+
+        let mut selector = claim();
+        selector.spec.as_mut().unwrap().selector = Some(LabelSelector::default());
+        assert_eq!(
+            decide_with(&selector, Some(&class(&[]))),
+            ClaimDecision::Refuse(Refusal::Selector)
+        );
+
+        let mut source = claim();
+        source.spec.as_mut().unwrap().data_source = Some(TypedLocalObjectReference {
+            kind: "PersistentVolumeClaim".into(),
+            name: "x".into(),
+            ..Default::default()
+        });
+        assert_eq!(
+            decide_with(&source, Some(&class(&[]))),
+            ClaimDecision::Refuse(Refusal::DataSource("dataSource"))
+        );
+    }
+
+    #[test]
+    fn refuse_unknown_class_parameter() {
+        assert!(matches!(
+            decide_with(&claim(), Some(&class(&[("archiveOndelete", "false")]))),
+            ClaimDecision::Refuse(Refusal::Parameters(ParamError::Unknown(_)))
+        ));
+    }
+
+    #[test]
+    fn refuse_hostile_annotation_in_path_pattern() {
+        let mut c = claim();
+        annotate(&mut c, "dir", "../victim");
+        let sc = class(&[("pathPattern", "${.PVC.namespace}/${.PVC.annotations.dir}")]);
+        assert!(matches!(
+            decide_with(&c, Some(&sc)),
+            ClaimDecision::Refuse(Refusal::Path(_))
+        ));
+    }
+
+    #[test]
+    fn path_pattern_uses_labels_and_annotations() {
+        let mut c = claim();
+        c.metadata.labels = Some(BTreeMap::from([("app".into(), "db".into())]));
+        annotate(&mut c, "nfs.io/storage-path", "pgdata");
+        let sc = class(&[(
+            "pathPattern",
+            "${.PVC.namespace}/${.PVC.labels.app}/${.PVC.annotations.nfs.io/storage-path}",
+        )]);
+        assert_eq!(
+            plan(decide_with(&c, Some(&sc))).path.to_string(),
+            "team/db/pgdata"
+        );
+    }
+
+    #[test]
+    fn plan_records_directory_and_policy_on_the_pv() {
+        let p = plan(decide_with(&claim(), Some(&class(&[("onDelete", "delete")]))));
+        let annotations = p.pv.metadata.annotations.unwrap();
+        assert_eq!(annotations[PROVISIONED_BY], ME);
+        assert_eq!(
+            annotations[crate::core::annotations::DIRECTORY],
+            "team-data-pvc-1234"
+        );
+        assert_eq!(annotations[crate::core::annotations::ON_DELETE], "delete");
+    }
+
+    #[test]
+    fn overlapping_directories_are_refused_but_a_volume_never_overlaps_itself() {
+        let p = plan(decide_with(
+            &claim(),
+            Some(&class(&[("pathPattern", "${.PVC.namespace}/x")])),
+        ));
+        let parent = VolumePath::parse("team").unwrap();
+        let same = VolumePath::parse("team/x").unwrap();
+        let sibling = VolumePath::parse("team/y").unwrap();
+        assert!(matches!(
+            find_overlap(&p, [("pvc-a", &parent)]),
+            Some(Refusal::Overlap { .. })
+        ));
+        assert!(matches!(
+            find_overlap(&p, [("pvc-b", &same)]),
+            Some(Refusal::Overlap { .. })
+        ));
+        assert_eq!(find_overlap(&p, [("pvc-c", &sibling)]), None);
+        assert_eq!(find_overlap(&p, [("pvc-1234", &same)]), None);
+    }
+}

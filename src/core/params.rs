@@ -1,0 +1,258 @@
+//! StorageClass `parameters` parsed into [`ClassParams`]: the keys nfs-subdir-external-provisioner
+//! understands (`pathPattern`, `onDelete`, `archiveOnDelete`) plus `mode`, `uid` and `gid`.
+//! Unknown keys are refused so a typo never passes silently.
+
+use std::collections::BTreeMap;
+use std::fmt;
+
+/// What happens to a volume's directory when its claim is released.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum OnDelete {
+    /// Rename to `archived-<dir>` (nfs-subdir-external-provisioner's default).
+    Archive,
+    Delete,
+    Retain,
+}
+
+impl OnDelete {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            OnDelete::Archive => "archive",
+            OnDelete::Delete => "delete",
+            OnDelete::Retain => "retain",
+        }
+    }
+
+    /// Strict form, as recorded on our PVs.
+    pub fn parse(value: &str) -> Option<OnDelete> {
+        match value {
+            "archive" => Some(OnDelete::Archive),
+            "delete" => Some(OnDelete::Delete),
+            "retain" => Some(OnDelete::Retain),
+            _ => None,
+        }
+    }
+
+    /// nfs-subdir-external-provisioner's reading of a class at delete time, used for volumes it made
+    /// (which carry no record of their policy): `onDelete` delete/retain wins, an unrecognised
+    /// `onDelete` falls through to `archiveOnDelete`, and anything unparsable archives, because
+    /// archiving never loses data.
+    pub fn from_legacy_class(params: &BTreeMap<String, String>) -> OnDelete {
+        if let Some(policy) = params.get("onDelete").and_then(|v| OnDelete::parse(v)) {
+            return policy;
+        }
+        match params.get("archiveOnDelete").map(|v| parse_go_bool(v)) {
+            Some(Some(false)) => OnDelete::Delete,
+            _ => OnDelete::Archive,
+        }
+    }
+}
+
+impl fmt::Display for OnDelete {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// Directory ownership and permissions applied after the directory is made.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct DirMode {
+    pub mode: u32,
+    pub uid: Option<u32>,
+    pub gid: Option<u32>,
+}
+
+/// nfs-subdir-external-provisioner makes every directory 0777; existing workloads rely on it.
+pub const DEFAULT_MODE: u32 = 0o777;
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ClassParams {
+    pub path_pattern: Option<String>,
+    pub on_delete: OnDelete,
+    pub dir: DirMode,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ParamError {
+    #[error("unknown StorageClass parameter(s) {}; known: {}", quoted(.0), KNOWN.join(", "))]
+    Unknown(Vec<String>),
+    #[error("StorageClass parameter {key}={value:?} is invalid: {expected}")]
+    Invalid {
+        key: &'static str,
+        value: String,
+        expected: &'static str,
+    },
+}
+
+fn quoted(keys: &[String]) -> String {
+    keys.iter()
+        .map(|k| format!("{k:?}"))
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+const KNOWN: [&str; 6] = ["pathPattern", "onDelete", "archiveOnDelete", "mode", "uid", "gid"];
+
+fn parse_go_bool(value: &str) -> Option<bool> {
+    match value {
+        "1" | "t" | "T" | "TRUE" | "true" | "True" => Some(true),
+        "0" | "f" | "F" | "FALSE" | "false" | "False" => Some(false),
+        _ => None,
+    }
+}
+
+impl ClassParams {
+    pub fn parse(params: &BTreeMap<String, String>) -> Result<ClassParams, ParamError> {
+        let unknown: Vec<String> = params
+            .keys()
+            .filter(|k| !KNOWN.contains(&k.as_str()))
+            .cloned()
+            .collect();
+        if !unknown.is_empty() {
+            return Err(ParamError::Unknown(unknown));
+        }
+        let invalid = |key: &'static str, value: &str, expected: &'static str| ParamError::Invalid {
+            key,
+            value: value.to_owned(),
+            expected,
+        };
+
+        let archive_on_delete = match params.get("archiveOnDelete") {
+            None => None,
+            Some(v) => Some(parse_go_bool(v).ok_or_else(|| invalid("archiveOnDelete", v, "true or false"))?),
+        };
+        // As in nfs-subdir-external-provisioner, onDelete wins over archiveOnDelete.
+        let on_delete = match params.get("onDelete") {
+            Some(v) => {
+                OnDelete::parse(v).ok_or_else(|| invalid("onDelete", v, "one of delete, retain, archive"))?
+            }
+            None if archive_on_delete == Some(false) => OnDelete::Delete,
+            None => OnDelete::Archive,
+        };
+        let mode = match params.get("mode") {
+            None => DEFAULT_MODE,
+            Some(v) => u32::from_str_radix(v.trim_start_matches("0o"), 8)
+                .ok()
+                .filter(|m| *m <= 0o7777 && !v.is_empty())
+                .ok_or_else(|| invalid("mode", v, "an octal mode such as 0770 or 2775"))?,
+        };
+        let id = |key: &'static str| -> Result<Option<u32>, ParamError> {
+            params
+                .get(key)
+                .map(|v| {
+                    v.parse::<u32>()
+                        .map_err(|_| invalid(key, v, "a numeric id such as 1000"))
+                })
+                .transpose()
+        };
+        let path_pattern = match params.get("pathPattern") {
+            Some(p) if p.is_empty() => return Err(invalid("pathPattern", p, "a non-empty pattern")),
+            other => other.cloned(),
+        };
+        Ok(ClassParams {
+            path_pattern,
+            on_delete,
+            dir: DirMode {
+                mode,
+                uid: id("uid")?,
+                gid: id("gid")?,
+            },
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn params(pairs: &[(&str, &str)]) -> BTreeMap<String, String> {
+        pairs
+            .iter()
+            .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+            .collect()
+    }
+
+    #[test]
+    fn no_parameters_archive_with_mode_0777_like_nfs_subdir() {
+        let p = ClassParams::parse(&params(&[])).unwrap();
+        assert_eq!(p.on_delete, OnDelete::Archive);
+        assert_eq!(
+            p.dir,
+            DirMode {
+                mode: 0o777,
+                uid: None,
+                gid: None
+            }
+        );
+        assert_eq!(p.path_pattern, None);
+    }
+
+    #[test]
+    fn archive_on_delete_false_deletes() {
+        let p = ClassParams::parse(&params(&[("archiveOnDelete", "false")])).unwrap();
+        assert_eq!(p.on_delete, OnDelete::Delete);
+    }
+
+    #[test]
+    fn on_delete_wins_over_archive_on_delete() {
+        let p = ClassParams::parse(&params(&[("onDelete", "retain"), ("archiveOnDelete", "false")])).unwrap();
+        assert_eq!(p.on_delete, OnDelete::Retain);
+    }
+
+    #[test]
+    fn unknown_parameter_is_refused_by_name() {
+        let err = ClassParams::parse(&params(&[("archiveOndelete", "false")])).unwrap_err();
+        assert_eq!(err, ParamError::Unknown(vec!["archiveOndelete".into()]));
+        assert!(err.to_string().contains("\"archiveOndelete\""));
+    }
+
+    #[test]
+    fn bad_values_are_refused_naming_key_and_value() {
+        for (k, v) in [
+            ("onDelete", "Delete"),
+            ("archiveOnDelete", "maybe"),
+            ("mode", "0999"),
+            ("mode", "77777"),
+            ("mode", ""),
+            ("uid", "-1"),
+            ("gid", "root"),
+            ("pathPattern", ""),
+        ] {
+            let err = ClassParams::parse(&params(&[(k, v)])).unwrap_err();
+            let text = err.to_string();
+            assert!(text.contains(k) && text.contains(&format!("{v:?}")), "{text}");
+        }
+    }
+
+    #[test]
+    fn mode_uid_gid_tighten_the_directory() {
+        let p = ClassParams::parse(&params(&[("mode", "2770"), ("uid", "1000"), ("gid", "2000")])).unwrap();
+        assert_eq!(
+            p.dir,
+            DirMode {
+                mode: 0o2770,
+                uid: Some(1000),
+                gid: Some(2000)
+            }
+        );
+        let p = ClassParams::parse(&params(&[("mode", "0750")])).unwrap();
+        assert_eq!(p.dir.mode, 0o750);
+    }
+
+    #[test]
+    fn legacy_class_reading_follows_nfs_subdir() {
+        assert_eq!(OnDelete::from_legacy_class(&params(&[])), OnDelete::Archive);
+        assert_eq!(
+            OnDelete::from_legacy_class(&params(&[("onDelete", "delete")])),
+            OnDelete::Delete
+        );
+        assert_eq!(
+            OnDelete::from_legacy_class(&params(&[("onDelete", "bogus"), ("archiveOnDelete", "false")])),
+            OnDelete::Delete
+        );
+        assert_eq!(
+            OnDelete::from_legacy_class(&params(&[("archiveOnDelete", "nope")])),
+            OnDelete::Archive
+        );
+    }
+}

@@ -1,0 +1,323 @@
+//! What happens to a volume when its claim is released? [`decide`] answers from the PV alone
+//! (plus the StorageClass, only for volumes made by nfs-subdir-external-provisioner, which recorded
+//! nothing). The recorded directory is re-validated against the configured export before anything
+//! is touched: a forged or foreign PV is left alone.
+
+use k8s_openapi::api::core::v1::PersistentVolume;
+use k8s_openapi::api::storage::v1::StorageClass;
+
+use crate::core::annotations::{DIRECTORY, ON_DELETE, PROVISIONED_BY};
+use crate::core::naming::{PathError, VolumePath, relative_to_export};
+use crate::core::params::OnDelete;
+use crate::core::pv::Export;
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum VolumeDecision {
+    Skip(VolumeSkip),
+    /// Ours by annotation but not safe to touch: a Warning Event, the PV and directory stay.
+    Refuse(VolumeRefusal),
+    Release(ReleasePlan),
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum VolumeSkip {
+    NotOurs,
+    Deleting,
+    NotReleased,
+    /// reclaimPolicy Retain (or Recycle): Kubernetes keeps the PV and so do we.
+    ReclaimPolicyNotDelete,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum VolumeRefusal {
+    #[error("volume has no NFS source")]
+    NotNfs,
+    #[error("volume points at NFS server {found:?}, not the configured {expected:?}; left alone")]
+    ForeignServer { found: String, expected: String },
+    #[error("volume path is not a directory inside the export: {0}; left alone")]
+    OutsideExport(PathError),
+    #[error("annotation {DIRECTORY}={recorded:?} does not match the volume's path {actual:?}; left alone")]
+    RecordMismatch { recorded: String, actual: String },
+    #[error("annotation {ON_DELETE}={0:?} is not archive, delete or retain; left alone")]
+    BadPolicy(String),
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ReleasePlan {
+    pub path: VolumePath,
+    pub action: OnDelete,
+    /// Made by nfs-subdir-external-provisioner (no records of ours): policy came from the class.
+    pub legacy: bool,
+}
+
+pub fn is_ours(pv: &PersistentVolume, provisioner: &str) -> bool {
+    pv.metadata
+        .annotations
+        .as_ref()
+        .and_then(|a| a.get(PROVISIONED_BY))
+        .is_some_and(|p| p == provisioner)
+}
+
+/// The directory of a PV in our export, whoever made it; `None` for PVs elsewhere.
+pub fn directory_in_export(pv: &PersistentVolume, export: &Export) -> Option<VolumePath> {
+    let nfs = pv.spec.as_ref()?.nfs.as_ref()?;
+    if nfs.server != export.server {
+        return None;
+    }
+    relative_to_export(&nfs.path, &export.path).ok()
+}
+
+pub fn decide(
+    pv: &PersistentVolume,
+    provisioner: &str,
+    export: &Export,
+    class: Option<&StorageClass>,
+) -> VolumeDecision {
+    use VolumeDecision::{Refuse, Skip};
+
+    if !is_ours(pv, provisioner) {
+        return Skip(VolumeSkip::NotOurs);
+    }
+    if pv.metadata.deletion_timestamp.is_some() {
+        return Skip(VolumeSkip::Deleting);
+    }
+    if pv.status.as_ref().and_then(|s| s.phase.as_deref()) != Some("Released") {
+        return Skip(VolumeSkip::NotReleased);
+    }
+    let spec = pv.spec.clone().unwrap_or_default();
+    if spec.persistent_volume_reclaim_policy.as_deref() != Some("Delete") {
+        return Skip(VolumeSkip::ReclaimPolicyNotDelete);
+    }
+    let Some(nfs) = spec.nfs else {
+        return Refuse(VolumeRefusal::NotNfs);
+    };
+    if nfs.server != export.server {
+        return Refuse(VolumeRefusal::ForeignServer {
+            found: nfs.server,
+            expected: export.server.clone(),
+        });
+    }
+    let path = match relative_to_export(&nfs.path, &export.path) {
+        Ok(p) => p,
+        Err(e) => return Refuse(VolumeRefusal::OutsideExport(e)),
+    };
+    let annotations = pv.metadata.annotations.clone().unwrap_or_default();
+    if let Some(recorded) = annotations.get(DIRECTORY)
+        && *recorded != path.to_string()
+    {
+        return Refuse(VolumeRefusal::RecordMismatch {
+            recorded: recorded.clone(),
+            actual: path.to_string(),
+        });
+    }
+    let (action, legacy) = match annotations.get(ON_DELETE) {
+        Some(recorded) => match OnDelete::parse(recorded) {
+            Some(action) => (action, false),
+            None => return Refuse(VolumeRefusal::BadPolicy(recorded.clone())),
+        },
+        // nfs-subdir-external-provisioner re-read the class; with the class gone it failed forever.
+        // Archiving keeps the data, so that is what a missing class means here.
+        None => {
+            let params = class.and_then(|c| c.parameters.clone()).unwrap_or_default();
+            (OnDelete::from_legacy_class(&params), true)
+        }
+    };
+    VolumeDecision::Release(ReleasePlan { path, action, legacy })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use k8s_openapi::api::core::v1::{NFSVolumeSource, PersistentVolumeSpec, PersistentVolumeStatus};
+    use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, Time};
+    use std::collections::BTreeMap;
+
+    const ME: &str = "example.com/nfs";
+
+    fn export() -> Export {
+        Export {
+            server: "10.0.0.1".into(),
+            path: "/export".into(),
+        }
+    }
+
+    /// A released PV exactly as nfs-subdir-external-provisioner makes it: one annotation.
+    fn legacy_pv() -> PersistentVolume {
+        PersistentVolume {
+            metadata: ObjectMeta {
+                name: Some("pvc-1".into()),
+                annotations: Some(BTreeMap::from([(PROVISIONED_BY.into(), ME.into())])),
+                ..Default::default()
+            },
+            spec: Some(PersistentVolumeSpec {
+                nfs: Some(NFSVolumeSource {
+                    server: "10.0.0.1".into(),
+                    path: "/export/team-data-pvc-1".into(),
+                    read_only: None,
+                }),
+                persistent_volume_reclaim_policy: Some("Delete".into()),
+                storage_class_name: Some("nfs".into()),
+                ..Default::default()
+            }),
+            status: Some(PersistentVolumeStatus {
+                phase: Some("Released".into()),
+                ..Default::default()
+            }),
+        }
+    }
+
+    fn ours(on_delete: &str) -> PersistentVolume {
+        let mut pv = legacy_pv();
+        let a = pv.metadata.annotations.as_mut().unwrap();
+        a.insert(DIRECTORY.into(), "team-data-pvc-1".into());
+        a.insert(ON_DELETE.into(), on_delete.into());
+        pv
+    }
+
+    fn class(params: &[(&str, &str)]) -> StorageClass {
+        StorageClass {
+            parameters: Some(params.iter().map(|(k, v)| ((*k).into(), (*v).into())).collect()),
+            ..Default::default()
+        }
+    }
+
+    fn release(pv: &PersistentVolume, class: Option<&StorageClass>) -> ReleasePlan {
+        match decide(pv, ME, &export(), class) {
+            VolumeDecision::Release(plan) => plan,
+            other => panic!("expected release, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn delete_released_volume_with_recorded_policy_even_without_class() {
+        let plan = release(&ours("delete"), None);
+        assert_eq!(plan.action, OnDelete::Delete);
+        assert_eq!(plan.path.to_string(), "team-data-pvc-1");
+        assert!(!plan.legacy);
+    }
+
+    #[test]
+    fn recorded_policy_wins_over_an_edited_class() {
+        let plan = release(&ours("retain"), Some(&class(&[("onDelete", "delete")])));
+        assert_eq!(plan.action, OnDelete::Retain);
+    }
+
+    #[test]
+    fn skip_volume_of_another_provisioner() {
+        let mut pv = ours("delete");
+        pv.metadata
+            .annotations
+            .as_mut()
+            .unwrap()
+            .insert(PROVISIONED_BY.into(), "other".into());
+        assert_eq!(
+            decide(&pv, ME, &export(), None),
+            VolumeDecision::Skip(VolumeSkip::NotOurs)
+        );
+    }
+
+    #[test]
+    fn skip_volume_that_is_not_released() {
+        let mut pv = ours("delete");
+        pv.status.as_mut().unwrap().phase = Some("Bound".into());
+        assert_eq!(
+            decide(&pv, ME, &export(), None),
+            VolumeDecision::Skip(VolumeSkip::NotReleased)
+        );
+    }
+
+    #[test]
+    fn never_touch_volume_with_reclaim_policy_retain() {
+        let mut pv = ours("delete");
+        pv.spec.as_mut().unwrap().persistent_volume_reclaim_policy = Some("Retain".into());
+        assert_eq!(
+            decide(&pv, ME, &export(), None),
+            VolumeDecision::Skip(VolumeSkip::ReclaimPolicyNotDelete)
+        );
+    }
+
+    #[test]
+    fn skip_volume_being_deleted() {
+        let mut pv = ours("delete");
+        pv.metadata.deletion_timestamp = Some(Time(Default::default()));
+        assert_eq!(
+            decide(&pv, ME, &export(), None),
+            VolumeDecision::Skip(VolumeSkip::Deleting)
+        );
+    }
+
+    #[test]
+    fn legacy_volume_follows_its_class_and_archives_without_one() {
+        assert_eq!(release(&legacy_pv(), None).action, OnDelete::Archive);
+        assert!(release(&legacy_pv(), None).legacy);
+        let delete = class(&[("archiveOnDelete", "false")]);
+        assert_eq!(release(&legacy_pv(), Some(&delete)).action, OnDelete::Delete);
+        let retain = class(&[("onDelete", "retain")]);
+        assert_eq!(release(&legacy_pv(), Some(&retain)).action, OnDelete::Retain);
+    }
+
+    #[test]
+    fn forged_path_outside_the_export_is_refused() {
+        for path in [
+            "/etc",
+            "/export",
+            "/export/../etc",
+            "/exports/x",
+            "/export/a/../../etc",
+        ] {
+            let mut pv = legacy_pv();
+            pv.spec.as_mut().unwrap().nfs.as_mut().unwrap().path = path.into();
+            assert!(
+                matches!(
+                    decide(&pv, ME, &export(), None),
+                    VolumeDecision::Refuse(VolumeRefusal::OutsideExport(_))
+                ),
+                "{path}"
+            );
+        }
+    }
+
+    #[test]
+    fn foreign_server_is_refused() {
+        let mut pv = legacy_pv();
+        pv.spec.as_mut().unwrap().nfs.as_mut().unwrap().server = "evil".into();
+        assert!(matches!(
+            decide(&pv, ME, &export(), None),
+            VolumeDecision::Refuse(VolumeRefusal::ForeignServer { .. })
+        ));
+    }
+
+    #[test]
+    fn directory_record_that_disagrees_with_the_path_is_refused() {
+        let mut pv = ours("delete");
+        pv.metadata
+            .annotations
+            .as_mut()
+            .unwrap()
+            .insert(DIRECTORY.into(), "other".into());
+        assert!(matches!(
+            decide(&pv, ME, &export(), None),
+            VolumeDecision::Refuse(VolumeRefusal::RecordMismatch { .. })
+        ));
+    }
+
+    #[test]
+    fn unknown_recorded_policy_is_refused() {
+        assert!(matches!(
+            decide(&ours("shred"), ME, &export(), None),
+            VolumeDecision::Refuse(VolumeRefusal::BadPolicy(_))
+        ));
+    }
+
+    #[test]
+    fn nested_path_pattern_volume_releases_its_own_directory() {
+        let mut pv = ours("archive");
+        pv.spec.as_mut().unwrap().nfs.as_mut().unwrap().path = "/export/team/data".into();
+        pv.metadata
+            .annotations
+            .as_mut()
+            .unwrap()
+            .insert(DIRECTORY.into(), "team/data".into());
+        assert_eq!(release(&pv, None).path.components(), ["team", "data"]);
+    }
+}

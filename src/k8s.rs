@@ -1,0 +1,122 @@
+//! Kubernetes API effects. Each is idempotent: creating what already exists and deleting what is
+//! gone are success, so retries, crashes and a brief second leader are harmless.
+
+use std::sync::Arc;
+
+use k8s_openapi::api::core::v1::{ObjectReference, PersistentVolume};
+use kube::api::{DeleteParams, PostParams, Preconditions};
+use kube::config::{KubeConfigOptions, Kubeconfig};
+use kube::runtime::events::{Event, EventType, Recorder, Reporter};
+use kube::{Api, Client};
+use tracing::warn;
+
+use crate::config::Config;
+use crate::core::events::UserEvent;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ClientError {
+    #[error("read kubeconfig {path}: {source}")]
+    Kubeconfig {
+        path: String,
+        source: kube::config::KubeconfigError,
+    },
+    #[error("load Kubernetes client configuration: {0}")]
+    Infer(#[from] kube::config::InferConfigError),
+    #[error("build Kubernetes client: {0}")]
+    Build(#[from] kube::Error),
+}
+
+/// `KUBECONFIG` when given (out of cluster, as nfs-subdir-external-provisioner); otherwise the
+/// in-cluster service account, then the usual kubeconfig locations.
+pub async fn client(config: &Config) -> Result<Client, ClientError> {
+    let kube_config = match &config.kubeconfig {
+        Some(path) => {
+            let kubeconfig_error = |source| ClientError::Kubeconfig {
+                path: path.display().to_string(),
+                source,
+            };
+            let kubeconfig = Kubeconfig::read_from(path).map_err(kubeconfig_error)?;
+            kube::Config::from_custom_kubeconfig(kubeconfig, &KubeConfigOptions::default())
+                .await
+                .map_err(kubeconfig_error)?
+        }
+        None => kube::Config::infer().await?,
+    };
+    Ok(Client::try_from(kube_config)?)
+}
+
+fn status_code(err: &kube::Error) -> Option<u16> {
+    match err {
+        kube::Error::Api(status) => Some(status.code),
+        _ => None,
+    }
+}
+
+/// Creates the PV; one that already exists has the same deterministic name and so the same origin.
+pub async fn create_pv(api: &Api<PersistentVolume>, pv: &PersistentVolume) -> Result<(), kube::Error> {
+    match api.create(&PostParams::default(), pv).await {
+        Ok(_) => Ok(()),
+        Err(e) if status_code(&e) == Some(409) => Ok(()),
+        Err(e) => Err(e),
+    }
+}
+
+/// Deletes exactly the PV we released: the uid precondition keeps a re-created PV of the same
+/// name safe.
+pub async fn delete_pv(
+    api: &Api<PersistentVolume>,
+    name: &str,
+    uid: Option<&str>,
+) -> Result<(), kube::Error> {
+    let params = DeleteParams {
+        preconditions: uid.map(|uid| Preconditions {
+            uid: Some(uid.to_owned()),
+            resource_version: None,
+        }),
+        ..Default::default()
+    };
+    match api.delete(name, &params).await {
+        Ok(_) => Ok(()),
+        // 404: already gone. 409: a different object now has this name; it is not ours to delete.
+        Err(e) if matches!(status_code(&e), Some(404 | 409)) => Ok(()),
+        Err(e) => Err(e),
+    }
+}
+
+/// Publishes Events without holding up the reconcile that caused them.
+#[derive(Clone)]
+pub struct Events {
+    recorder: Arc<Recorder>,
+}
+
+impl Events {
+    pub fn new(client: Client, instance: &str) -> Self {
+        let reporter = Reporter {
+            controller: "nfs-subdir-provisioner".into(),
+            instance: Some(instance.to_owned()),
+        };
+        Events {
+            recorder: Arc::new(Recorder::new(client, reporter)),
+        }
+    }
+
+    pub fn publish(&self, event: UserEvent, regarding: ObjectReference) {
+        let recorder = Arc::clone(&self.recorder);
+        tokio::spawn(async move {
+            let ev = Event {
+                type_: if event.warning {
+                    EventType::Warning
+                } else {
+                    EventType::Normal
+                },
+                reason: event.reason.into(),
+                note: Some(event.note),
+                action: event.action.into(),
+                secondary: None,
+            };
+            if let Err(error) = recorder.publish(&ev, &regarding).await {
+                warn!(reason = event.reason, object = ?regarding.name, %error, "could not publish event");
+            }
+        });
+    }
+}

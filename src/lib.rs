@@ -1,0 +1,25 @@
+//! nfs-subdir-provisioner: a Kubernetes dynamic provisioner that turns an NFS export into
+//! PersistentVolumes, one directory per claim, and a drop-in replacement for
+//! kubernetes-sigs/nfs-subdir-external-provisioner.
+//!
+//! The crate is a functional core with an imperative shell:
+//!
+//! ```text
+//! main.rs ─► run (tasks, shutdown, leadership terms)
+//!              ├─► controller::{claims, volumes}   load → decide → execute → report
+//!              │      ├─► core::{claim, volume, pv, params, naming, events}   pure decisions
+//!              │      ├─► storage (directory operations on the export, off the async runtime)
+//!              │      └─► k8s (API effects: AlreadyExists / NotFound are success)
+//!              └─► lease (Lease-based leader election; core::lease decides)
+//! ```
+#![forbid(unsafe_code)]
+
+pub mod config;
+pub mod controller;
+pub mod core;
+pub mod k8s;
+pub mod lease;
+pub mod run;
+pub mod shutdown;
+pub mod storage;
+pub mod telemetry;
