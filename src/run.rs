@@ -44,7 +44,16 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         config.delete_timeout,
         config.delete_concurrency,
     );
+    // Refuse to start on an export that is not there, rather than fail every claim later.
+    let capacity = storage.capacity().await.with_context(|| {
+        format!(
+            "NFS_MOUNT_PATH {}: the export is not usable",
+            config.mount_path.display()
+        )
+    })?;
     info!(
+        total_bytes = capacity.total_bytes,
+        available_bytes = capacity.available_bytes,
         provisioner = %config.provisioner_name,
         server = %config.nfs_server,
         path = %config.nfs_path,
