@@ -3,7 +3,9 @@
 
 use std::sync::Arc;
 
-use k8s_openapi::api::core::v1::{ObjectReference, PersistentVolume};
+use k8s_openapi::api::core::v1::{Event as CoreEvent, EventSource, ObjectReference, PersistentVolume};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, Time};
+use k8s_openapi::jiff::Timestamp;
 use kube::api::{DeleteParams, PostParams, Preconditions};
 use kube::config::{KubeConfigOptions, Kubeconfig};
 use kube::runtime::events::{Event, EventType, Recorder, Reporter};
@@ -83,24 +85,34 @@ pub async fn delete_pv(
     }
 }
 
+const REPORTER: &str = "nfs-subdir-provisioner";
+
 /// Publishes Events without holding up the reconcile that caused them.
 #[derive(Clone)]
 pub struct Events {
     recorder: Arc<Recorder>,
+    client: Client,
+    instance: String,
 }
 
 impl Events {
     pub fn new(client: Client, instance: &str) -> Self {
         let reporter = Reporter {
-            controller: "nfs-subdir-provisioner".into(),
+            controller: REPORTER.into(),
             instance: Some(instance.to_owned()),
         };
         Events {
-            recorder: Arc::new(Recorder::new(client, reporter)),
+            recorder: Arc::new(Recorder::new(client.clone(), reporter)),
+            client,
+            instance: instance.to_owned(),
         }
     }
 
     pub fn publish(&self, event: UserEvent, regarding: ObjectReference) {
+        if regarding.namespace.is_none() {
+            self.publish_core(event, regarding);
+            return;
+        }
         let recorder = Arc::clone(&self.recorder);
         tokio::spawn(async move {
             let ev = Event {
@@ -116,6 +128,44 @@ impl Events {
             };
             if let Err(error) = recorder.publish(&ev, &regarding).await {
                 warn!(reason = event.reason, object = ?regarding.name, %error, "could not publish event");
+            }
+        });
+    }
+}
+
+impl Events {
+    /// Events about cluster-scoped objects (PVs) go through the core/v1 API into "default":
+    /// Kubernetes before 1.22 refuses events.k8s.io/v1 Events whose regarding object has no
+    /// namespace, and every version accepts this form (client-go's recorder writes it).
+    fn publish_core(&self, event: UserEvent, regarding: ObjectReference) {
+        let api: Api<CoreEvent> = Api::namespaced(self.client.clone(), "default");
+        let now = Time(Timestamp::now());
+        let core = CoreEvent {
+            metadata: ObjectMeta {
+                generate_name: Some(format!("{}.", regarding.name.clone().unwrap_or_default())),
+                namespace: Some("default".into()),
+                ..Default::default()
+            },
+            involved_object: regarding,
+            reason: Some(event.reason.into()),
+            message: Some(event.note),
+            type_: Some(if event.warning { "Warning" } else { "Normal" }.into()),
+            action: Some(event.action.into()),
+            source: Some(EventSource {
+                component: Some(REPORTER.into()),
+                host: None,
+            }),
+            reporting_component: Some(REPORTER.into()),
+            reporting_instance: Some(self.instance.clone()),
+            first_timestamp: Some(now.clone()),
+            last_timestamp: Some(now),
+            count: Some(1),
+            ..Default::default()
+        };
+        tokio::spawn(async move {
+            if let Err(error) = api.create(&PostParams::default(), &core).await {
+                let object = core.involved_object.name;
+                warn!(reason = event.reason, ?object, %error, "could not publish event");
             }
         });
     }

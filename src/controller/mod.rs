@@ -17,6 +17,7 @@ use kube::runtime::controller::Action;
 use kube::runtime::reflector::{self, ObjectRef, Store};
 use kube::runtime::{Controller, WatchStreamExt, watcher};
 use kube::{Api, Client};
+use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
@@ -65,6 +66,8 @@ pub struct Ctx {
     /// Consecutive failures per object, for capped exponential backoff. Never dropped: a failing
     /// object is retried until it succeeds or changes.
     failures: Mutex<HashMap<String, u32>>,
+    /// True once the StorageClass and PV caches hold a full list.
+    ready: watch::Receiver<bool>,
 }
 
 impl Ctx {
@@ -73,9 +76,10 @@ impl Ctx {
     }
 
     async fn caches_ready(&self) {
-        // Errors mean the writer was dropped, i.e. we are shutting down; reconciles end anyway.
-        let _ = self.classes.wait_until_ready().await;
-        let _ = self.pvs.wait_until_ready().await;
+        // Not Store::wait_until_ready: it wakes only the last of several concurrent waiters
+        // (a oneshot receiver keeps one waker), which left early reconciles hanging forever.
+        // An error means the sender is gone, i.e. the term is ending; reconciles end anyway.
+        let _ = self.ready.clone().wait_for(|ready| *ready).await;
     }
 
     fn ensure_leader(&self, what: &str) -> Result<(), Error> {
@@ -142,11 +146,23 @@ pub async fn run(shared: Shared, term: CancellationToken) {
             claims::pending_claims_of_class(&claims, &class)
         });
 
+    // The one waiter on the stores' readiness; reconciles wait on the watch channel instead.
+    let (ready_tx, ready) = watch::channel(false);
+    let readiness = {
+        let (classes, pvs) = (classes.clone(), pvs.clone());
+        async move {
+            if classes.wait_until_ready().await.is_ok() && pvs.wait_until_ready().await.is_ok() {
+                let _ = ready_tx.send(true);
+                info!("caches synced");
+            }
+        }
+    };
     let export = Export {
         server: shared.config.nfs_server.clone(),
         path: shared.config.nfs_path.clone(),
     };
     let ctx = Arc::new(Ctx {
+        ready,
         pv_api: Api::all(client),
         export,
         classes,
@@ -168,7 +184,7 @@ pub async fn run(shared: Shared, term: CancellationToken) {
 
     info!(provisioner = %ctx.provisioner(), "controllers started");
     tokio::select! {
-        () = async { tokio::join!(volumes, claims, sweep); } => {}
+        () = async { tokio::join!(volumes, claims, sweep, readiness); } => {}
         () = class_reflector => warn!("StorageClass watch ended"),
     }
     info!("controllers stopped");

@@ -1,0 +1,16 @@
+//! End-to-end scenarios: the provisioner binary against a real control plane, asserting both the
+//! API objects and the directories on disk.
+
+pub mod fixture;
+pub mod provisioning;
+pub mod release;
+pub mod resilience;
+
+use crate::support::E2eTrial;
+
+pub fn trials() -> Vec<E2eTrial> {
+    let mut all = provisioning::trials();
+    all.extend(release::trials());
+    all.extend(resilience::trials());
+    all
+}
