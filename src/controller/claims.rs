@@ -1,6 +1,7 @@
 //! Provisioning: PersistentVolumeClaim → directory → PersistentVolume.
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use k8s_openapi::api::core::v1::PersistentVolumeClaim;
 use k8s_openapi::api::storage::v1::StorageClass;
@@ -14,6 +15,11 @@ use crate::core::claim::{self, ClaimDecision, ProvisionPlan, Skip};
 use crate::core::events;
 use crate::k8s;
 use crate::storage::Created;
+
+/// A refused claim is looked at again after this long even without a change to it. A fixed
+/// StorageClass triggers a recheck at once, but through a different watch than the cache the
+/// recheck reads, so the recheck may still see the old class; this bounds how long that lasts.
+const REFUSAL_RECHECK: Duration = Duration::from_secs(30);
 
 fn key(claim: &PersistentVolumeClaim) -> String {
     format!(
@@ -75,7 +81,7 @@ pub async fn reconcile(claim: Arc<PersistentVolumeClaim>, ctx: Arc<Ctx>) -> Resu
             warn!(%refusal, "claim refused");
             let event = events::provisioning_failed(&refusal, false);
             ctx.shared.events.publish(event, claim.object_ref(&()));
-            Ok(Action::await_change())
+            Ok(Action::requeue(REFUSAL_RECHECK))
         }
         ClaimDecision::Provision(plan) => {
             let result = provision(&claim, *plan, &ctx).await;
@@ -102,7 +108,7 @@ async fn provision(claim: &PersistentVolumeClaim, plan: ProvisionPlan, ctx: &Ctx
                 events::provisioning_failed(&refusal, false),
                 claim.object_ref(&()),
             );
-            return Ok(Action::await_change());
+            return Ok(Action::requeue(REFUSAL_RECHECK));
         }
         reservations.insert(plan.pv_name.clone(), plan.path.clone());
     }

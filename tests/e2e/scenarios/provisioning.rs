@@ -250,6 +250,27 @@ pub fn trials() -> Vec<E2eTrial> {
             );
             Ok(())
         }),
+        trial(
+            "refused_claim_is_provisioned_once_its_class_is_fixed",
+            |t| async move {
+                let env = Env::new(&t, "fixed").await?;
+                let _p = env.start(&[])?;
+                let class = env.class("nfs", &[("onDelet", "delete")], json!({})).await?;
+                env.claim("data", Some(&class), json!({})).await?;
+                env.wait_event(&env.ns, "data", "ProvisioningFailed").await?;
+                // StorageClass parameters are immutable: fixing one means re-creating it.
+                env.classes().delete(&class, &Default::default()).await?;
+                let volumes = env.classes();
+                crate::support::poll_until("the class to be gone", super::fixture::WAIT, || async {
+                    Ok(volumes.get_opt(&class).await?.is_none().then_some(()))
+                })
+                .await?;
+                env.class("nfs", &[("onDelete", "delete")], json!({})).await?;
+                let pv = env.wait_bound("data").await?;
+                ensure!(env.dir_of(&pv)?.is_dir());
+                Ok(())
+            },
+        ),
         trial("overlapping_directories_are_refused", |t| async move {
             let env = Env::new(&t, "overlap").await?;
             let _p = env.start(&[])?;
