@@ -9,6 +9,7 @@ use clap::Parser;
 
 use crate::core::lease::LeaseTimings;
 use crate::core::naming::normalize_export_path;
+use crate::core::params::parse_go_bool;
 
 /// Flags as given; [`Args::into_config`] validates them.
 ///
@@ -132,13 +133,9 @@ fn duration(var: &'static str, value: &str) -> Result<Duration, ConfigError> {
     }
 }
 
-/// Go's strconv.ParseBool, which nfs-subdir-external-provisioner used for ENABLE_LEADER_ELECTION.
+/// ENABLE_LEADER_ELECTION is read as nfs-subdir-external-provisioner read it.
 fn go_bool(var: &'static str, value: &str) -> Result<bool, ConfigError> {
-    match value.trim() {
-        "1" | "t" | "T" | "TRUE" | "true" | "True" => Ok(true),
-        "0" | "f" | "F" | "FALSE" | "false" | "False" => Ok(false),
-        other => Err(bad(var, format!("{other:?} is not true or false"))),
-    }
+    parse_go_bool(value.trim()).ok_or_else(|| bad(var, format!("{:?} is not true or false", value.trim())))
 }
 
 impl Args {

@@ -128,6 +128,12 @@ pub enum PathError {
     IsExport { path: String, export: String },
 }
 
+/// The component rules on their own, for layers that receive components from elsewhere and check
+/// them again before touching the filesystem.
+pub fn check_single_component(component: &str) -> Result<(), PathError> {
+    check_component(component, || Origin::Components(vec![component.to_owned()]))
+}
+
 /// Checks one component against every rule. `origin` is lazy because components are checked far
 /// more often than they fail.
 fn check_component(component: &str, origin: impl FnOnce() -> Origin) -> Result<(), PathError> {

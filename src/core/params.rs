@@ -93,7 +93,8 @@ fn quoted(keys: &[String]) -> String {
 
 const KNOWN: [&str; 6] = ["pathPattern", "onDelete", "archiveOnDelete", "mode", "uid", "gid"];
 
-fn parse_go_bool(value: &str) -> Option<bool> {
+/// Go's strconv.ParseBool, which nfs-subdir-external-provisioner used for its booleans.
+pub fn parse_go_bool(value: &str) -> Option<bool> {
     match value {
         "1" | "t" | "T" | "TRUE" | "true" | "True" => Some(true),
         "0" | "f" | "F" | "FALSE" | "false" | "False" => Some(false),

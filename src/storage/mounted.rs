@@ -39,7 +39,7 @@ use nix::sys::stat::{FileStat, Mode, SFlag, fchmod, fstat, fstatat, mkdirat};
 use nix::sys::statvfs::fstatvfs;
 use nix::unistd::{Gid, Uid, UnlinkatFlags, fchown, unlinkat};
 
-use crate::core::naming::{NAME_MAX, STAGING_DIR, archive_name};
+use crate::core::naming::{self, NAME_MAX, STAGING_DIR, archive_name};
 use crate::storage::tree::{TreeError, TreeRemover, remove_tree};
 
 /// How many archive names (`archived-x`, `archived-x-2`, ...) are tried before giving up.
@@ -100,7 +100,7 @@ pub enum StorageError {
     InvalidPath {
         op: &'static str,
         path: String,
-        reason: &'static str,
+        reason: String,
     },
     #[error(
         "create directory {path}: invalid mode {mode:#o} (only permission, setuid, setgid and sticky bits \
@@ -197,22 +197,9 @@ fn staging_path(name: &str) -> String {
     format!("{STAGING_DIR}/{name}")
 }
 
-fn check_component(c: &str) -> Result<(), &'static str> {
-    if c.is_empty() {
-        Err("empty component")
-    } else if c == "." || c == ".." {
-        Err("'.' or '..' component")
-    } else if c.contains('/') {
-        Err("component contains '/'")
-    } else if c.contains('\0') {
-        Err("component contains a NUL byte")
-    } else if c.len() > NAME_MAX {
-        Err("component longer than NAME_MAX bytes")
-    } else if c == STAGING_DIR {
-        Err("component is the provisioner's reserved staging directory")
-    } else {
-        Ok(())
-    }
+/// The same rules the path was built with (core::naming), checked again at the filesystem.
+fn check_component(c: &str) -> Result<(), String> {
+    naming::check_single_component(c).map_err(|e| e.to_string())
 }
 
 fn check_path(op: &'static str, path: &[String]) -> Result<(), StorageError> {
@@ -222,7 +209,7 @@ fn check_path(op: &'static str, path: &[String]) -> Result<(), StorageError> {
         reason,
     };
     if path.is_empty() {
-        return Err(invalid("empty path (the export root itself)"));
+        return Err(invalid("empty path (the export root itself)".into()));
     }
     path.iter().try_for_each(|c| check_component(c)).map_err(invalid)
 }
@@ -236,10 +223,10 @@ fn check_pv(op: &'static str, pv_name: &str) -> Result<(), StorageError> {
     };
     check_component(pv_name).map_err(invalid)?;
     if pv_name.ends_with(TMP_SUFFIX) {
-        return Err(invalid("volume name ends with .tmp"));
+        return Err(invalid("volume name ends with .tmp".into()));
     }
     if pv_name.len() + TMP_SUFFIX.len() > NAME_MAX {
-        return Err(invalid("volume name too long for a staging record"));
+        return Err(invalid("volume name too long for a staging record".into()));
     }
     Ok(())
 }
@@ -1423,7 +1410,7 @@ mod tests {
         let e = StorageError::InvalidPath {
             op: "delete directory",
             path: "a/..".to_owned(),
-            reason: "x",
+            reason: "x".into(),
         };
         assert_eq!(e.to_string(), "delete directory \"a/..\": invalid path: x");
         let e = StorageError::ArchiveNamesExhausted {
