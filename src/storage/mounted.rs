@@ -415,7 +415,8 @@ impl MountedExport {
         }
     }
 
-    /// Names of the volumes that have a staging record (creation started, `finish_volume` not yet done).
+    /// Names of the volumes with something in the staging area: a record (creation started,
+    /// `finish_volume` not yet done) or a `.tmp` leftover of an interrupted create or finish.
     pub fn staged_volumes(&self) -> Result<Vec<String>, StorageError> {
         const OP: &str = "list staging area";
         let root = self.open_root("open export root")?;
@@ -432,20 +433,23 @@ impl MountedExport {
             let Ok(name) = entry.file_name().to_str() else {
                 continue;
             };
-            if check_pv(OP, name).is_err() {
-                continue; // ".", "..", "<pv>.tmp" and anything else that is not a record
+            // A "<pv>.tmp" left by a crash is reported as its pv: finish_volume clears both.
+            let pv = name.strip_suffix(TMP_SUFFIX).unwrap_or(name);
+            if check_pv(OP, pv).is_err() {
+                continue; // ".", ".." and anything else that is not ours
             }
-            let is_record = match entry.file_type() {
+            let is_dir_entry = match entry.file_type() {
                 Some(t) => t == Type::Directory,
                 None => stat_nofollow(staging.as_fd(), name)
                     .map_err(|e| io(OP, staging_path(name), e))?
                     .is_some_and(|st| is_dir(&st)),
             };
-            if is_record {
-                names.push(name.to_owned());
+            if is_dir_entry {
+                names.push(pv.to_owned());
             }
         }
         names.sort();
+        names.dedup();
         Ok(names)
     }
 
@@ -945,7 +949,7 @@ mod tests {
         let (tmp, export) = export();
         let leftover = record(&tmp, "pv-1.tmp", "elsewhere", true);
         fs::write(leftover.join("vol/junk"), b"x").unwrap();
-        assert_eq!(export.staged_volumes().unwrap(), Vec::<String>::new());
+        assert_eq!(export.staged_volumes().unwrap(), p(&["pv-1"]));
         assert_eq!(
             export.create_volume("pv-1", &p(&["a"]), &RWX).unwrap(),
             Created::New
@@ -1046,14 +1050,23 @@ mod tests {
     }
 
     #[test]
-    fn staged_volumes_lists_records_only() {
+    fn staged_volumes_lists_records_and_crash_leftovers_once_each() {
         let (tmp, export) = export();
         assert!(export.staged_volumes().unwrap().is_empty());
         record(&tmp, "pv-b", "b", true);
+        record(&tmp, "pv-b.tmp", "b", true);
         record(&tmp, "pv-a", "a", false);
         record(&tmp, "pv-c.tmp", "c", true);
         fs::write(staging(&tmp).join("stray-file"), b"x").unwrap();
-        assert_eq!(export.staged_volumes().unwrap(), p(&["pv-a", "pv-b"]));
+        assert_eq!(export.staged_volumes().unwrap(), p(&["pv-a", "pv-b", "pv-c"]));
+    }
+
+    #[test]
+    fn finishing_a_volume_clears_a_leftover_of_an_interrupted_finish() {
+        let (tmp, export) = export();
+        record(&tmp, "pv-c.tmp", "c", false);
+        export.finish_volume("pv-c").unwrap();
+        assert!(export.staged_volumes().unwrap().is_empty());
     }
 
     #[test]

@@ -51,10 +51,12 @@ impl Lcg {
     }
 }
 
-/// Kills the provisioner with SIGKILL at random moments until `stop` and restarts it each time.
+/// Kills the provisioner with SIGKILL at random moments and restarts it each time. The gaps are
+/// short (a restart lists, provisions a few claims and is killed again), so kills land in every
+/// phase: start-up, mkdir, rename into place, PV create, staging cleanup, archive, delete.
 async fn chaos(env: &Env, mut current: ManagedChild, rng: &mut Lcg, kills: usize) -> Result<ManagedChild> {
     for _ in 0..kills {
-        tokio::time::sleep(Duration::from_millis(100 + rng.next(900))).await;
+        tokio::time::sleep(Duration::from_millis(20 + rng.next(400))).await;
         current.kill9();
         current
             .wait_exit_async(Duration::from_secs(10))
@@ -133,10 +135,13 @@ pub fn trials() -> Vec<E2eTrial> {
                     for (i, name) in names.iter().enumerate() {
                         let class = if i % 2 == 0 { &archive } else { &delete };
                         env.claim(name, Some(class), json!({})).await?;
+                        if i % 5 == 4 {
+                            tokio::time::sleep(Duration::from_millis(150)).await;
+                        }
                     }
                     anyhow::Ok(())
                 };
-                let (created, p) = tokio::join!(create, chaos(&env, p, &mut rng, 6));
+                let (created, p) = tokio::join!(create, chaos(&env, p, &mut rng, 15));
                 created?;
                 let _p = p?;
                 let mut dirs = std::collections::BTreeMap::new();
@@ -186,7 +191,7 @@ pub fn trials() -> Vec<E2eTrial> {
                 };
                 let p = env.start(&[("ENABLE_LEADER_ELECTION", "false")])?;
                 drop(_p);
-                let (released, p) = tokio::join!(release, chaos(&env, p, &mut rng, 6));
+                let (released, p) = tokio::join!(release, chaos(&env, p, &mut rng, 15));
                 released?;
                 let _p = p?;
                 for pv in &volumes {
