@@ -47,6 +47,29 @@ pub async fn client(config: &Config) -> Result<Client, ClientError> {
     Ok(Client::try_from(kube_config)?)
 }
 
+/// Every API permission the provisioner uses: (API group, resource, verb, namespaced-only).
+/// rbac/ grants exactly these (tests/manifests.rs compares the two; the end-to-end suite runs
+/// with nothing else, which proves they suffice).
+pub const ACCESS: &[(&str, &str, &str, bool)] = &[
+    // Caches of PVs (for release and overlap checks), claims and classes; PV create and delete.
+    ("", "persistentvolumes", "list", false),
+    ("", "persistentvolumes", "watch", false),
+    ("", "persistentvolumes", "create", false),
+    ("", "persistentvolumes", "delete", false),
+    ("", "persistentvolumeclaims", "list", false),
+    ("", "persistentvolumeclaims", "watch", false),
+    ("storage.k8s.io", "storageclasses", "list", false),
+    ("storage.k8s.io", "storageclasses", "watch", false),
+    // Events about claims (events.k8s.io, deduplicated into series by patch) and PVs (core).
+    ("events.k8s.io", "events", "create", false),
+    ("events.k8s.io", "events", "patch", false),
+    ("", "events", "create", false),
+    // Leader election, in the provisioner's own namespace only.
+    ("coordination.k8s.io", "leases", "get", true),
+    ("coordination.k8s.io", "leases", "create", true),
+    ("coordination.k8s.io", "leases", "update", true),
+];
+
 fn status_code(err: &kube::Error) -> Option<u16> {
     match err {
         kube::Error::Api(status) => Some(status.code),
