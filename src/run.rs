@@ -5,7 +5,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use anyhow::Context;
+use anyhow::anyhow;
 use tracing::{info, warn};
 
 use crate::config::Config;
@@ -35,7 +35,7 @@ fn identity(config: &Config) -> String {
 }
 
 pub async fn run(config: Config) -> anyhow::Result<()> {
-    let shutdown = shutdown::on_signals().context("install signal handlers")?;
+    let shutdown = shutdown::on_signals().map_err(|e| anyhow!("install signal handlers: {e}"))?;
     let client = k8s::client(&config).await?;
     let identity = identity(&config);
     let storage = Storage::new(
@@ -45,9 +45,9 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         config.delete_concurrency,
     );
     // Refuse to start on an export that is not there, rather than fail every claim later.
-    let capacity = storage.capacity().await.with_context(|| {
-        format!(
-            "NFS_MOUNT_PATH {}: the export is not usable",
+    let capacity = storage.capacity().await.map_err(|e| {
+        anyhow!(
+            "NFS_MOUNT_PATH {}: the export is not usable: {e}",
             config.mount_path.display()
         )
     })?;
