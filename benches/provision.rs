@@ -1,0 +1,1165 @@
+//! Provisioning and release throughput against a real Kubernetes 1.20 control plane.
+//!
+//! `KUBEBUILDER_ASSETS=$(bash scripts/build-control-plane.sh) cargo bench --bench provision [-- 100 1000]`
+//!
+//! Starts etcd + kube-apiserver + kube-controller-manager once (the end-to-end suite's harness), then
+//! for every claim count N (arguments, else `BENCH_N=100,1000`, else 100 and 1000) and every run
+//! (`BENCH_RUNS`, default 3) runs the release-built provisioner binary as a separate process, exactly
+//! as in production (ServiceAccount kubeconfig bound by `rbac/`, leader election on, default timings,
+//! a temporary directory as `NFS_MOUNT_PATH`), and measures:
+//!
+//! 1. provisioning: N claims created at once (64 requests in flight); seconds from the first create
+//!    returning until every PV has been seen by the bench's PV watch, and until every claim is seen
+//!    `Bound`; per-claim latency from its create returning to its PV being seen (p50, p99);
+//! 2. release: the N claims deleted at once; seconds from the first delete being sent until every PV
+//!    is gone and every directory removed (class `onDelete: delete`), and likewise for a second batch
+//!    of N claims of the default (archive) class until every `archived-*` directory exists;
+//! 3. the provisioner's CPU seconds (utime + stime from `/proc/<pid>/stat`) in each phase, the control
+//!    plane's and the bench's own, and the provisioner's peak RSS (`VmHWM`) with N claims and PVs;
+//! 4. idle API requests: with N PVs bound, a provisioner started with
+//!    `RUST_LOG=info,kube_client::client::builder=debug` is left alone for `BENCH_IDLE_SECS` (30)
+//!    seconds and its "requesting" log lines are counted.
+//!
+//! Prints a Markdown table: the median of the runs with min–max. `BENCH_KEEP=1` keeps the working
+//! directory (logs of every component and provisioner).
+
+#[path = "../tests/e2e/support/mod.rs"]
+mod support;
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
+
+use anyhow::{Context, Result, bail, ensure};
+use futures::{StreamExt, TryStreamExt, stream};
+use k8s_openapi::api::core::v1::{Namespace, PersistentVolume, PersistentVolumeClaim};
+use k8s_openapi::api::storage::v1::StorageClass;
+use kube::api::{DeleteParams, PostParams};
+use kube::runtime::WatchStreamExt;
+use kube::runtime::watcher::{self, Event};
+use kube::{Api, Client, ResourceExt};
+use serde_json::json;
+use tokio::task::JoinHandle;
+use tokio::time::Instant;
+
+use support::{ControlPlane, ManagedChild, Suite, TrialCtx, poll_until};
+
+const BINARY: &str = env!("CARGO_BIN_EXE_nfs-subdir-provisioner");
+const SERVER: &str = "127.0.0.1";
+/// Claim creations and deletions in flight at once.
+const CONCURRENCY: usize = 64;
+/// The provisioner's staging area at the export root.
+const STAGING_DIR: &str = ".nfs-subdir-provisioner";
+/// Time for a provisioner to start, win the Lease and sync its caches.
+const STARTUP: Duration = Duration::from_secs(60);
+/// Upper bound for a provisioner to exit after SIGTERM (it drains for at most 30 s).
+const STOP: Duration = Duration::from_secs(45);
+/// The idle phase starts once no request other than Lease renewals was logged for this long.
+const QUIET: Duration = Duration::from_secs(3);
+/// The measured phases log as in production: the binary's defaults (`info`; `auto` is JSON when
+/// not on a terminal).
+const LOG_PRODUCTION: Logging = Logging {
+    filter: "info",
+    format: "auto",
+};
+/// The idle phase logs every HTTP request the client sends, as text (easy to classify).
+const LOG_REQUESTS: Logging = Logging {
+    filter: "info,kube_client::client::builder=debug",
+    format: "text",
+};
+
+#[derive(Debug, Clone, Copy)]
+struct Logging {
+    /// `RUST_LOG`
+    filter: &'static str,
+    /// `LOG_FORMAT`
+    format: &'static str,
+}
+
+fn main() -> ExitCode {
+    match run_all() {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("bench failed: {}", support::error_chain(&e));
+            ExitCode::FAILURE
+        }
+    }
+}
+
+struct Options {
+    sizes: Vec<usize>,
+    runs: usize,
+    idle: Duration,
+    keep: bool,
+}
+
+fn parse_sizes(text: &str) -> Result<Vec<usize>> {
+    text.split(',')
+        .map(str::trim)
+        .filter(|s| !s.is_empty())
+        .map(|s| {
+            s.parse::<usize>()
+                .ok()
+                .filter(|&n| n > 0)
+                .with_context(|| format!("claim count {s:?} is not a positive number"))
+        })
+        .collect()
+}
+
+fn env_number(name: &str, default: u64) -> Result<u64> {
+    match std::env::var(name) {
+        Ok(v) => v
+            .trim()
+            .parse()
+            .with_context(|| format!("{name}={v:?} is not a number")),
+        Err(_) => Ok(default),
+    }
+}
+
+fn options() -> Result<Options> {
+    // `cargo bench` passes `--bench`; flags are ignored, every other argument is a claim count.
+    let mut sizes = Vec::new();
+    for arg in std::env::args().skip(1).filter(|a| !a.starts_with('-')) {
+        sizes.extend(parse_sizes(&arg)?);
+    }
+    if sizes.is_empty() {
+        sizes = match std::env::var("BENCH_N") {
+            Ok(v) => parse_sizes(&v)?,
+            Err(_) => vec![100, 1000],
+        };
+    }
+    let runs = usize::try_from(env_number("BENCH_RUNS", 3)?)?;
+    ensure!(runs > 0, "BENCH_RUNS must be at least 1");
+    Ok(Options {
+        sizes,
+        runs,
+        idle: Duration::from_secs(env_number("BENCH_IDLE_SECS", 30)?),
+        keep: std::env::var("BENCH_KEEP").is_ok_and(|v| v == "1"),
+    })
+}
+
+fn run_all() -> Result<()> {
+    let opts = options()?;
+    let assets = support::assets_from_env()
+        .map_err(|why| anyhow::anyhow!("{why}; to get the binaries: {}", support::HOW_TO_GET_ASSETS))?;
+    let tmp = tempfile::Builder::new().prefix("nfs-subdir-bench-").tempdir()?;
+    let workdir = tmp.path().to_owned();
+    let ticks = clock_ticks();
+    eprintln!(
+        "bench: N = {:?}, {} run(s) each, idle window {:?}, provisioner {BINARY}, load {}",
+        opts.sizes,
+        opts.runs,
+        opts.idle,
+        loadavg()
+    );
+    let cp = ControlPlane::start(&assets, &workdir.join("control-plane"))?;
+    eprintln!(
+        "bench: control plane ready ({}), logs in {}",
+        cp.startup_phases(),
+        cp.workdir().join("logs").display()
+    );
+    let suite = Arc::new(Suite {
+        cp,
+        assets,
+        workdir: workdir.clone(),
+        rbac_dir: support::rbac_dir(),
+    });
+
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()?;
+    let result = runtime.block_on(async {
+        let mut results: BTreeMap<usize, Vec<Vec<Metric>>> = BTreeMap::new();
+        for &n in &opts.sizes {
+            for run in 0..opts.runs {
+                eprintln!(
+                    "bench: N = {n}, run {}/{}: load {}",
+                    run + 1,
+                    opts.runs,
+                    loadavg()
+                );
+                let metrics = one_run(&suite, n, run, &opts, ticks).await?;
+                for m in &metrics {
+                    eprintln!("bench:   {:<55} {}", m.name, m.unit.format(m.value));
+                }
+                results.entry(n).or_default().push(metrics);
+            }
+        }
+        anyhow::Ok(results)
+    });
+    runtime.shutdown_timeout(Duration::from_secs(5));
+    let load_after = loadavg();
+    let kept = result.is_err() || opts.keep;
+    let table = result.map(|results| table(&results, opts.runs));
+    suite.cp.shutdown();
+    drop(suite);
+    if kept {
+        eprintln!("bench: working directory kept: {}", tmp.keep().display());
+    }
+    let table = table?;
+    println!("{table}");
+    println!("Load average at the end: {load_after}");
+    Ok(())
+}
+
+// ---------------------------------------------------------------------------------------------
+// Results
+
+#[derive(Debug, Clone, Copy)]
+enum Unit {
+    Seconds,
+    Millis,
+    MiB,
+    PerSecond,
+    Count,
+}
+
+impl Unit {
+    fn format(self, v: f64) -> String {
+        match self {
+            Unit::Seconds => format!("{v:.2} s"),
+            Unit::Millis => format!("{v:.0} ms"),
+            Unit::MiB => format!("{v:.1} MiB"),
+            Unit::PerSecond => format!("{v:.2}/s"),
+            Unit::Count => format!("{v:.0}"),
+        }
+    }
+
+    fn bare(self, v: f64) -> String {
+        match self {
+            Unit::Seconds | Unit::PerSecond => format!("{v:.2}"),
+            Unit::MiB => format!("{v:.1}"),
+            Unit::Millis | Unit::Count => format!("{v:.0}"),
+        }
+    }
+}
+
+#[derive(Debug, Clone)]
+struct Metric {
+    name: String,
+    unit: Unit,
+    value: f64,
+}
+
+fn metric(name: impl Into<String>, unit: Unit, value: f64) -> Metric {
+    Metric {
+        name: name.into(),
+        unit,
+        value,
+    }
+}
+
+fn median(values: &mut [f64]) -> f64 {
+    values.sort_by(f64::total_cmp);
+    let n = values.len();
+    if n == 0 {
+        f64::NAN
+    } else if n % 2 == 1 {
+        values[n / 2]
+    } else {
+        (values[n / 2 - 1] + values[n / 2]) / 2.0
+    }
+}
+
+/// Nearest-rank percentile of sorted values.
+fn percentile(sorted: &[f64], p: f64) -> f64 {
+    if sorted.is_empty() {
+        return f64::NAN;
+    }
+    let rank = (p * sorted.len() as f64).ceil() as usize;
+    sorted[rank.clamp(1, sorted.len()) - 1]
+}
+
+fn table(results: &BTreeMap<usize, Vec<Vec<Metric>>>, runs: usize) -> String {
+    let mut names: Vec<(String, Unit)> = Vec::new();
+    for metrics in results.values().flatten() {
+        for m in metrics {
+            if !names.iter().any(|(n, _)| *n == m.name) {
+                names.push((m.name.clone(), m.unit));
+            }
+        }
+    }
+    let mut out = format!("\nMedian of {runs} run(s), min–max in parentheses.\n\n| metric |");
+    for n in results.keys() {
+        out.push_str(&format!(" N = {n} |"));
+    }
+    out.push_str("\n|---|");
+    out.push_str(&"---|".repeat(results.len()));
+    out.push('\n');
+    for (name, unit) in names {
+        let label = match unit {
+            Unit::Seconds => format!("{name} (s)"),
+            Unit::Millis => format!("{name} (ms)"),
+            Unit::MiB => format!("{name} (MiB)"),
+            Unit::PerSecond => format!("{name} (/s)"),
+            Unit::Count => name.clone(),
+        };
+        out.push_str(&format!("| {label} |"));
+        for runs in results.values() {
+            let mut values: Vec<f64> = runs
+                .iter()
+                .flat_map(|metrics| metrics.iter().filter(|m| m.name == name).map(|m| m.value))
+                .collect();
+            if values.is_empty() {
+                out.push_str(" – |");
+                continue;
+            }
+            let med = median(&mut values);
+            let (min, max) = (values[0], values[values.len() - 1]);
+            if values.len() == 1 {
+                out.push_str(&format!(" {} |", unit.bare(med)));
+            } else {
+                out.push_str(&format!(
+                    " {} ({}–{}) |",
+                    unit.bare(med),
+                    unit.bare(min),
+                    unit.bare(max)
+                ));
+            }
+        }
+        out.push('\n');
+    }
+    out
+}
+
+// ---------------------------------------------------------------------------------------------
+// /proc
+
+fn clock_ticks() -> f64 {
+    std::process::Command::new("getconf")
+        .arg("CLK_TCK")
+        .output()
+        .ok()
+        .and_then(|o| String::from_utf8(o.stdout).ok())
+        .and_then(|s| s.trim().parse::<f64>().ok())
+        .filter(|&t| t > 0.0)
+        .unwrap_or(100.0)
+}
+
+fn loadavg() -> String {
+    std::fs::read_to_string("/proc/loadavg")
+        .map(|s| s.split_whitespace().take(3).collect::<Vec<_>>().join(" "))
+        .unwrap_or_else(|_| "unknown".into())
+}
+
+/// (comm, ppid, utime + stime in ticks) of a process.
+fn proc_stat(pid: u32) -> Option<(String, u32, u64)> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    let open = stat.find('(')?;
+    let close = stat.rfind(')')?;
+    let comm = stat.get(open + 1..close)?.to_owned();
+    // Fields after the command: state(3) ppid(4) … utime(14) stime(15).
+    let fields: Vec<&str> = stat.get(close + 1..)?.split_whitespace().collect();
+    let ppid = fields.get(1)?.parse().ok()?;
+    let utime: u64 = fields.get(11)?.parse().ok()?;
+    let stime: u64 = fields.get(12)?.parse().ok()?;
+    Some((comm, ppid, utime + stime))
+}
+
+/// A `kB` line of `/proc/<pid>/status` in MiB.
+fn status_mib(pid: u32, key: &str) -> Option<f64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    let line = status.lines().find(|l| l.starts_with(key))?;
+    let kb: f64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kb / 1024.0)
+}
+
+/// The processes whose CPU time a phase reports.
+#[derive(Debug, Clone)]
+struct Watched {
+    /// (label, pid)
+    pids: Vec<(&'static str, u32)>,
+}
+
+impl Watched {
+    /// The provisioner, the control plane (children of this process) and the bench itself.
+    fn new(provisioner: u32) -> Self {
+        let mut pids = vec![("provisioner", provisioner)];
+        let me = std::process::id();
+        let mut children: Vec<(String, u32)> = Vec::new();
+        for entry in std::fs::read_dir("/proc").into_iter().flatten().flatten() {
+            let Some(pid) = entry.file_name().to_str().and_then(|s| s.parse::<u32>().ok()) else {
+                continue;
+            };
+            if let Some((comm, ppid, _)) = proc_stat(pid)
+                && ppid == me
+            {
+                children.push((comm, pid));
+            }
+        }
+        for (label, comm) in [
+            ("kube-apiserver", "kube-apiserver"),
+            ("etcd", "etcd"),
+            // comm is cut to 15 bytes.
+            ("kube-controller-manager", "kube-controller"),
+        ] {
+            if let Some((_, pid)) = children.iter().find(|(c, _)| c == comm) {
+                pids.push((label, *pid));
+            }
+        }
+        pids.push(("bench", me));
+        Watched { pids }
+    }
+
+    fn sample(&self) -> Vec<u64> {
+        self.pids
+            .iter()
+            .map(|(_, pid)| proc_stat(*pid).map_or(0, |(_, _, t)| t))
+            .collect()
+    }
+
+    /// CPU seconds per process between two samples, as metrics named `<phase>: CPU <process>`.
+    fn cpu_metrics(&self, phase: &str, before: &[u64], after: &[u64], ticks: f64) -> Vec<Metric> {
+        self.pids
+            .iter()
+            .zip(before.iter().zip(after))
+            .map(|((label, _), (b, a))| {
+                metric(
+                    format!("{phase}: CPU {label}"),
+                    Unit::Seconds,
+                    a.saturating_sub(*b) as f64 / ticks,
+                )
+            })
+            .collect()
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// What the bench's watches saw
+
+#[derive(Default)]
+struct Seen {
+    /// PV name → when the bench first saw it.
+    pv_added: HashMap<String, Instant>,
+    /// PV name → when the bench saw it deleted.
+    pv_gone: HashMap<String, Instant>,
+    /// PV name → when the bench first saw it `Released` (kube-controller-manager's doing).
+    pv_released: HashMap<String, Instant>,
+    /// PV name → when the bench first saw its deletionTimestamp (the provisioner's DELETE).
+    pv_deleting: HashMap<String, Instant>,
+    /// Claim name → when the bench first saw it handed to a provisioner by kube-controller-manager.
+    annotated: HashMap<String, Instant>,
+    /// Claim name → when the bench first saw it Bound.
+    bound: HashMap<String, Instant>,
+    /// Claim name → when the bench saw it deleted.
+    claim_gone: HashMap<String, Instant>,
+    pv_synced: bool,
+    claims_synced: bool,
+}
+
+type SharedSeen = Arc<Mutex<Seen>>;
+
+fn lock(seen: &SharedSeen) -> MutexGuard<'_, Seen> {
+    seen.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+fn watch_volumes(client: Client, seen: SharedSeen) -> JoinHandle<()> {
+    tokio::spawn(async move {
+        let stream = watcher::watcher(Api::<PersistentVolume>::all(client), watcher::Config::default())
+            .default_backoff();
+        let mut stream = std::pin::pin!(stream);
+        while let Some(event) = stream.next().await {
+            let now = Instant::now();
+            let mut seen = lock(&seen);
+            match event {
+                Ok(Event::Apply(pv) | Event::InitApply(pv)) => {
+                    let name = pv.name_any();
+                    if pv.status.as_ref().and_then(|s| s.phase.as_deref()) == Some("Released") {
+                        seen.pv_released.entry(name.clone()).or_insert(now);
+                    }
+                    if pv.metadata.deletion_timestamp.is_some() {
+                        seen.pv_deleting.entry(name.clone()).or_insert(now);
+                    }
+                    seen.pv_added.entry(name).or_insert(now);
+                }
+                Ok(Event::Delete(pv)) => {
+                    let name = pv.name_any();
+                    seen.pv_deleting.entry(name.clone()).or_insert(now);
+                    seen.pv_gone.entry(name).or_insert(now);
+                }
+                Ok(Event::InitDone) => seen.pv_synced = true,
+                Ok(Event::Init) => {}
+                Err(e) => eprintln!("bench: PV watch error: {e}"),
+            }
+        }
+    })
+}
+
+fn watch_claims(client: Client, namespace: &str, seen: SharedSeen) -> JoinHandle<()> {
+    let api = Api::<PersistentVolumeClaim>::namespaced(client, namespace);
+    tokio::spawn(async move {
+        let stream = watcher::watcher(api, watcher::Config::default()).default_backoff();
+        let mut stream = std::pin::pin!(stream);
+        while let Some(event) = stream.next().await {
+            let now = Instant::now();
+            let mut seen = lock(&seen);
+            match event {
+                Ok(Event::Apply(c) | Event::InitApply(c)) => {
+                    let annotations = c.annotations();
+                    if annotations.contains_key("volume.beta.kubernetes.io/storage-provisioner")
+                        || annotations.contains_key("volume.kubernetes.io/storage-provisioner")
+                    {
+                        seen.annotated.entry(c.name_any()).or_insert(now);
+                    }
+                    if c.status.as_ref().and_then(|s| s.phase.as_deref()) == Some("Bound") {
+                        seen.bound.entry(c.name_any()).or_insert(now);
+                    }
+                }
+                Ok(Event::Delete(c)) => {
+                    seen.claim_gone.entry(c.name_any()).or_insert(now);
+                }
+                Ok(Event::InitDone) => seen.claims_synced = true,
+                Ok(Event::Init) => {}
+                Err(e) => eprintln!("bench: claim watch error: {e}"),
+            }
+        }
+    })
+}
+
+// ---------------------------------------------------------------------------------------------
+// One run
+
+/// A provisioned claim: its name, PV and directory (relative to the export).
+#[derive(Debug, Clone)]
+struct Volume {
+    claim: String,
+    pv: String,
+    dir: String,
+}
+
+struct Run {
+    t: TrialCtx,
+    client: Client,
+    ns: String,
+    provisioner_name: String,
+    kubeconfig: PathBuf,
+    export: PathBuf,
+    seen: SharedSeen,
+    started: usize,
+    ticks: f64,
+    deadline: Duration,
+}
+
+struct Provisioner {
+    child: ManagedChild,
+}
+
+impl Provisioner {
+    fn pid(&self) -> u32 {
+        self.child.pid()
+    }
+
+    fn peak_rss_mib(&self) -> f64 {
+        status_mib(self.pid(), "VmHWM:").unwrap_or(f64::NAN)
+    }
+
+    fn check_running(&self) -> Result<()> {
+        if let Some(status) = self.child.try_exit_status() {
+            bail!(
+                "the provisioner exited ({status}); its log:\n{}",
+                self.child.log_tail(30)
+            );
+        }
+        Ok(())
+    }
+
+    /// SIGTERM (it releases the Lease) and wait for the exit.
+    async fn stop(self) -> Result<()> {
+        self.child.terminate()?;
+        if self.child.wait_exit_async(STOP).await.is_none() {
+            self.child.kill9();
+            bail!("the provisioner did not exit within {STOP:?} of SIGTERM");
+        }
+        Ok(())
+    }
+}
+
+/// Lines of a provisioner log that announce an HTTP request: (all, not about the Lease).
+fn count_requests(log: &Path, from: u64) -> Result<(usize, usize)> {
+    let bytes = std::fs::read(log).with_context(|| format!("reading {}", log.display()))?;
+    let start = usize::try_from(from)?.min(bytes.len());
+    let text = String::from_utf8_lossy(&bytes[start..]);
+    let requests: Vec<&str> = text.lines().filter(|l| l.contains("requesting")).collect();
+    let other = requests.iter().filter(|l| !l.contains("/leases/")).count();
+    Ok((requests.len(), other))
+}
+
+/// The request lines of a provisioner log after byte `from`, without timestamps, for the report.
+fn request_kinds(log: &Path, from: u64) -> Result<BTreeMap<String, usize>> {
+    let bytes = std::fs::read(log)?;
+    let start = usize::try_from(from)?.min(bytes.len());
+    let text = String::from_utf8_lossy(&bytes[start..]);
+    let mut kinds = BTreeMap::new();
+    for line in text.lines().filter(|l| l.contains("requesting")) {
+        let line = strip_ansi(line);
+        let method = ["GET", "PUT", "POST", "PATCH", "DELETE"]
+            .into_iter()
+            .find(|m| line.contains(&format!("http.method={m}")))
+            .unwrap_or("?");
+        let url = line
+            .split_whitespace()
+            .find_map(|w| w.strip_prefix("http.url="))
+            .map(|u| u.split('?').next().unwrap_or(u).trim_end_matches([',', '}', ':']))
+            .unwrap_or("?");
+        // Drop the scheme and host.
+        let path = url
+            .splitn(4, '/')
+            .nth(3)
+            .map_or(url.to_owned(), |p| format!("/{p}"));
+        *kinds.entry(format!("{method} {path}")).or_insert(0) += 1;
+    }
+    Ok(kinds)
+}
+
+/// `LOG_FORMAT=text` colours its output; the escapes split `key=value` pairs.
+fn strip_ansi(line: &str) -> String {
+    let mut out = String::with_capacity(line.len());
+    let mut chars = line.chars();
+    while let Some(c) = chars.next() {
+        if c == '\u{1b}' {
+            // CSI: ESC '[' parameters, final byte in '@'..='~'.
+            for c in chars.by_ref() {
+                if ('@'..='~').contains(&c) && c != '[' {
+                    break;
+                }
+            }
+        } else {
+            out.push(c);
+        }
+    }
+    out
+}
+
+fn file_len(path: &Path) -> u64 {
+    std::fs::metadata(path).map_or(0, |m| m.len())
+}
+
+impl Run {
+    async fn new(suite: &Arc<Suite>, n: usize, run: usize, ticks: f64) -> Result<Run> {
+        let name = format!("n{n}-run{run}");
+        let dir = suite.workdir.join("runs").join(&name);
+        std::fs::create_dir_all(&dir)?;
+        let t = TrialCtx {
+            suite: Arc::clone(suite),
+            name,
+            dir: dir.clone(),
+            logs: Arc::default(),
+        };
+        let ns = t.unique_name(&format!("bench-n{n}-r{run}"));
+        let kubeconfig = t.provisioner_kubeconfig(&ns).await?;
+        let export = dir.join("export");
+        std::fs::create_dir_all(&export)?;
+        Ok(Run {
+            client: suite.cp.admin_client(),
+            provisioner_name: format!("bench.example.com/{ns}"),
+            ns,
+            kubeconfig,
+            export,
+            seen: SharedSeen::default(),
+            started: 0,
+            ticks,
+            // Generous: the Go provisioner needs ~0.55 s per claim.
+            deadline: Duration::from_secs(120) + Duration::from_millis(600) * u32::try_from(n)?,
+            t,
+        })
+    }
+
+    fn nfs_path(&self) -> String {
+        format!("/exports/{}", self.ns)
+    }
+
+    async fn class(&self, suffix: &str, params: serde_json::Value) -> Result<String> {
+        let name = format!("{}-{suffix}", self.ns);
+        let class: StorageClass = serde_json::from_value(json!({
+            "metadata": { "name": name },
+            "provisioner": self.provisioner_name,
+            "parameters": params,
+            "reclaimPolicy": "Delete",
+        }))?;
+        Api::<StorageClass>::all(self.client.clone())
+            .create(&PostParams::default(), &class)
+            .await
+            .with_context(|| format!("creating StorageClass {name}"))?;
+        Ok(name)
+    }
+
+    /// Starts a provisioner as a Deployment would and waits until it leads with synced caches.
+    async fn start(&mut self, logging: Logging) -> Result<Provisioner> {
+        self.started += 1;
+        let name = format!("provisioner-{}", self.started);
+        let env: Vec<(&str, String)> = vec![
+            ("PROVISIONER_NAME", self.provisioner_name.clone()),
+            ("NFS_SERVER", SERVER.into()),
+            ("NFS_PATH", self.nfs_path()),
+            ("NFS_MOUNT_PATH", self.export.display().to_string()),
+            ("KUBECONFIG", self.kubeconfig.display().to_string()),
+            ("POD_NAMESPACE", self.ns.clone()),
+            ("POD_NAME", format!("bench-{}", self.started)),
+            ("RUST_LOG", logging.filter.into()),
+            ("LOG_FORMAT", logging.format.into()),
+        ];
+        let child = self
+            .t
+            .spawn(&name, Path::new(BINARY), std::iter::empty::<&str>(), env)?;
+        let provisioner = Provisioner { child };
+        let log = provisioner.child.log_path().to_owned();
+        poll_until("the provisioner to lead with synced caches", STARTUP, || async {
+            provisioner.check_running()?;
+            let text = std::fs::read_to_string(&log).unwrap_or_default();
+            Ok(text.contains("caches synced").then_some(()))
+        })
+        .await
+        .with_context(|| format!("starting {name}; its log:\n{}", provisioner.child.log_tail(30)))?;
+        Ok(provisioner)
+    }
+
+    fn claims(&self) -> Api<PersistentVolumeClaim> {
+        Api::namespaced(self.client.clone(), &self.ns)
+    }
+
+    /// Creates `n` claims of `class` at once and waits for every PV and every Bound claim.
+    async fn provision(
+        &self,
+        p: &Provisioner,
+        phase: &str,
+        class: &str,
+        prefix: &str,
+        n: usize,
+    ) -> Result<(Vec<Metric>, Vec<Volume>)> {
+        let claims = self.claims();
+        let watched = Watched::new(p.pid());
+        let cpu_before = watched.sample();
+        let sent = Instant::now();
+        let created: Vec<(String, String, Instant)> = stream::iter(0..n)
+            .map(|i| {
+                let claims = claims.clone();
+                async move {
+                    let name = format!("{prefix}-{i:04}");
+                    let claim: PersistentVolumeClaim = serde_json::from_value(json!({
+                        "metadata": { "name": name },
+                        "spec": {
+                            "storageClassName": class,
+                            "accessModes": ["ReadWriteMany"],
+                            "resources": { "requests": { "storage": "1Mi" } },
+                        },
+                    }))?;
+                    let claim = claims
+                        .create(&PostParams::default(), &claim)
+                        .await
+                        .with_context(|| format!("creating claim {name}"))?;
+                    let returned = Instant::now();
+                    let uid = claim.uid().context("created claim without uid")?;
+                    anyhow::Ok((name, format!("pvc-{uid}"), returned))
+                }
+            })
+            .buffer_unordered(CONCURRENCY)
+            .try_collect()
+            .await?;
+        let first_created = created.iter().map(|c| c.2).min().context("no claims")?;
+        let last_created = created.iter().map(|c| c.2).max().context("no claims")?;
+
+        let pvs: Vec<&str> = created.iter().map(|c| c.1.as_str()).collect();
+        let pv_seen: Vec<Instant> = poll_until(&format!("{n} PVs ({phase})"), self.deadline, || async {
+            p.check_running()?;
+            let seen = lock(&self.seen);
+            Ok(pvs
+                .iter()
+                .map(|pv| seen.pv_added.get(*pv).copied())
+                .collect::<Option<Vec<_>>>())
+        })
+        .await
+        .with_context(|| self.progress(&pvs))?;
+        let bound_seen: Vec<Instant> = poll_until(
+            &format!("{n} claims to be Bound ({phase})"),
+            self.deadline,
+            || async {
+                p.check_running()?;
+                let seen = lock(&self.seen);
+                Ok(created
+                    .iter()
+                    .map(|c| seen.bound.get(&c.0).copied())
+                    .collect::<Option<Vec<_>>>())
+            },
+        )
+        .await?;
+        let cpu_after = watched.sample();
+
+        let all_pvs = pv_seen.iter().max().context("no PVs")?;
+        let all_bound = bound_seen.iter().max().context("no claims")?;
+        let mut latencies: Vec<f64> = created
+            .iter()
+            .zip(&pv_seen)
+            .map(|(c, seen)| seen.saturating_duration_since(c.2).as_secs_f64())
+            .collect();
+        latencies.sort_by(f64::total_cmp);
+        // Where the time goes: kube-controller-manager hands each claim over (annotation), then the
+        // provisioner makes its directory and PV.
+        let annotated: Vec<Instant> = {
+            let seen = lock(&self.seen);
+            created
+                .iter()
+                .map(|c| seen.annotated.get(&c.0).copied())
+                .collect::<Option<Vec<_>>>()
+                .context("a claim got its PV without being seen handed over")?
+        };
+        let all_annotated = annotated.iter().max().context("no claims")?;
+        let mut own: Vec<f64> = annotated
+            .iter()
+            .zip(&pv_seen)
+            .map(|(a, pv)| pv.saturating_duration_since(*a).as_secs_f64())
+            .collect();
+        own.sort_by(f64::total_cmp);
+
+        // Every PV's directory must exist (default pathPattern: <namespace>-<claim>-<pv>).
+        let volumes: Vec<Volume> = created
+            .iter()
+            .map(|(claim, pv, _)| Volume {
+                claim: claim.clone(),
+                pv: pv.clone(),
+                dir: format!("{}-{claim}-{pv}", self.ns),
+            })
+            .collect();
+        let entries = export_entries(&self.export)?;
+        let missing = volumes.iter().filter(|v| !entries.contains(&v.dir)).count();
+        ensure!(
+            missing == 0,
+            "{missing} of {n} directories are missing after {phase}"
+        );
+
+        let mut metrics = vec![
+            metric(
+                format!("{phase}: creating the claims"),
+                Unit::Seconds,
+                (last_created - sent).as_secs_f64(),
+            ),
+            metric(
+                format!("{phase}: all PVs"),
+                Unit::Seconds,
+                all_pvs.saturating_duration_since(first_created).as_secs_f64(),
+            ),
+            metric(
+                format!("{phase}: all claims Bound"),
+                Unit::Seconds,
+                all_bound.saturating_duration_since(first_created).as_secs_f64(),
+            ),
+            metric(
+                format!("{phase}: claim → PV latency p50"),
+                Unit::Millis,
+                percentile(&latencies, 0.50) * 1000.0,
+            ),
+            metric(
+                format!("{phase}: claim → PV latency p99"),
+                Unit::Millis,
+                percentile(&latencies, 0.99) * 1000.0,
+            ),
+            metric(
+                format!("{phase}: all claims handed over by kcm"),
+                Unit::Seconds,
+                all_annotated
+                    .saturating_duration_since(first_created)
+                    .as_secs_f64(),
+            ),
+            metric(
+                format!("{phase}: handed over → PV latency p50"),
+                Unit::Millis,
+                percentile(&own, 0.50) * 1000.0,
+            ),
+            metric(
+                format!("{phase}: handed over → PV latency p99"),
+                Unit::Millis,
+                percentile(&own, 0.99) * 1000.0,
+            ),
+        ];
+        metrics.extend(watched.cpu_metrics(phase, &cpu_before, &cpu_after, self.ticks));
+        Ok((metrics, volumes))
+    }
+
+    fn progress(&self, pvs: &[&str]) -> String {
+        let seen = lock(&self.seen);
+        let found = pvs.iter().filter(|pv| seen.pv_added.contains_key(**pv)).count();
+        format!("{found} of {} PVs seen", pvs.len())
+    }
+
+    /// Deletes the claims at once; waits until every PV is gone and every directory is removed
+    /// (`archived = false`) or archived.
+    async fn release(
+        &self,
+        p: &Provisioner,
+        phase: &str,
+        volumes: &[Volume],
+        archived: bool,
+    ) -> Result<Vec<Metric>> {
+        let claims = self.claims();
+        let watched = Watched::new(p.pid());
+        let cpu_before = watched.sample();
+        let sent = Instant::now();
+        stream::iter(volumes)
+            .map(|v| {
+                let claims = claims.clone();
+                async move {
+                    claims
+                        .delete(&v.claim, &DeleteParams::default())
+                        .await
+                        .with_context(|| format!("deleting claim {}", v.claim))?;
+                    anyhow::Ok(())
+                }
+            })
+            .buffer_unordered(CONCURRENCY)
+            .try_collect::<Vec<()>>()
+            .await?;
+        let deleted = Instant::now();
+        let expected_dirs: HashSet<String> = volumes.iter().map(|v| v.dir.clone()).collect();
+
+        // The provisioner archives or removes a directory before it deletes the PV, so once every
+        // PV is gone the directories are already in their final state and the end is the last PV
+        // deletion the bench saw. Should the directories lag behind, the end is when they are right.
+        let lagged = std::cell::Cell::new(false);
+        let end = poll_until(
+            &format!("{} PVs to be gone ({phase})", volumes.len()),
+            self.deadline,
+            || async {
+                p.check_running()?;
+                let last_gone = {
+                    let seen = lock(&self.seen);
+                    volumes
+                        .iter()
+                        .map(|v| seen.pv_gone.get(&v.pv).copied())
+                        .collect::<Option<Vec<_>>>()
+                        .and_then(|gone| gone.into_iter().max())
+                };
+                let Some(last_gone) = last_gone else {
+                    return Ok(None);
+                };
+                let entries = export_entries(&self.export)?;
+                let left = entries.iter().filter(|e| expected_dirs.contains(*e)).count();
+                let archives = volumes
+                    .iter()
+                    .filter(|v| entries.contains(&format!("archived-{}", v.dir)))
+                    .count();
+                let done = left == 0 && archives == if archived { volumes.len() } else { 0 };
+                if !done {
+                    lagged.set(true);
+                    return Ok(None);
+                }
+                Ok(Some(if lagged.get() { Instant::now() } else { last_gone }))
+            },
+        )
+        .await?;
+        let cpu_after = watched.sample();
+        // Where the time goes: kube-controller-manager removes the claims (pvc-protection) and marks
+        // their PVs Released; the provisioner archives or deletes and deletes the PV; pv-protection
+        // lets it go.
+        let (claims_gone, released, deleting, mut own) = {
+            let seen = lock(&self.seen);
+            let at = |map: &HashMap<String, Instant>, key: &str| map.get(key).copied();
+            let mut claims_gone = Vec::new();
+            let mut released = Vec::new();
+            let mut deleting = Vec::new();
+            let mut own = Vec::new();
+            for v in volumes {
+                let r =
+                    at(&seen.pv_released, &v.pv).with_context(|| format!("{} never seen Released", v.pv))?;
+                let d =
+                    at(&seen.pv_deleting, &v.pv).with_context(|| format!("{} never seen deleted", v.pv))?;
+                claims_gone.push(at(&seen.claim_gone, &v.claim).unwrap_or(r));
+                released.push(r);
+                deleting.push(d);
+                own.push(d.saturating_duration_since(r).as_secs_f64());
+            }
+            (claims_gone, released, deleting, own)
+        };
+        own.sort_by(f64::total_cmp);
+        let last = |times: &[Instant]| {
+            times
+                .iter()
+                .max()
+                .map_or(f64::NAN, |t| t.saturating_duration_since(sent).as_secs_f64())
+        };
+        let mut metrics = vec![
+            metric(
+                format!("{phase}: deleting the claims"),
+                Unit::Seconds,
+                (deleted - sent).as_secs_f64(),
+            ),
+            metric(
+                format!("{phase}: all PVs gone"),
+                Unit::Seconds,
+                end.saturating_duration_since(sent).as_secs_f64(),
+            ),
+            metric(
+                format!("{phase}: all claims gone"),
+                Unit::Seconds,
+                last(&claims_gone),
+            ),
+            metric(
+                format!("{phase}: all PVs Released (kcm)"),
+                Unit::Seconds,
+                last(&released),
+            ),
+            metric(
+                format!("{phase}: all PVs deleted by the provisioner"),
+                Unit::Seconds,
+                last(&deleting),
+            ),
+            metric(
+                format!("{phase}: Released → PV deleted latency p50"),
+                Unit::Millis,
+                percentile(&own, 0.50) * 1000.0,
+            ),
+            metric(
+                format!("{phase}: Released → PV deleted latency p99"),
+                Unit::Millis,
+                percentile(&own, 0.99) * 1000.0,
+            ),
+        ];
+        metrics.extend(watched.cpu_metrics(phase, &cpu_before, &cpu_after, self.ticks));
+        Ok(metrics)
+    }
+
+    /// Requests per second of an undisturbed provisioner with the current claims and PVs.
+    async fn idle(&self, p: &Provisioner, window: Duration) -> Result<Vec<Metric>> {
+        let log = p.child.log_path().to_owned();
+        // Wait for the start-up requests (lists, watches, the first Lease writes) to be over.
+        let quiet_deadline = Instant::now() + STARTUP;
+        let mut last = (count_requests(&log, 0)?.1, Instant::now());
+        loop {
+            p.check_running()?;
+            let now = Instant::now();
+            let other = count_requests(&log, 0)?.1;
+            if other != last.0 {
+                last = (other, now);
+            } else if now - last.1 >= QUIET {
+                break;
+            }
+            ensure!(
+                now < quiet_deadline,
+                "the provisioner kept sending requests other than Lease renewals for {STARTUP:?}"
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        let watched = Watched::new(p.pid());
+        let from = file_len(&log);
+        let cpu_before = watched.sample();
+        let started = Instant::now();
+        // A measurement window, not synchronisation.
+        tokio::time::sleep(window).await;
+        let cpu_after = watched.sample();
+        let elapsed = started.elapsed().as_secs_f64();
+        p.check_running()?;
+        let (all, other) = count_requests(&log, from)?;
+        let kinds = request_kinds(&log, from)?;
+        eprintln!("bench:   idle requests in {elapsed:.1} s: {kinds:?}");
+        let mut metrics = vec![
+            metric("idle: API requests", Unit::PerSecond, all as f64 / elapsed),
+            metric(
+                "idle: requests other than Lease renewals",
+                Unit::Count,
+                other as f64,
+            ),
+        ];
+        metrics.extend(
+            watched
+                .cpu_metrics("idle", &cpu_before, &cpu_after, self.ticks)
+                .into_iter()
+                .take(1),
+        );
+        Ok(metrics)
+    }
+
+    async fn cleanup(&self, classes: &[String]) {
+        let api = Api::<StorageClass>::all(self.client.clone());
+        for class in classes {
+            let _ = api.delete(class, &DeleteParams::default()).await;
+        }
+        let _ = Api::<Namespace>::all(self.client.clone())
+            .delete(&self.ns, &DeleteParams::default())
+            .await;
+    }
+}
+
+/// Top-level entries of the export, without the staging area.
+fn export_entries(export: &Path) -> Result<HashSet<String>> {
+    let mut names = HashSet::new();
+    for entry in std::fs::read_dir(export).with_context(|| format!("listing {}", export.display()))? {
+        let name = entry?.file_name().to_string_lossy().into_owned();
+        if name != STAGING_DIR {
+            names.insert(name);
+        }
+    }
+    Ok(names)
+}
+
+async fn one_run(
+    suite: &Arc<Suite>,
+    n: usize,
+    run: usize,
+    opts: &Options,
+    ticks: f64,
+) -> Result<Vec<Metric>> {
+    let mut r = Run::new(suite, n, run, ticks).await?;
+    let delete_class = r.class("delete", json!({ "onDelete": "delete" })).await?;
+    let archive_class = r.class("archive", json!({})).await?;
+    let watches = [
+        watch_volumes(r.client.clone(), Arc::clone(&r.seen)),
+        watch_claims(r.client.clone(), &r.ns, Arc::clone(&r.seen)),
+    ];
+    let result = async {
+        poll_until("the bench's watches to sync", STARTUP, || async {
+            let seen = lock(&r.seen);
+            Ok((seen.pv_synced && seen.claims_synced).then_some(()))
+        })
+        .await?;
+        let mut metrics = Vec::new();
+
+        // 1. Provisioning, by a provisioner that has done nothing else (its VmHWM is this phase's).
+        let p = r.start(LOG_PRODUCTION).await?;
+        let (m, batch_d) = r.provision(&p, "provision", &delete_class, "d", n).await?;
+        metrics.extend(m);
+        let rss_provisioning = p.peak_rss_mib();
+        p.stop().await?;
+
+        // 4. Idle, with N claims and N PVs, every request logged.
+        let p = r.start(LOG_REQUESTS).await?;
+        metrics.extend(r.idle(&p, opts.idle).await?);
+        let rss_idle = p.peak_rss_mib();
+        p.stop().await?;
+
+        // 2. Release (delete), then a second batch provisioned and released (archive).
+        let p = r.start(LOG_PRODUCTION).await?;
+        metrics.extend(
+            r.release(&p, "release, onDelete: delete", &batch_d, false)
+                .await?,
+        );
+        let (m, batch_a) = r
+            .provision(&p, "provision (2nd batch)", &archive_class, "a", n)
+            .await?;
+        metrics.extend(
+            m.into_iter()
+                .filter(|m| m.name.ends_with("all PVs") || m.name.ends_with("all claims Bound")),
+        );
+        let rss_second = p.peak_rss_mib();
+        metrics.extend(r.release(&p, "release, archive", &batch_a, true).await?);
+        p.stop().await?;
+
+        metrics.push(metric(
+            "peak RSS (VmHWM) of the provisioning process",
+            Unit::MiB,
+            rss_provisioning,
+        ));
+        metrics.push(metric(
+            "peak RSS (VmHWM), any process of the run",
+            Unit::MiB,
+            rss_provisioning.max(rss_idle).max(rss_second),
+        ));
+        anyhow::Ok(metrics)
+    }
+    .await;
+    for w in &watches {
+        w.abort();
+    }
+    r.cleanup(&[delete_class, archive_class]).await;
+    result.with_context(|| format!("N = {n}, run {}: logs in {}", run + 1, r.t.dir.display()))
+}
