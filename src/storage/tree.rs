@@ -171,11 +171,22 @@ impl TreeRemover {
             kind: Kind::Dir,
             flipped: false,
         });
-        if self.concurrency == 1 {
+        // List the top directory here first and start only as many helpers as there is queued
+        // work: most volumes are small, and spawning every worker for each delete cost more CPU
+        // than the deletes themselves (BENCHMARKS.md).
+        let top = lock(&ctx.state).stack.pop();
+        if let Some(task) = top
+            && let Err(Fail::Error(e)) = ctx.run(task)
+        {
+            lock(&ctx.state).error = Some(e);
+            ctx.stop.store(true, Ordering::Release);
+        }
+        let helpers = (self.concurrency - 1).min(lock(&ctx.state).stack.len());
+        if helpers == 0 {
             ctx.work();
         } else {
             std::thread::scope(|scope| {
-                for i in 1..self.concurrency {
+                for i in 1..=helpers {
                     // If a thread cannot be spawned we simply run with fewer workers.
                     let _ = std::thread::Builder::new()
                         .name(format!("rmtree-{i}"))
