@@ -2,10 +2,11 @@
 //! nfs-subdir-external-provisioner work unchanged), parsed once into an immutable [`Config`].
 //! Nothing past this module looks at a raw string from the environment.
 
+use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 
-use clap::Parser;
+use clap::{Parser, Subcommand};
 
 use crate::core::lease::LeaseTimings;
 use crate::core::naming::normalize_export_path;
@@ -18,54 +19,89 @@ use crate::core::params::parse_go_bool;
 #[derive(Parser, Debug)]
 #[command(name = "nfs-subdir-provisioner", version, about)]
 pub struct Args {
+    #[command(subcommand)]
+    command: Option<Command>,
     /// Name this provisioner answers to in StorageClass `provisioner:` (required).
-    #[arg(long, env = "PROVISIONER_NAME")]
+    #[arg(long, global = true, env = "PROVISIONER_NAME")]
     provisioner_name: Option<String>,
     /// NFS server written into every PersistentVolume (required).
-    #[arg(long, env = "NFS_SERVER")]
+    #[arg(long, global = true, env = "NFS_SERVER")]
     nfs_server: Option<String>,
     /// Exported path on the NFS server written into every PersistentVolume (required).
-    #[arg(long, env = "NFS_PATH")]
+    #[arg(long, global = true, env = "NFS_PATH")]
     nfs_path: Option<String>,
     /// Where the export is mounted in this process's filesystem.
-    #[arg(long, env = "NFS_MOUNT_PATH", default_value = "/persistentvolumes")]
+    #[arg(
+        long,
+        global = true,
+        env = "NFS_MOUNT_PATH",
+        default_value = "/persistentvolumes"
+    )]
     nfs_mount_path: PathBuf,
     /// Elect a leader through a coordination.k8s.io Lease (true/false, as Go's ParseBool).
-    #[arg(long, env = "ENABLE_LEADER_ELECTION", default_value = "true")]
+    #[arg(long, global = true, env = "ENABLE_LEADER_ELECTION", default_value = "true")]
     enable_leader_election: String,
     /// Kubeconfig for running outside a cluster; in-cluster config (then ~/.kube/config) otherwise.
-    #[arg(long, env = "KUBECONFIG")]
+    #[arg(long, global = true, env = "KUBECONFIG")]
     kubeconfig: Option<PathBuf>,
     /// Namespace of the leader-election Lease; defaults to the service account's namespace.
-    #[arg(long, env = "POD_NAMESPACE")]
+    #[arg(long, global = true, env = "POD_NAMESPACE")]
     pod_namespace: Option<String>,
     /// Identity of this replica in the Lease and in Events; defaults to the host name.
-    #[arg(long, env = "POD_NAME")]
+    #[arg(long, global = true, env = "POD_NAME")]
     pod_name: Option<String>,
     /// How long a Lease is valid without renewal.
-    #[arg(long, env = "LEADER_ELECTION_LEASE_DURATION", default_value = "15s")]
+    #[arg(
+        long,
+        global = true,
+        env = "LEADER_ELECTION_LEASE_DURATION",
+        default_value = "15s"
+    )]
     lease_duration: String,
     /// A leader that has not renewed for this long stops acting (must be below the lease duration).
-    #[arg(long, env = "LEADER_ELECTION_RENEW_DEADLINE", default_value = "10s")]
+    #[arg(
+        long,
+        global = true,
+        env = "LEADER_ELECTION_RENEW_DEADLINE",
+        default_value = "10s"
+    )]
     renew_deadline: String,
     /// Interval between leader-election attempts and renewals.
-    #[arg(long, env = "LEADER_ELECTION_RETRY_PERIOD", default_value = "2s")]
+    #[arg(
+        long,
+        global = true,
+        env = "LEADER_ELECTION_RETRY_PERIOD",
+        default_value = "2s"
+    )]
     retry_period: String,
     /// Deadline of one directory operation (create, archive, statvfs) on the export.
-    #[arg(long, env = "FS_OPERATION_TIMEOUT", default_value = "60s")]
+    #[arg(long, global = true, env = "FS_OPERATION_TIMEOUT", default_value = "60s")]
     fs_timeout: String,
     /// Deadline of removing one volume's directory tree.
-    #[arg(long, env = "DELETE_TIMEOUT", default_value = "30m")]
+    #[arg(long, global = true, env = "DELETE_TIMEOUT", default_value = "30m")]
     delete_timeout: String,
     /// Directory-tree removals keep this many operations in flight.
-    #[arg(long, env = "DELETE_CONCURRENCY", default_value = "32")]
+    #[arg(long, global = true, env = "DELETE_CONCURRENCY", default_value = "32")]
     delete_concurrency: usize,
     /// Upper bound of the exponential retry backoff of a failing claim or volume.
-    #[arg(long, env = "RETRY_MAX_INTERVAL", default_value = "5m")]
+    #[arg(long, global = true, env = "RETRY_MAX_INTERVAL", default_value = "5m")]
     retry_max: String,
     /// Log format: text, json, or auto (text on a terminal, json otherwise).
-    #[arg(long, env = "LOG_FORMAT", default_value = "auto")]
+    #[arg(long, global = true, env = "LOG_FORMAT", default_value = "auto")]
     log_format: String,
+    /// Address of /healthz, /readyz and /metrics.
+    #[arg(long, global = true, env = "HTTP_ADDR", default_value = "0.0.0.0:8080")]
+    http_addr: String,
+}
+
+/// What the process does; without a subcommand it runs the provisioner.
+#[derive(Subcommand, Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Command {
+    /// Run the provisioner (the default).
+    Run,
+    /// Preflight before deploying: API reachable, RBAC sufficient, export mounted and writable,
+    /// free space, StorageClasses valid. Prints a checklist; exits non-zero on any failure.
+    Check,
 }
 
 /// Validated configuration.
@@ -86,6 +122,7 @@ pub struct Config {
     pub delete_concurrency: usize,
     pub retry_max: Duration,
     pub log_format: LogFormat,
+    pub http_addr: SocketAddr,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -139,6 +176,10 @@ fn go_bool(var: &'static str, value: &str) -> Result<bool, ConfigError> {
 }
 
 impl Args {
+    pub fn command(&self) -> Command {
+        self.command.unwrap_or(Command::Run)
+    }
+
     pub fn into_config(self) -> Result<Config, ConfigError> {
         let provisioner_name = required("PROVISIONER_NAME", self.provisioner_name)?;
         if provisioner_name.len() > 253 || provisioner_name.contains(char::is_whitespace) {
@@ -198,6 +239,12 @@ impl Args {
             delete_concurrency: self.delete_concurrency,
             retry_max: duration("RETRY_MAX_INTERVAL", &self.retry_max)?,
             log_format,
+            http_addr: self.http_addr.trim().parse().map_err(|_| {
+                bad(
+                    "HTTP_ADDR",
+                    format!("{:?} is not an address like 0.0.0.0:8080", self.http_addr),
+                )
+            })?,
         })
     }
 }
@@ -272,6 +319,25 @@ mod tests {
         let mut args = BASE.to_vec();
         args.extend(["--renew-deadline", "20s"]);
         assert_eq!(parse(&args).unwrap_err().var, "LEADER_ELECTION_RENEW_DEADLINE");
+    }
+
+    #[test]
+    fn http_addr_defaults_to_all_interfaces_and_is_checked() {
+        assert_eq!(parse(&BASE).unwrap().http_addr.to_string(), "0.0.0.0:8080");
+        let mut args = BASE.to_vec();
+        args.extend(["--http-addr", "localhost"]);
+        assert_eq!(parse(&args).unwrap_err().var, "HTTP_ADDR");
+    }
+
+    #[test]
+    fn check_is_a_subcommand_taking_the_same_flags() {
+        let mut argv = vec!["nfs-subdir-provisioner", "check"];
+        argv.extend_from_slice(&BASE);
+        let args = Args::try_parse_from(argv).expect("flags after the subcommand");
+        assert_eq!(args.command(), Command::Check);
+        assert_eq!(args.into_config().unwrap().nfs_path, "/export");
+        let plain = Args::try_parse_from(["nfs-subdir-provisioner"]).expect("no flags");
+        assert_eq!(plain.command(), Command::Run);
     }
 
     #[test]

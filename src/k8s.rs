@@ -47,11 +47,26 @@ pub async fn client(config: &Config) -> Result<Client, ClientError> {
     Ok(Client::try_from(kube_config)?)
 }
 
+const SERVICE_ACCOUNT_NAMESPACE: &str = "/var/run/secrets/kubernetes.io/serviceaccount/namespace";
+
+/// The provisioner's own namespace, where its Lease lives: POD_NAMESPACE, else the in-cluster
+/// service account's, else the kubeconfig context's.
+pub fn own_namespace(config: &Config, client: &Client) -> String {
+    match &config.pod_namespace {
+        Some(ns) => ns.clone(),
+        None => std::fs::read_to_string(SERVICE_ACCOUNT_NAMESPACE)
+            .map(|ns| ns.trim().to_owned())
+            .unwrap_or_else(|_| client.default_namespace().to_owned()),
+    }
+}
+
 /// Every API permission the provisioner uses: (API group, resource, verb, namespaced-only).
 /// rbac/ grants exactly these (tests/manifests.rs compares the two; the end-to-end suite runs
 /// with nothing else, which proves they suffice).
 pub const ACCESS: &[(&str, &str, &str, bool)] = &[
-    // Caches of PVs (for release and overlap checks), claims and classes; PV create and delete.
+    // Caches of PVs (for release and overlap checks), claims and classes; PV create and delete;
+    // one live PV read before provisioning, because the cache can lag a PV made moments ago.
+    ("", "persistentvolumes", "get", false),
     ("", "persistentvolumes", "list", false),
     ("", "persistentvolumes", "watch", false),
     ("", "persistentvolumes", "create", false),
@@ -84,6 +99,13 @@ pub async fn create_pv(api: &Api<PersistentVolume>, pv: &PersistentVolume) -> Re
         Err(e) if status_code(&e) == Some(409) => Ok(()),
         Err(e) => Err(e),
     }
+}
+
+/// Whether the PV exists, asked of the API server rather than the cache: the cache can lag a PV
+/// created moments ago, or before an API server restart, and provisioning again would find the
+/// directory already finished and refuse it as foreign.
+pub async fn pv_exists(api: &Api<PersistentVolume>, name: &str) -> Result<bool, kube::Error> {
+    Ok(api.get_metadata_opt(name).await?.is_some())
 }
 
 /// Deletes exactly the PV we released: the uid precondition keeps a re-created PV of the same

@@ -15,6 +15,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
 use crate::core::lease::{self, LeaseRecord, LeaseStep, LeaseTimings};
+use crate::health::Health;
 
 /// Whether this replica may mutate anything right now. Checked before every directory operation
 /// and API write, so a leader that cannot renew stops acting before its lease can expire.
@@ -73,6 +74,8 @@ pub struct Elector {
     leadership: Leadership,
     /// The record as last seen and when it was first seen so (client-go's observedTime).
     observed: Option<(LeaseSpec, Instant)>,
+    /// Told whether each attempt reached the API server: a follower's readiness.
+    health: Health,
 }
 
 /// nfs-subdir-external-provisioner named its lock after the provisioner, with '/' replaced.
@@ -81,7 +84,14 @@ pub fn lease_name(provisioner: &str) -> String {
 }
 
 impl Elector {
-    pub fn new(client: Client, namespace: &str, name: &str, identity: &str, timings: LeaseTimings) -> Self {
+    pub fn new(
+        client: Client,
+        namespace: &str,
+        name: &str,
+        identity: &str,
+        timings: LeaseTimings,
+        health: Health,
+    ) -> Self {
         Elector {
             api: Api::namespaced(client, namespace),
             namespace: namespace.to_owned(),
@@ -90,6 +100,7 @@ impl Elector {
             timings,
             leadership: Leadership::elected(timings),
             observed: None,
+            health,
         }
     }
 
@@ -110,7 +121,10 @@ impl Elector {
     pub async fn acquire(&mut self, cancel: &CancellationToken) -> bool {
         loop {
             let attempt_started = Instant::now();
-            match self.try_acquire_or_renew().await {
+            let attempt = self.try_acquire_or_renew().await;
+            self.health
+                .api_contact(attempt.as_ref().map(|_| ()).map_err(ToString::to_string));
+            match attempt {
                 Ok(true) => {
                     self.leadership.renewed(Some(attempt_started));
                     info!(lease = %self.name, identity = %self.identity, "acquired leadership");
@@ -137,7 +151,13 @@ impl Elector {
             }
             let remaining = self.timings.renew_deadline.saturating_sub(last_renewal.elapsed());
             let attempt_started = Instant::now();
-            match tokio::time::timeout(remaining, self.try_acquire_or_renew()).await {
+            let attempt = tokio::time::timeout(remaining, self.try_acquire_or_renew()).await;
+            self.health.api_contact(match &attempt {
+                Ok(Ok(_)) => Ok(()),
+                Ok(Err(error)) => Err(error.to_string()),
+                Err(_) => Err("lease renewal timed out".into()),
+            });
+            match attempt {
                 Ok(Ok(true)) => {
                     last_renewal = attempt_started;
                     self.leadership.renewed(Some(attempt_started));

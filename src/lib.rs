@@ -10,15 +10,21 @@
 //!              │      ├─► core::{claim, volume, pv, params, naming, events}   pure decisions
 //!              │      ├─► storage (directory operations on the export, off the async runtime)
 //!              │      └─► k8s (API effects: AlreadyExists / NotFound are success)
-//!              └─► lease (Lease-based leader election; core::lease decides)
+//!              ├─► lease (Lease-based leader election; core::lease decides)
+//!              └─► http (/healthz, /readyz, /metrics from health and metrics)
+//! check (the preflight `nfs-subdir-provisioner check`: API, RBAC, exports, classes)
 //! ```
 #![forbid(unsafe_code)]
 
+pub mod check;
 pub mod config;
 pub mod controller;
 pub mod core;
+pub mod health;
+pub mod http;
 pub mod k8s;
 pub mod lease;
+pub mod metrics;
 pub mod run;
 pub mod shutdown;
 pub mod storage;

@@ -1,21 +1,24 @@
-//! The process: connect, then lead-or-wait in a loop. Each time this replica gains leadership the
-//! controllers start with fresh caches; when it loses it they stop and it campaigns again. On
-//! shutdown in-flight work finishes and the Lease is released so the next replica leads at once.
+//! The process: serve probes and metrics, connect, then lead-or-wait in a loop. Each time this
+//! replica gains leadership the controllers start with fresh caches; when it loses it they stop
+//! and it campaigns again. On shutdown in-flight work finishes (within [`DRAIN`]) and the Lease is
+//! released so the next replica leads at once; probes answer until the end.
 
 use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::anyhow;
+use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
 use crate::config::Config;
 use crate::controller::{self, Shared};
+use crate::health::{self, Health, Role};
+use crate::http;
 use crate::k8s::{self, Events};
 use crate::lease::{Elector, Leadership, lease_name};
+use crate::metrics::Metrics;
 use crate::shutdown;
-use crate::storage::Storage;
-
-const SERVICE_ACCOUNT_NAMESPACE: &str = "/var/run/secrets/kubernetes.io/serviceaccount/namespace";
+use crate::storage::{Limits, Storage};
 
 /// Upper bound for in-flight reconciles to finish after a term ends.
 const DRAIN: Duration = Duration::from_secs(30);
@@ -36,13 +39,32 @@ fn identity(config: &Config) -> String {
 
 pub async fn run(config: Config) -> anyhow::Result<()> {
     let shutdown = shutdown::on_signals().map_err(|e| anyhow!("install signal handlers: {e}"))?;
+    let health = Health::new(Metrics::new());
+    let listener = http::bind(config.http_addr).await?;
+    let stop_serving = CancellationToken::new();
+    let heartbeat = tokio::spawn(health::heartbeat(health.clone()));
+    let server = tokio::spawn(http::serve(listener, health.clone(), stop_serving.clone()));
+
+    let result = provision(config, health, shutdown).await;
+
+    stop_serving.cancel();
+    let _ = server.await;
+    heartbeat.abort();
+    result
+}
+
+async fn provision(config: Config, health: Health, shutdown: CancellationToken) -> anyhow::Result<()> {
     let client = k8s::client(&config).await?;
     let identity = identity(&config);
     let storage = Storage::new(
         config.mount_path.clone(),
-        config.fs_timeout,
-        config.delete_timeout,
-        config.delete_concurrency,
+        format!("{}:{}", config.nfs_server, config.nfs_path),
+        Limits {
+            timeout: config.fs_timeout,
+            delete_timeout: config.delete_timeout,
+            delete_concurrency: config.delete_concurrency,
+        },
+        health.clone(),
     );
     // Refuse to start on an export that is not there, rather than fail every claim later.
     let capacity = storage.capacity().await.map_err(|e| {
@@ -71,36 +93,45 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
             storage,
             events,
             leadership: Leadership::always(),
+            health: health.clone(),
         };
-        controller::run(shared, shutdown).await;
+        health.set_role(Role::Leader);
+        let mut controllers = tokio::spawn(controller::run(shared, shutdown.clone()));
+        tokio::select! {
+            _ = &mut controllers => {}
+            () = shutdown.cancelled() => drain(controllers).await,
+        }
         return Ok(());
     }
 
-    let namespace = match &config.pod_namespace {
-        Some(ns) => ns.clone(),
-        None => std::fs::read_to_string(SERVICE_ACCOUNT_NAMESPACE)
-            .map(|ns| ns.trim().to_owned())
-            .unwrap_or_else(|_| client.default_namespace().to_owned()),
-    };
+    let namespace = k8s::own_namespace(&config, &client);
     let lease = lease_name(&config.provisioner_name);
     info!(%namespace, %lease, "leader election enabled");
-    let mut elector = Elector::new(client.clone(), &namespace, &lease, &identity, config.lease);
+    let mut elector = Elector::new(
+        client.clone(),
+        &namespace,
+        &lease,
+        &identity,
+        config.lease,
+        health.clone(),
+    );
     let shared = Shared {
         client,
         config,
         storage,
         events,
         leadership: elector.leadership(),
+        health: health.clone(),
     };
 
     while elector.acquire(&shutdown).await {
+        health.set_role(Role::Leader);
         let term = shutdown.child_token();
         let controllers = tokio::spawn(controller::run(shared.clone(), term.clone()));
         elector.hold(&shutdown).await;
+        health.set_role(Role::Follower);
         term.cancel();
-        if tokio::time::timeout(DRAIN, controllers).await.is_err() {
-            warn!(after = ?DRAIN, "in-flight work did not finish in time");
-        }
+        drain(controllers).await;
         if shutdown.is_cancelled() {
             break;
         }
@@ -109,4 +140,12 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     elector.release().await;
     info!("stopped");
     Ok(())
+}
+
+/// Waits for in-flight reconciles, at most [`DRAIN`]; what is left is abandoned, which is safe:
+/// every operation is idempotent and the next leader (or this process's successor) redoes it.
+async fn drain(controllers: tokio::task::JoinHandle<()>) {
+    if tokio::time::timeout(DRAIN, controllers).await.is_err() {
+        warn!(after = ?DRAIN, "in-flight work did not finish in time; leaving it to the next leader");
+    }
 }

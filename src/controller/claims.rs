@@ -21,6 +21,9 @@ use crate::storage::Created;
 /// recheck reads, so the recheck may still see the old class; this bounds how long that lasts.
 const REFUSAL_RECHECK: Duration = Duration::from_secs(30);
 
+/// How soon a claim whose PV exists but is not cached yet is looked at again.
+const CACHE_RECHECK: Duration = Duration::from_secs(1);
+
 fn key(claim: &PersistentVolumeClaim) -> String {
     format!(
         "claim/{}/{}",
@@ -79,6 +82,11 @@ pub async fn reconcile(claim: Arc<PersistentVolumeClaim>, ctx: Arc<Ctx>) -> Resu
         }
         ClaimDecision::Refuse(refusal) => {
             warn!(%refusal, "claim refused");
+            // Counted like the library counts a Provision error, so stuck claims show in alerts.
+            ctx.shared
+                .health
+                .metrics()
+                .provision_failed(class_name.unwrap_or_default());
             let event = events::provisioning_failed(&refusal, false);
             ctx.shared.events.publish(event, claim.object_ref(&()));
             Ok(Action::requeue(REFUSAL_RECHECK))
@@ -88,6 +96,10 @@ pub async fn reconcile(claim: Arc<PersistentVolumeClaim>, ctx: Arc<Ctx>) -> Resu
             if let Err(error) = &result {
                 warn!(%error, "provisioning failed; will retry");
                 if !matches!(error, Error::NotLeader(_)) {
+                    ctx.shared
+                        .health
+                        .metrics()
+                        .provision_failed(class_name.unwrap_or_default());
                     let event = events::provisioning_failed(error, true);
                     ctx.shared.events.publish(event, claim.object_ref(&()));
                 }
@@ -104,6 +116,10 @@ async fn provision(claim: &PersistentVolumeClaim, plan: ProvisionPlan, ctx: &Ctx
         if let Some(refusal) = claim::find_overlap(&plan, live.iter().map(|(n, p)| (n.as_str(), p))) {
             drop(reservations);
             warn!(%refusal, "claim refused");
+            ctx.shared
+                .health
+                .metrics()
+                .provision_failed(claim::class_name(claim).unwrap_or_default());
             ctx.shared.events.publish(
                 events::provisioning_failed(&refusal, false),
                 claim.object_ref(&()),
@@ -125,7 +141,24 @@ async fn make_volume(
     ctx: &Ctx,
 ) -> Result<Action, Error> {
     let pv = plan.pv_name.as_str();
+    let started = std::time::Instant::now();
     ctx.ensure_leader(pv)?;
+    let exists = k8s::pv_exists(&ctx.pv_api, pv)
+        .await
+        .map_err(|source| Error::Api {
+            op: "get",
+            name: pv.to_owned(),
+            source,
+        })?;
+    if exists {
+        // Made already; the cache has not seen it yet. Keep the reservation until it has (the
+        // next reconcile then skips the claim and drops it), so no overlapping claim slips in.
+        debug!(pv, "PersistentVolume exists; waiting for the cache to see it");
+        if let Err(error) = ctx.shared.storage.finish_volume(pv).await {
+            warn!(pv, %error, "could not clear staging record");
+        }
+        return Ok(Action::requeue(CACHE_RECHECK));
+    }
     let claim_key = format!("{}/{}", claim.namespace().unwrap_or_default(), claim.name_any());
     ctx.shared
         .events
@@ -149,6 +182,10 @@ async fn make_volume(
         warn!(pv, %error, "could not clear staging record");
     }
     info!(pv, directory = %plan.path, "provisioned");
+    ctx.shared
+        .health
+        .metrics()
+        .provisioned(claim::class_name(claim).unwrap_or_default(), started.elapsed());
     ctx.shared
         .events
         .publish(events::provisioned(pv, &plan.path), claim.object_ref(&()));

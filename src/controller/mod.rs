@@ -25,6 +25,7 @@ use crate::config::Config;
 use crate::core::naming::VolumePath;
 use crate::core::pv::Export;
 use crate::core::volume::directory_in_export;
+use crate::health::Health;
 use crate::k8s::Events;
 use crate::lease::Leadership;
 use crate::storage::{Storage, StorageFailure};
@@ -51,6 +52,7 @@ pub struct Shared {
     pub storage: Storage,
     pub events: Events,
     pub leadership: Leadership,
+    pub health: Health,
 }
 
 /// What a reconcile sees.
@@ -149,10 +151,11 @@ pub async fn run(shared: Shared, term: CancellationToken) {
     // The one waiter on the stores' readiness; reconciles wait on the watch channel instead.
     let (ready_tx, ready) = watch::channel(false);
     let readiness = {
-        let (classes, pvs) = (classes.clone(), pvs.clone());
+        let (classes, pvs, health) = (classes.clone(), pvs.clone(), shared.health.clone());
         async move {
             if classes.wait_until_ready().await.is_ok() && pvs.wait_until_ready().await.is_ok() {
                 let _ = ready_tx.send(true);
+                health.set_caches_synced(true);
                 info!("caches synced");
             }
         }
@@ -181,13 +184,38 @@ pub async fn run(shared: Shared, term: CancellationToken) {
         .run(claims::reconcile, claims::error_policy, Arc::clone(&ctx))
         .for_each(|_| futures::future::ready(()));
     let sweep = sweep_staging(Arc::clone(&ctx));
+    let probe = probe_export(Arc::clone(&ctx), term.clone());
 
     info!(provisioner = %ctx.provisioner(), "controllers started");
     tokio::select! {
-        () = async { tokio::join!(volumes, claims, sweep, readiness); } => {}
+        () = async { tokio::join!(volumes, claims, sweep, readiness, probe); } => {}
         () = class_reflector => warn!("StorageClass watch ended"),
     }
     info!("controllers stopped");
+}
+
+/// How often the leader proves its export answers and takes writes, for readiness and metrics.
+const PROBE_INTERVAL: Duration = Duration::from_secs(10);
+
+/// Probes the export every [`PROBE_INTERVAL`] until the term ends. A probe still blocked on a hung
+/// export holds its thread (bounded by storage), and the next probe waits for its own deadline.
+async fn probe_export(ctx: Arc<Ctx>, term: CancellationToken) {
+    let mut tick = tokio::time::interval(PROBE_INTERVAL);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            () = term.cancelled() => return,
+            _ = tick.tick() => {}
+        }
+        tokio::select! {
+            () = term.cancelled() => return,
+            result = ctx.shared.storage.probe() => {
+                if let Err(error) = result {
+                    warn!(export = %ctx.shared.storage.name(), %error, "export probe failed");
+                }
+            }
+        }
+    }
 }
 
 /// Clears staging records left by a crash after the PV was created (the record only proves

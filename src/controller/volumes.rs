@@ -15,14 +15,21 @@ use crate::core::volume::{self, ReleasePlan, VolumeDecision};
 use crate::k8s;
 use crate::storage::{Archived, Removed};
 
+fn class_of(pv: &PersistentVolume) -> &str {
+    pv.spec
+        .as_ref()
+        .and_then(|s| s.storage_class_name.as_deref())
+        .unwrap_or_default()
+}
+
 fn key(pv: &PersistentVolume) -> String {
     format!("volume/{}", pv.name_any())
 }
 
-#[tracing::instrument(skip_all, fields(pv = %pv.name_any(), class = pv.spec.as_ref().and_then(|s| s.storage_class_name.as_deref()).unwrap_or_default()))]
+#[tracing::instrument(skip_all, fields(pv = %pv.name_any(), class = class_of(&pv)))]
 pub async fn reconcile(pv: Arc<PersistentVolume>, ctx: Arc<Ctx>) -> Result<Action, Error> {
     ctx.caches_ready().await;
-    let class = ctx.class(pv.spec.as_ref().and_then(|s| s.storage_class_name.as_deref()));
+    let class = ctx.class(Some(class_of(&pv)).filter(|c| !c.is_empty()));
     match volume::decide(&pv, ctx.provisioner(), &ctx.export, class.as_deref()) {
         VolumeDecision::Skip(skip) => {
             debug!(?skip, "nothing to do");
@@ -41,6 +48,7 @@ pub async fn reconcile(pv: Arc<PersistentVolume>, ctx: Arc<Ctx>) -> Result<Actio
             if let Err(error) = &result {
                 warn!(%error, "release failed; will retry");
                 if !matches!(error, Error::NotLeader(_)) {
+                    ctx.shared.health.metrics().release_failed(class_of(&pv));
                     ctx.shared
                         .events
                         .publish(events::delete_failed(error), pv.object_ref(&()));
@@ -53,6 +61,7 @@ pub async fn reconcile(pv: Arc<PersistentVolume>, ctx: Arc<Ctx>) -> Result<Actio
 
 async fn release(pv: &PersistentVolume, plan: &ReleasePlan, ctx: &Ctx) -> Result<Action, Error> {
     let name = pv.name_any();
+    let started = std::time::Instant::now();
     ctx.ensure_leader(&name)?;
     let storage = &ctx.shared.storage;
     match plan.action {
@@ -79,6 +88,10 @@ async fn release(pv: &PersistentVolume, plan: &ReleasePlan, ctx: &Ctx) -> Result
             name: name.clone(),
             source,
         })?;
+    ctx.shared
+        .health
+        .metrics()
+        .released(class_of(pv), started.elapsed());
     ctx.succeeded(&key(pv));
     Ok(Action::await_change())
 }

@@ -453,6 +453,24 @@ impl MountedExport {
         Ok(names)
     }
 
+    /// Proves the export takes writes: creates and removes an empty directory in the staging area.
+    /// `tag` keeps concurrent probes apart; the leading '.' keeps a probe left by a crash out of
+    /// [`Self::staged_volumes`] (it is no volume name).
+    pub fn probe_writable(&self, tag: &str) -> Result<(), StorageError> {
+        const OP: &str = "write probe directory in";
+        let name = format!(".probe-{tag}");
+        let root = self.open_root("open export root")?;
+        let staging = self
+            .staging(root.as_fd(), true)?
+            .ok_or_else(|| io(OP, STAGING_DIR, Errno::ENOENT))?;
+        match mkdirat(staging.as_fd(), name.as_str(), Mode::from_bits_truncate(0o700)) {
+            Ok(()) | Err(Errno::EEXIST) => {}
+            Err(e) => return Err(io(OP, STAGING_DIR, e)),
+        }
+        unlinkat(staging.as_fd(), name.as_str(), UnlinkatFlags::RemoveDir)
+            .map_err(|e| io("remove probe directory in", STAGING_DIR, e))
+    }
+
     /// The path recorded for `pv_name`'s creation, if it has a staging record.
     pub fn staged_target(&self, pv_name: &str) -> Result<Option<Vec<String>>, StorageError> {
         check_pv("read staging record", pv_name)?;

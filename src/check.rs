@@ -1,0 +1,220 @@
+//! `nfs-subdir-provisioner check`: the preflight an admin runs before deploying, with the
+//! deployment's own configuration and credentials. It asks the API server whether every verb in
+//! [`k8s::ACCESS`] is allowed (SelfSubjectAccessReview, which every authenticated identity may
+//! create), proves the export takes writes and has space, and validates the parameters of every
+//! StorageClass naming this provisioner. One checklist line per check; any failure fails the run.
+
+use std::fmt::Write as _;
+
+use k8s_openapi::api::authorization::v1::{
+    ResourceAttributes, SelfSubjectAccessReview, SelfSubjectAccessReviewSpec,
+};
+use k8s_openapi::api::storage::v1::StorageClass;
+use kube::api::{ListParams, PostParams};
+use kube::{Api, Client, ResourceExt};
+
+use crate::config::Config;
+use crate::core::params::ClassParams;
+use crate::health::Health;
+use crate::k8s;
+use crate::metrics::Metrics;
+use crate::storage::{Limits, Storage};
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Item {
+    pub ok: bool,
+    pub what: String,
+}
+
+fn pass(what: impl Into<String>) -> Item {
+    Item {
+        ok: true,
+        what: what.into(),
+    }
+}
+
+fn fail(what: impl Into<String>) -> Item {
+    Item {
+        ok: false,
+        what: what.into(),
+    }
+}
+
+/// The checklist as printed, ending in a verdict line.
+pub fn render(items: &[Item]) -> String {
+    let mut out = String::new();
+    for item in items {
+        let mark = if item.ok { "[ok]  " } else { "[FAIL]" };
+        let _ = writeln!(out, "{mark} {}", item.what);
+    }
+    let failed = items.iter().filter(|i| !i.ok).count();
+    if failed == 0 {
+        let _ = writeln!(out, "all {} checks passed", items.len());
+    } else {
+        let _ = writeln!(out, "{failed} of {} checks failed", items.len());
+    }
+    out
+}
+
+fn gib(bytes: u64) -> String {
+    // Display only; the precision loss of u64 -> f64 is irrelevant at this scale.
+    #[allow(clippy::cast_precision_loss)]
+    let g = bytes as f64 / f64::from(1u32 << 30);
+    format!("{g:.1} GiB")
+}
+
+/// Runs every check; the caller prints [`render`] and exits non-zero unless all passed.
+pub async fn run(config: &Config) -> Vec<Item> {
+    let mut items = Vec::new();
+    items.extend(export_checks(config).await);
+    let client = match k8s::client(config).await {
+        Ok(client) => client,
+        Err(error) => {
+            items.push(fail(format!("Kubernetes client: {error}")));
+            return items;
+        }
+    };
+    match client.apiserver_version().await {
+        Ok(version) => items.push(pass(format!(
+            "API server answers (Kubernetes {}.{}, {})",
+            version.major, version.minor, version.git_version
+        ))),
+        Err(error) => {
+            items.push(fail(format!("API server unreachable: {error}")));
+            return items;
+        }
+    }
+    let namespace = k8s::own_namespace(config, &client);
+    items.extend(access_checks(&client, &namespace).await);
+    items.extend(class_checks(&client, &config.provisioner_name).await);
+    items
+}
+
+async fn export_checks(config: &Config) -> Vec<Item> {
+    let name = format!("{}:{}", config.nfs_server, config.nfs_path);
+    let storage = Storage::new(
+        config.mount_path.clone(),
+        name.clone(),
+        Limits {
+            timeout: config.fs_timeout,
+            delete_timeout: config.delete_timeout,
+            delete_concurrency: config.delete_concurrency,
+        },
+        Health::new(Metrics::new()),
+    );
+    let at = config.mount_path.display();
+    let mut items = Vec::new();
+    match storage.probe().await {
+        Ok(()) => items.push(pass(format!("export {name} at {at} takes writes"))),
+        Err(error) => {
+            items.push(fail(format!("export {name} at {at}: {error}")));
+            return items;
+        }
+    }
+    match storage.capacity().await {
+        Ok(c) if c.available_bytes > 0 => items.push(pass(format!(
+            "export {name} has {} free of {}",
+            gib(c.available_bytes),
+            gib(c.total_bytes)
+        ))),
+        Ok(c) => items.push(fail(format!(
+            "export {name} is full (0 bytes free of {})",
+            gib(c.total_bytes)
+        ))),
+        Err(error) => items.push(fail(format!("export {name}: {error}"))),
+    }
+    items
+}
+
+async fn access_checks(client: &Client, namespace: &str) -> Vec<Item> {
+    let reviews: Api<SelfSubjectAccessReview> = Api::all(client.clone());
+    let mut items = Vec::new();
+    for &(group, resource, verb, namespaced) in k8s::ACCESS {
+        let qualified = if group.is_empty() {
+            resource.to_owned()
+        } else {
+            format!("{group}/{resource}")
+        };
+        let scope = if namespaced {
+            format!(" in namespace {namespace}")
+        } else {
+            String::new()
+        };
+        let review = SelfSubjectAccessReview {
+            spec: SelfSubjectAccessReviewSpec {
+                resource_attributes: Some(ResourceAttributes {
+                    group: Some(group.to_owned()),
+                    resource: Some(resource.to_owned()),
+                    verb: Some(verb.to_owned()),
+                    namespace: namespaced.then(|| namespace.to_owned()),
+                    ..ResourceAttributes::default()
+                }),
+                ..SelfSubjectAccessReviewSpec::default()
+            },
+            ..SelfSubjectAccessReview::default()
+        };
+        let what = format!("may {verb} {qualified}{scope}");
+        items.push(match reviews.create(&PostParams::default(), &review).await {
+            Ok(answer) => match answer.status {
+                Some(status) if status.allowed => pass(what),
+                Some(status) => fail(format!(
+                    "{what}: denied{}; apply rbac/ for this service account",
+                    status
+                        .reason
+                        .filter(|r| !r.is_empty())
+                        .map(|r| format!(" ({r})"))
+                        .unwrap_or_default()
+                )),
+                None => fail(format!("{what}: the API server gave no answer")),
+            },
+            Err(error) => fail(format!("{what}: could not ask: {error}")),
+        });
+    }
+    items
+}
+
+async fn class_checks(client: &Client, provisioner: &str) -> Vec<Item> {
+    let classes: Api<StorageClass> = Api::all(client.clone());
+    let list = match classes.list(&ListParams::default()).await {
+        Ok(list) => list,
+        Err(error) => return vec![fail(format!("list StorageClasses: {error}"))],
+    };
+    let ours: Vec<_> = list
+        .items
+        .iter()
+        .filter(|c| c.provisioner == provisioner)
+        .collect();
+    if ours.is_empty() {
+        return vec![pass(format!(
+            "no StorageClass names provisioner {provisioner} yet (nothing to validate)"
+        ))];
+    }
+    ours.iter()
+        .map(|class| {
+            let params = class.parameters.clone().unwrap_or_default();
+            match ClassParams::parse(&params) {
+                Ok(_) => pass(format!("StorageClass {}: parameters valid", class.name_any())),
+                Err(error) => fail(format!("StorageClass {}: {error}", class.name_any())),
+            }
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_verdict_counts_failures() {
+        let all = render(&[pass("a"), pass("b")]);
+        assert_eq!(all, "[ok]   a\n[ok]   b\nall 2 checks passed\n");
+        let some = render(&[pass("a"), fail("b: denied")]);
+        assert_eq!(some, "[ok]   a\n[FAIL] b: denied\n1 of 2 checks failed\n");
+    }
+
+    #[test]
+    fn sizes_are_shown_in_gib() {
+        assert_eq!(gib(3 << 30), "3.0 GiB");
+        assert_eq!(gib(1 << 29), "0.5 GiB");
+    }
+}

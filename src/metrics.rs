@@ -1,0 +1,295 @@
+//! Prometheus metrics for operators. The provision and delete families carry the names and labels
+//! of sig-storage-lib-external-provisioner (`controller_persistentvolumeclaim_provision_total`
+//! and friends), so dashboards built for provisioners on that library work unchanged; the
+//! `nfs_subdir_provisioner_*` families add what that library never had: leadership and the health
+//! of each export.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::Histogram;
+use prometheus_client::registry::Registry;
+
+/// Prometheus client_golang's DefBuckets, which the library's duration histograms use.
+const DEFAULT_BUCKETS: [f64; 11] = [0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0];
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ClaimLabels {
+    class: String,
+    /// The kind of the claim's data source; always empty here, as claims with one are refused.
+    /// Kept because the library's series carry it.
+    source: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ClassLabels {
+    class: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ExportLabels {
+    export: String,
+}
+
+type HistogramFamily<L> = Family<L, Histogram, fn() -> Histogram>;
+
+fn duration_histogram() -> Histogram {
+    Histogram::new(DEFAULT_BUCKETS)
+}
+
+/// The process's metrics; cheap to clone (every family is shared).
+#[derive(Clone)]
+pub struct Metrics {
+    registry: Arc<Registry>,
+    provisioned: Family<ClaimLabels, Counter>,
+    provision_failed: Family<ClaimLabels, Counter>,
+    provision_duration: HistogramFamily<ClaimLabels>,
+    deleted: Family<ClassLabels, Counter>,
+    delete_failed: Family<ClassLabels, Counter>,
+    delete_duration: HistogramFamily<ClassLabels>,
+    leader: Gauge,
+    export_healthy: Family<ExportLabels, Gauge>,
+    export_timeouts: Family<ExportLabels, Counter>,
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Metrics {
+    pub fn new() -> Self {
+        let mut registry = Registry::default();
+        let provisioned = Family::default();
+        let provision_failed = Family::default();
+        let provision_duration: HistogramFamily<ClaimLabels> =
+            Family::new_with_constructor(duration_histogram);
+        let deleted = Family::default();
+        let delete_failed = Family::default();
+        let delete_duration: HistogramFamily<ClassLabels> = Family::new_with_constructor(duration_histogram);
+        let leader = Gauge::default();
+        let export_healthy = Family::default();
+        let export_timeouts = Family::default();
+        // Counters get their `_total` suffix from the encoder.
+        registry.register(
+            "controller_persistentvolumeclaim_provision",
+            "Total number of persistent volumes provisioned successfully. Broken down by storage class name and source of the claim.",
+            provisioned.clone(),
+        );
+        registry.register(
+            "controller_persistentvolumeclaim_provision_failed",
+            "Total number of persistent volume provision failed attempts. Broken down by storage class name and source of the claim.",
+            provision_failed.clone(),
+        );
+        registry.register(
+            "controller_persistentvolumeclaim_provision_duration_seconds",
+            "Latency in seconds to provision persistent volumes. Failed provisioning attempts are ignored. Broken down by storage class name and source of the claim.",
+            provision_duration.clone(),
+        );
+        registry.register(
+            "controller_persistentvolume_delete",
+            "Total number of persistent volumes released successfully (directory archived, deleted or retained, then the PV deleted). Broken down by storage class name.",
+            deleted.clone(),
+        );
+        registry.register(
+            "controller_persistentvolume_delete_failed",
+            "Total number of persistent volume release failed attempts. Broken down by storage class name.",
+            delete_failed.clone(),
+        );
+        registry.register(
+            "controller_persistentvolume_delete_duration_seconds",
+            "Latency in seconds to release persistent volumes. Failed attempts are ignored. Broken down by storage class name.",
+            delete_duration.clone(),
+        );
+        registry.register(
+            "nfs_subdir_provisioner_leader",
+            "1 while this replica holds the leader Lease (or runs without leader election), else 0.",
+            leader.clone(),
+        );
+        registry.register(
+            "nfs_subdir_provisioner_export_healthy",
+            "1 while the export's last operation or probe answered in time, 0 after one failed or timed out.",
+            export_healthy.clone(),
+        );
+        registry.register(
+            "nfs_subdir_provisioner_export_timeouts",
+            "Operations on the export that did not finish within their deadline.",
+            export_timeouts.clone(),
+        );
+        Metrics {
+            registry: Arc::new(registry),
+            provisioned,
+            provision_failed,
+            provision_duration,
+            deleted,
+            delete_failed,
+            delete_duration,
+            leader,
+            export_healthy,
+            export_timeouts,
+        }
+    }
+
+    fn claim(class: &str) -> ClaimLabels {
+        ClaimLabels {
+            class: class.to_owned(),
+            source: String::new(),
+        }
+    }
+
+    fn class(class: &str) -> ClassLabels {
+        ClassLabels {
+            class: class.to_owned(),
+        }
+    }
+
+    pub fn provisioned(&self, class: &str, took: Duration) {
+        let labels = Self::claim(class);
+        self.provisioned.get_or_create(&labels).inc();
+        self.provision_duration
+            .get_or_create(&labels)
+            .observe(took.as_secs_f64());
+    }
+
+    pub fn provision_failed(&self, class: &str) {
+        self.provision_failed.get_or_create(&Self::claim(class)).inc();
+    }
+
+    pub fn released(&self, class: &str, took: Duration) {
+        let labels = Self::class(class);
+        self.deleted.get_or_create(&labels).inc();
+        self.delete_duration
+            .get_or_create(&labels)
+            .observe(took.as_secs_f64());
+    }
+
+    pub fn release_failed(&self, class: &str) {
+        self.delete_failed.get_or_create(&Self::class(class)).inc();
+    }
+
+    pub fn set_leader(&self, leader: bool) {
+        self.leader.set(i64::from(leader));
+    }
+
+    pub fn set_export_healthy(&self, export: &str, healthy: bool) {
+        self.export_healthy
+            .get_or_create(&ExportLabels {
+                export: export.to_owned(),
+            })
+            .set(i64::from(healthy));
+    }
+
+    pub fn export_timed_out(&self, export: &str) {
+        self.export_timeouts
+            .get_or_create(&ExportLabels {
+                export: export.to_owned(),
+            })
+            .inc();
+    }
+
+    /// The OpenMetrics text exposition of every family.
+    pub fn encode(&self) -> String {
+        let mut out = String::new();
+        // Writing into a String cannot fail.
+        let _ = prometheus_client::encoding::text::encode(&mut out, &self.registry);
+        out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn sample(text: &str, series: &str) -> Option<f64> {
+        text.lines()
+            .find_map(|l| l.strip_prefix(series)?.strip_prefix(' ')?.parse().ok())
+    }
+
+    #[test]
+    fn library_names_and_labels_are_kept() {
+        let m = Metrics::new();
+        m.provisioned("nfs", Duration::from_millis(30));
+        m.provisioned("nfs", Duration::from_millis(3));
+        m.provision_failed("fast");
+        m.released("nfs", Duration::from_secs(2));
+        m.release_failed("nfs");
+        let text = m.encode();
+        let claim = r#"{class="nfs",source=""}"#;
+        assert_eq!(
+            sample(
+                &text,
+                &format!("controller_persistentvolumeclaim_provision_total{claim}")
+            ),
+            Some(2.0)
+        );
+        assert_eq!(
+            sample(
+                &text,
+                r#"controller_persistentvolumeclaim_provision_failed_total{class="fast",source=""}"#
+            ),
+            Some(1.0)
+        );
+        assert_eq!(
+            sample(
+                &text,
+                &format!("controller_persistentvolumeclaim_provision_duration_seconds_count{claim}")
+            ),
+            Some(2.0)
+        );
+        assert_eq!(
+            sample(
+                &text,
+                r#"controller_persistentvolumeclaim_provision_duration_seconds_bucket{le="0.005",class="nfs",source=""}"#
+            ),
+            Some(1.0)
+        );
+        assert_eq!(
+            sample(&text, r#"controller_persistentvolume_delete_total{class="nfs"}"#),
+            Some(1.0)
+        );
+        assert_eq!(
+            sample(
+                &text,
+                r#"controller_persistentvolume_delete_failed_total{class="nfs"}"#
+            ),
+            Some(1.0)
+        );
+        assert_eq!(
+            sample(
+                &text,
+                r#"controller_persistentvolume_delete_duration_seconds_sum{class="nfs"}"#
+            ),
+            Some(2.0)
+        );
+    }
+
+    #[test]
+    fn leadership_and_export_health_are_gauges() {
+        let m = Metrics::new();
+        assert_eq!(sample(&m.encode(), "nfs_subdir_provisioner_leader"), Some(0.0));
+        m.set_leader(true);
+        m.set_export_healthy("127.0.0.1:/export", false);
+        m.export_timed_out("127.0.0.1:/export");
+        let text = m.encode();
+        assert_eq!(sample(&text, "nfs_subdir_provisioner_leader"), Some(1.0));
+        assert_eq!(
+            sample(
+                &text,
+                r#"nfs_subdir_provisioner_export_healthy{export="127.0.0.1:/export"}"#
+            ),
+            Some(0.0)
+        );
+        assert_eq!(
+            sample(
+                &text,
+                r#"nfs_subdir_provisioner_export_timeouts_total{export="127.0.0.1:/export"}"#
+            ),
+            Some(1.0)
+        );
+    }
+}
