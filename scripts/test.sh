@@ -8,6 +8,19 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
+# Debian packages the suite needs: rsync and make build the control plane; bindfs and fuse3 give
+# the hung-export trial a FUSE mount whose daemon can be stopped, as an NFS server stops answering.
+missing=()
+for tool in rsync:rsync make:make bindfs:bindfs fusermount3:fuse3; do
+  command -v "${tool%%:*}" >/dev/null || missing+=("${tool#*:}")
+done
+if [ ${#missing[@]} -gt 0 ]; then
+  echo "test.sh: installing ${missing[*]} (apt-get; needs root)" >&2
+  export DEBIAN_FRONTEND=noninteractive
+  apt-get update -qq
+  apt-get install -y -qq --no-install-recommends ca-certificates "${missing[@]}" >/dev/null
+fi
+
 if [ -z "${KUBEBUILDER_ASSETS:-}" ]; then
   KUBEBUILDER_ASSETS="$(bash scripts/build-control-plane.sh)"
   export KUBEBUILDER_ASSETS

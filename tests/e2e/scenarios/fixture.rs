@@ -3,6 +3,7 @@
 //! and wait for what a user would see.
 
 use std::collections::BTreeSet;
+use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -14,7 +15,7 @@ use kube::api::{DeleteParams, ListParams, PostParams};
 use kube::{Api, Client, ResourceExt};
 use serde_json::{Value, json};
 
-use crate::support::{ControlPlane, ManagedChild, TrialCtx, poll_until};
+use crate::support::{ControlPlane, ManagedChild, TrialCtx, free_ports, poll_until};
 
 pub const WAIT: Duration = Duration::from_secs(60);
 pub const BINARY: &str = env!("CARGO_BIN_EXE_nfs-subdir-provisioner");
@@ -60,8 +61,31 @@ impl Env {
 
     /// Starts a provisioner process exactly as a Deployment would (env vars, SA kubeconfig).
     pub fn start(&self, extra: &[(&str, &str)]) -> Result<ManagedChild> {
+        Ok(self.start_serving(extra)?.0)
+    }
+
+    /// [`Env::start`], also returning where it serves /healthz, /readyz and /metrics.
+    pub fn start_serving(&self, extra: &[(&str, &str)]) -> Result<(ManagedChild, SocketAddr)> {
+        let [port] = free_ports::<1>()?;
+        let http: SocketAddr = ([127, 0, 0, 1], port).into();
         let n = self.started.get() + 1;
         self.started.set(n);
+        let pod_name = format!("replica-{n}");
+        let http_addr = http.to_string();
+        let mut env = vec![("POD_NAME", pod_name.as_str()), ("HTTP_ADDR", http_addr.as_str())];
+        env.extend_from_slice(extra);
+        let child = self.t.spawn(
+            &format!("provisioner-{n}"),
+            Path::new(BINARY),
+            std::iter::empty::<&str>(),
+            self.provisioner_env(&env),
+        )?;
+        Ok((child, http))
+    }
+
+    /// The environment of a provisioner of this Env, as its Deployment would set it; `extra`
+    /// adds or overrides.
+    pub fn provisioner_env(&self, extra: &[(&str, &str)]) -> Vec<(String, String)> {
         let mut env: Vec<(String, String)> = vec![
             ("PROVISIONER_NAME".into(), self.provisioner.clone()),
             ("NFS_SERVER".into(), SERVER.into()),
@@ -69,7 +93,6 @@ impl Env {
             ("NFS_MOUNT_PATH".into(), self.export.display().to_string()),
             ("KUBECONFIG".into(), self.kubeconfig.display().to_string()),
             ("POD_NAMESPACE".into(), self.ns.clone()),
-            ("POD_NAME".into(), format!("replica-{n}")),
             ("LOG_FORMAT".into(), "text".into()),
             (
                 "RUST_LOG".into(),
@@ -81,12 +104,27 @@ impl Env {
             env.retain(|(key, _)| key != k);
             env.push(((*k).into(), (*v).into()));
         }
-        self.t.spawn(
-            &format!("provisioner-{n}"),
-            Path::new(BINARY),
-            std::iter::empty::<&str>(),
-            env,
-        )
+        env
+    }
+
+    /// Runs `nfs-subdir-provisioner check` with this Env's configuration: (exit code, stdout).
+    pub async fn check(&self, extra: &[(&str, &str)]) -> Result<(i32, String)> {
+        let mut cmd = std::process::Command::new(BINARY);
+        cmd.arg("check")
+            .envs(self.provisioner_env(extra))
+            .env("RUST_LOG", "warn")
+            .stdin(std::process::Stdio::null());
+        let output = tokio::task::spawn_blocking(move || cmd.output())
+            .await?
+            .context("running nfs-subdir-provisioner check")?;
+        let stdout = String::from_utf8_lossy(&output.stdout).into_owned();
+        let code = output.status.code().with_context(|| {
+            format!(
+                "check was killed by a signal; stderr: {}",
+                String::from_utf8_lossy(&output.stderr)
+            )
+        })?;
+        Ok((code, stdout))
     }
 
     pub fn claims(&self) -> Api<PersistentVolumeClaim> {

@@ -2,6 +2,7 @@
 //! API objects and the directories on disk.
 
 pub mod fixture;
+pub mod operations;
 pub mod provisioning;
 pub mod release;
 pub mod resilience;
@@ -12,5 +13,6 @@ pub fn trials() -> Vec<E2eTrial> {
     let mut all = provisioning::trials();
     all.extend(release::trials());
     all.extend(resilience::trials());
+    all.extend(operations::trials());
     all
 }

@@ -507,7 +507,7 @@ fn no_env() -> [(&'static str, &'static str); 0] {
 }
 
 /// Distinct free TCP ports on 127.0.0.1 (all listeners are held until every port is chosen).
-fn free_ports<const N: usize>() -> anyhow::Result<[u16; N]> {
+pub fn free_ports<const N: usize>() -> anyhow::Result<[u16; N]> {
     let listeners = (0..N)
         .map(|_| TcpListener::bind("127.0.0.1:0"))
         .collect::<Result<Vec<_>, _>>()

@@ -5,6 +5,7 @@
 #![allow(dead_code, unused_imports)]
 
 pub mod cluster;
+pub mod http;
 pub mod poll;
 pub mod process;
 
@@ -14,7 +15,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-pub use cluster::{ControlPlane, client_from_kubeconfig, config_from_kubeconfig};
+pub use cluster::{ControlPlane, client_from_kubeconfig, config_from_kubeconfig, free_ports};
 pub use poll::poll_until;
 pub use process::{ManagedChild, log_tail};
 
