@@ -9,6 +9,7 @@ use k8s_openapi::api::storage::v1::StorageClass;
 use crate::core::annotations::{
     SELECTED_NODE, STORAGE_CLASS_BETA, STORAGE_PROVISIONER, STORAGE_PROVISIONER_BETA,
 };
+use crate::core::export::{Access, OptionsError, client_options};
 use crate::core::naming::{self, ClaimNames, PathError, VolumePath};
 use crate::core::params::{ClassParams, DirMode, OnDelete, ParamError};
 use crate::core::pv::{self, Export};
@@ -54,12 +55,17 @@ pub enum Refusal {
     Path(#[from] PathError),
     #[error("directory {path} overlaps the directory of volume {volume}")]
     Overlap { path: String, volume: String },
+    #[error(transparent)]
+    MountOptions(#[from] OptionsError),
 }
 
 /// Everything needed to make the volume: the directory, how to make it, and the PV to write.
 #[derive(Debug, Clone, PartialEq)]
 pub struct ProvisionPlan {
     pub pv_name: String,
+    /// The class's `server`/`share`, or the mounted `NFS_SERVER`/`NFS_PATH` export.
+    pub export: Export,
+    pub access: Access,
     pub path: VolumePath,
     pub dir: DirMode,
     pub on_delete: OnDelete,
@@ -100,11 +106,13 @@ fn requested_provisioner(claim: &PersistentVolumeClaim) -> Option<&str> {
         .map(String::as_str)
 }
 
+/// `mounted` is the export of `NFS_SERVER`/`NFS_PATH`; a class naming the same server and share is
+/// served through that mount too.
 pub fn decide(
     claim: &PersistentVolumeClaim,
     class: Option<&StorageClass>,
     provisioner: &str,
-    export: &Export,
+    mounted: &Export,
     pv_exists: bool,
 ) -> ClaimDecision {
     use ClaimDecision::{Refuse, Skip as S};
@@ -157,6 +165,15 @@ pub fn decide(
         Ok(p) => p,
         Err(e) => return Refuse(e.into()),
     };
+    let (export, access) = match params.export {
+        Some(export) if export != *mounted => {
+            match client_options(class.mount_options.as_deref().unwrap_or_default()) {
+                Ok(options) => (export, Access::Direct(options)),
+                Err(e) => return Refuse(e.into()),
+            }
+        }
+        _ => (mounted.clone(), Access::Mounted),
+    };
     let Some(capacity) = spec
         .resources
         .as_ref()
@@ -187,13 +204,15 @@ pub fn decide(
         claim,
         class,
         provisioner,
-        export,
+        export: &export,
         path: &path,
         on_delete: params.on_delete,
         capacity,
     });
     ClaimDecision::Provision(Box::new(ProvisionPlan {
         pv_name,
+        export,
+        access,
         path,
         dir: params.dir,
         on_delete: params.on_delete,
@@ -419,6 +438,42 @@ mod tests {
             decide_with(&source, Some(&class(&[]))),
             ClaimDecision::Refuse(Refusal::DataSource("dataSource"))
         );
+    }
+
+    #[test]
+    fn server_and_share_are_served_directly_with_the_class_mount_options() {
+        let mut c = class(&[("server", "10.0.0.9"), ("share", "/srv/")]);
+        c.mount_options = Some(vec!["nfsvers=3".into(), "port=12049,mountport=12048".into()]);
+        let p = plan(decide_with(&claim(), Some(&c)));
+        assert_eq!(p.export.to_string(), "10.0.0.9:/srv");
+        let Access::Direct(options) = p.access else {
+            panic!("expected direct access, got {:?}", p.access);
+        };
+        assert_eq!((options.port, options.mount_port), (Some(12049), Some(12048)));
+        let nfs = p.pv.spec.unwrap().nfs.unwrap();
+        assert_eq!(nfs.server, "10.0.0.9");
+        assert_eq!(nfs.path, "/srv/team-data-pvc-1234");
+    }
+
+    #[test]
+    fn server_and_share_of_the_mounted_export_use_the_mount() {
+        let c = class(&[("server", "10.0.0.1"), ("share", "/export")]);
+        let p = plan(decide_with(&claim(), Some(&c)));
+        assert_eq!(p.access, Access::Mounted);
+        assert_eq!(
+            plan(decide_with(&claim(), Some(&class(&[])))).access,
+            Access::Mounted
+        );
+    }
+
+    #[test]
+    fn refuse_a_direct_class_asking_for_nfs_v4() {
+        let mut c = class(&[("server", "10.0.0.9"), ("share", "/srv")]);
+        c.mount_options = Some(vec!["nfsvers=4.1".into()]);
+        assert!(matches!(
+            decide_with(&claim(), Some(&c)),
+            ClaimDecision::Refuse(Refusal::MountOptions(_))
+        ));
     }
 
     #[test]

@@ -6,6 +6,7 @@
 //!          │                     ▲                   │ naming: pathPattern → VolumePath (safe)
 //!          │                     │                   ▼
 //!          └── StorageClass ─ params::ClassParams    directory <export>/<VolumePath>
+//!                 (server, share, mountOptions) ─ export::{Export, Access}: which export, reached how
 //!
 //!   PersistentVolume (Released) ──(volume::decide)──► Release { path, Archive | Delete | Retain }
 //!   Lease record ──(lease::decide)──► Create | Acquire | Renew | Wait
@@ -15,6 +16,7 @@
 pub mod annotations;
 pub mod claim;
 pub mod events;
+pub mod export;
 pub mod lease;
 pub mod naming;
 pub mod params;

@@ -1,9 +1,13 @@
 //! StorageClass `parameters` parsed into [`ClassParams`]: the keys nfs-subdir-external-provisioner
-//! understands (`pathPattern`, `onDelete`, `archiveOnDelete`) plus `mode`, `uid` and `gid`.
+//! understands (`pathPattern`, `onDelete`, `archiveOnDelete`) plus `mode`, `uid` and `gid`, and
+//! `server` and `share` (csi-driver-nfs's names) for an export served without a mount.
 //! Unknown keys are refused so a typo never passes silently.
 
 use std::collections::BTreeMap;
 use std::fmt;
+
+use crate::core::export::Export;
+use crate::core::naming::normalize_export_path;
 
 /// What happens to a volume's directory when its claim is released.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -70,6 +74,8 @@ pub struct ClassParams {
     pub path_pattern: Option<String>,
     pub on_delete: OnDelete,
     pub dir: DirMode,
+    /// `server` and `share` (csi-driver-nfs's names): an export served directly, without a mount.
+    pub export: Option<Export>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -91,7 +97,16 @@ fn quoted(keys: &[String]) -> String {
         .join(", ")
 }
 
-const KNOWN: [&str; 6] = ["pathPattern", "onDelete", "archiveOnDelete", "mode", "uid", "gid"];
+const KNOWN: [&str; 8] = [
+    "pathPattern",
+    "onDelete",
+    "archiveOnDelete",
+    "mode",
+    "uid",
+    "gid",
+    "server",
+    "share",
+];
 
 /// Go's strconv.ParseBool, which nfs-subdir-external-provisioner used for its booleans.
 pub fn parse_go_bool(value: &str) -> Option<bool> {
@@ -150,7 +165,25 @@ impl ClassParams {
             Some(p) if p.is_empty() => return Err(invalid("pathPattern", p, "a non-empty pattern")),
             other => other.cloned(),
         };
+        let export = match (params.get("server"), params.get("share")) {
+            (None, None) => None,
+            (Some(server), Some(share)) => {
+                let server = server.trim();
+                if server.is_empty() || server.contains(['/', ' ']) {
+                    return Err(invalid("server", server, "a host name or IP address"));
+                }
+                let path = normalize_export_path(share.trim())
+                    .map_err(|_| invalid("share", share, "an absolute exported path such as /export"))?;
+                Some(Export {
+                    server: server.to_owned(),
+                    path,
+                })
+            }
+            (Some(v), None) => return Err(invalid("server", v, "set together with share")),
+            (None, Some(v)) => return Err(invalid("share", v, "set together with server")),
+        };
         Ok(ClassParams {
+            export,
             path_pattern,
             on_delete,
             dir: DirMode {
@@ -186,6 +219,31 @@ mod tests {
             }
         );
         assert_eq!(p.path_pattern, None);
+    }
+
+    #[test]
+    fn server_and_share_name_a_direct_export_together() {
+        let p = ClassParams::parse(&params(&[("server", "nfs1.example"), ("share", "/srv/k8s/")])).unwrap();
+        assert_eq!(
+            p.export,
+            Some(Export {
+                server: "nfs1.example".into(),
+                path: "/srv/k8s".into()
+            })
+        );
+        assert_eq!(ClassParams::parse(&params(&[])).unwrap().export, None);
+        for bad in [
+            vec![("server", "nfs1")],
+            vec![("share", "/srv")],
+            vec![("server", ""), ("share", "/srv")],
+            vec![("server", "nfs1"), ("share", "srv")],
+            vec![("server", "nfs1"), ("share", "/srv/../etc")],
+        ] {
+            assert!(
+                matches!(ClassParams::parse(&params(&bad)), Err(ParamError::Invalid { .. })),
+                "{bad:?}"
+            );
+        }
     }
 
     #[test]

@@ -15,12 +15,7 @@ use crate::core::annotations::{DIRECTORY, ON_DELETE, PROVISIONED_BY};
 use crate::core::naming::{VolumePath, server_path};
 use crate::core::params::OnDelete;
 
-/// The NFS export PVs point at: `NFS_SERVER` and the normalised `NFS_PATH`.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Export {
-    pub server: String,
-    pub path: String,
-}
+pub use crate::core::export::Export;
 
 pub struct PvInputs<'a> {
     pub name: &'a str,

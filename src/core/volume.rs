@@ -7,6 +7,7 @@ use k8s_openapi::api::core::v1::PersistentVolume;
 use k8s_openapi::api::storage::v1::StorageClass;
 
 use crate::core::annotations::{DIRECTORY, ON_DELETE, PROVISIONED_BY};
+use crate::core::export::{Access, OptionsError, client_options};
 use crate::core::naming::{PathError, VolumePath, relative_to_export};
 use crate::core::params::OnDelete;
 use crate::core::pv::Export;
@@ -32,8 +33,12 @@ pub enum VolumeSkip {
 pub enum VolumeRefusal {
     #[error("volume has no NFS source")]
     NotNfs,
-    #[error("volume points at NFS server {found:?}, not the configured {expected:?}; left alone")]
+    #[error(
+        "volume points at NFS server {found:?}, which serves none of this provisioner's exports ({expected}); left alone"
+    )]
     ForeignServer { found: String, expected: String },
+    #[error("volume's mountOptions: {0}; left alone")]
+    MountOptions(OptionsError),
     #[error("volume path is not a directory inside the export: {0}; left alone")]
     OutsideExport(PathError),
     #[error("annotation {DIRECTORY}={recorded:?} does not match the volume's path {actual:?}; left alone")]
@@ -44,6 +49,8 @@ pub enum VolumeRefusal {
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ReleasePlan {
+    pub export: Export,
+    pub access: Access,
     pub path: VolumePath,
     pub action: OnDelete,
     /// Made by nfs-subdir-external-provisioner (no records of ours): policy came from the class.
@@ -67,10 +74,24 @@ pub fn directory_in_export(pv: &PersistentVolume, export: &Export) -> Option<Vol
     relative_to_export(&nfs.path, &export.path).ok()
 }
 
+/// [`decide_among`] with the mounted export only.
 pub fn decide(
     pv: &PersistentVolume,
     provisioner: &str,
     export: &Export,
+    class: Option<&StorageClass>,
+) -> VolumeDecision {
+    decide_among(pv, provisioner, export, &[], class)
+}
+
+/// `mounted` is the `NFS_SERVER`/`NFS_PATH` export; `served` are the exports the StorageClasses of
+/// this provisioner name now (`server`/`share`). A volume is only touched inside one of them: the
+/// classes are the admin's word that an export belongs to this provisioner.
+pub fn decide_among(
+    pv: &PersistentVolume,
+    provisioner: &str,
+    mounted: &Export,
+    served: &[Export],
     class: Option<&StorageClass>,
 ) -> VolumeDecision {
     use VolumeDecision::{Refuse, Skip};
@@ -91,15 +112,54 @@ pub fn decide(
     let Some(nfs) = spec.nfs else {
         return Refuse(VolumeRefusal::NotNfs);
     };
-    if nfs.server != export.server {
+    let candidates: Vec<&Export> = std::iter::once(mounted)
+        .chain(served)
+        .filter(|e| e.server == nfs.server)
+        .collect();
+    if candidates.is_empty() {
+        let mut known: Vec<String> = std::iter::once(mounted)
+            .chain(served)
+            .map(ToString::to_string)
+            .collect();
+        known.sort();
+        known.dedup();
         return Refuse(VolumeRefusal::ForeignServer {
             found: nfs.server,
-            expected: export.server.clone(),
+            expected: known.join(", "),
         });
     }
-    let path = match relative_to_export(&nfs.path, &export.path) {
-        Ok(p) => p,
-        Err(e) => return Refuse(VolumeRefusal::OutsideExport(e)),
+    // The most specific export holding the path: nested exports are possible on one server.
+    let mut best: Option<(&Export, VolumePath)> = None;
+    let mut first_error = None;
+    for export in candidates {
+        match relative_to_export(&nfs.path, &export.path) {
+            Ok(p)
+                if best
+                    .as_ref()
+                    .is_none_or(|(b, _)| export.path.len() > b.path.len()) =>
+            {
+                best = Some((export, p));
+            }
+            Ok(_) => {}
+            Err(e) => {
+                first_error.get_or_insert(e);
+            }
+        }
+    }
+    let Some((export, path)) = best else {
+        return match first_error {
+            Some(e) => Refuse(VolumeRefusal::OutsideExport(e)),
+            None => Refuse(VolumeRefusal::NotNfs),
+        };
+    };
+    let export = export.clone();
+    let access = if export == *mounted {
+        Access::Mounted
+    } else {
+        match client_options(spec.mount_options.as_deref().unwrap_or_default()) {
+            Ok(options) => Access::Direct(options),
+            Err(e) => return Refuse(VolumeRefusal::MountOptions(e)),
+        }
     };
     let annotations = pv.metadata.annotations.clone().unwrap_or_default();
     if let Some(recorded) = annotations.get(DIRECTORY)
@@ -122,7 +182,13 @@ pub fn decide(
             (OnDelete::from_legacy_class(&params), true)
         }
     };
-    VolumeDecision::Release(ReleasePlan { path, action, legacy })
+    VolumeDecision::Release(ReleasePlan {
+        export,
+        access,
+        path,
+        action,
+        legacy,
+    })
 }
 
 #[cfg(test)]
@@ -319,5 +385,64 @@ mod tests {
             .unwrap()
             .insert(DIRECTORY.into(), "team/data".into());
         assert_eq!(release(&pv, None).path.components(), ["team", "data"]);
+    }
+
+    fn direct(pv: &mut PersistentVolume, server: &str, path: &str, options: &[&str]) {
+        let spec = pv.spec.as_mut().unwrap();
+        spec.nfs = Some(NFSVolumeSource {
+            server: server.into(),
+            path: path.into(),
+            read_only: None,
+        });
+        spec.mount_options = Some(options.iter().map(|o| (*o).to_owned()).collect());
+    }
+
+    #[test]
+    fn a_volume_on_a_served_export_is_released_directly_with_its_mount_options() {
+        let mut pv = ours("delete");
+        direct(&mut pv, "10.0.0.9", "/srv/team-data-pvc-1", &["port=12049"]);
+        let served = [Export {
+            server: "10.0.0.9".into(),
+            path: "/srv".into(),
+        }];
+        let VolumeDecision::Release(plan) = decide_among(&pv, ME, &export(), &served, None) else {
+            panic!("expected a release");
+        };
+        assert_eq!(plan.export, served[0]);
+        let Access::Direct(options) = plan.access else {
+            panic!("expected direct access");
+        };
+        assert_eq!(options.port, Some(12049));
+        assert_eq!(plan.path.to_string(), "team-data-pvc-1");
+    }
+
+    #[test]
+    fn a_volume_on_an_export_no_class_names_is_left_alone() {
+        let mut pv = ours("delete");
+        direct(&mut pv, "10.0.0.9", "/srv/team-data-pvc-1", &[]);
+        assert!(matches!(
+            decide_among(&pv, ME, &export(), &[], None),
+            VolumeDecision::Refuse(VolumeRefusal::ForeignServer { .. })
+        ));
+    }
+
+    #[test]
+    fn the_most_specific_of_nested_exports_is_chosen() {
+        let mut pv = ours("delete");
+        direct(&mut pv, "10.0.0.9", "/srv/k8s/team-data-pvc-1", &[]);
+        let served = [
+            Export {
+                server: "10.0.0.9".into(),
+                path: "/srv".into(),
+            },
+            Export {
+                server: "10.0.0.9".into(),
+                path: "/srv/k8s".into(),
+            },
+        ];
+        let VolumeDecision::Release(plan) = decide_among(&pv, ME, &export(), &served, None) else {
+            panic!("expected a release");
+        };
+        assert_eq!(plan.export, served[1]);
     }
 }

@@ -1,0 +1,165 @@
+//! Which NFS export a volume lives on and how the provisioner reaches it. The export of
+//! `NFS_SERVER`/`NFS_PATH` is reached through its mount at `NFS_MOUNT_PATH`; an export named by a
+//! StorageClass's `server` and `share` parameters is reached directly, by a userspace NFS client
+//! configured from the class's `mountOptions` (the options that concern a client; the rest are
+//! for the kubelet's mount and are ignored here).
+
+use std::time::Duration;
+
+/// An NFS export: the server and the exported path PVs point at.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct Export {
+    pub server: String,
+    /// Normalised: absolute, no trailing '/', "/" stays "/".
+    pub path: String,
+}
+
+impl std::fmt::Display for Export {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}:{}", self.server, self.path)
+    }
+}
+
+/// How the provisioner reaches an export.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub enum Access {
+    /// The export mounted at `NFS_MOUNT_PATH` (the `NFS_SERVER`/`NFS_PATH` export).
+    Mounted,
+    /// A userspace NFS client, no mount.
+    Direct(ClientOptions),
+}
+
+/// What a direct NFS client takes from `mountOptions`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct ClientOptions {
+    /// NFS port; `None` asks the server's portmapper.
+    pub port: Option<u16>,
+    /// MOUNT protocol port; `None` asks the server's portmapper.
+    pub mount_port: Option<u16>,
+    /// Deadline of one request (`timeo`, deciseconds; the Linux default for TCP is 600).
+    pub timeout: Duration,
+    /// Further attempts after a request timed out (`retrans`; Linux default 2).
+    pub retrans: u32,
+}
+
+impl Default for ClientOptions {
+    fn default() -> Self {
+        ClientOptions {
+            port: None,
+            mount_port: None,
+            timeout: Duration::from_secs(60),
+            retrans: 2,
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum OptionsError {
+    #[error(
+        "mount option {0:?}: only NFS version 3 is served directly (the server and share parameters); use nfsvers=3 or drop the option"
+    )]
+    UnsupportedVersion(String),
+    #[error("mount option {option:?} is invalid: {expected}")]
+    Invalid { option: String, expected: &'static str },
+}
+
+/// Reads the client options from a class's (or PV's) `mountOptions`. Entries may hold several
+/// comma-separated options, as `mount -o` takes them. Later options win, as with mount(8).
+pub fn client_options(mount_options: &[String]) -> Result<ClientOptions, OptionsError> {
+    let mut options = ClientOptions::default();
+    for option in mount_options.iter().flat_map(|o| o.split(',')) {
+        let option = option.trim();
+        let (key, value) = match option.split_once('=') {
+            Some((k, v)) => (k.trim(), v.trim()),
+            None => (option, ""),
+        };
+        let invalid = |expected| OptionsError::Invalid {
+            option: option.to_owned(),
+            expected,
+        };
+        let port = || {
+            value
+                .parse::<u16>()
+                .ok()
+                .filter(|p| *p > 0)
+                .ok_or_else(|| invalid("a port number from 1 to 65535"))
+        };
+        match key {
+            "nfsvers" | "vers" if value == "3" => {}
+            "v3" => {}
+            "nfsvers" | "vers" | "v4" | "v4.0" | "v4.1" | "v4.2" => {
+                return Err(OptionsError::UnsupportedVersion(option.to_owned()));
+            }
+            "port" => options.port = Some(port()?),
+            "mountport" => options.mount_port = Some(port()?),
+            "timeo" => {
+                let deciseconds = value
+                    .parse::<u64>()
+                    .ok()
+                    .filter(|d| *d > 0)
+                    .ok_or_else(|| invalid("a positive number of deciseconds"))?;
+                options.timeout = Duration::from_millis(deciseconds.saturating_mul(100));
+            }
+            "retrans" => {
+                options.retrans = value
+                    .parse::<u32>()
+                    .map_err(|_| invalid("a number of retransmissions"))?;
+            }
+            // hard, soft, noatime, rsize, proto, … concern the kubelet's mount only.
+            _ => {}
+        }
+    }
+    Ok(options)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn opts(list: &[&str]) -> Result<ClientOptions, OptionsError> {
+        client_options(&list.iter().map(|s| (*s).to_owned()).collect::<Vec<_>>())
+    }
+
+    #[test]
+    fn no_options_mean_portmapper_and_linux_defaults() {
+        assert_eq!(opts(&[]).unwrap(), ClientOptions::default());
+    }
+
+    #[test]
+    fn ports_deadlines_and_retries_are_read_from_any_entry() {
+        let o = opts(&[
+            "hard",
+            "nfsvers=3,port=12049",
+            "mountport=12048",
+            "timeo=25",
+            "retrans=5",
+        ])
+        .unwrap();
+        assert_eq!(o.port, Some(12049));
+        assert_eq!(o.mount_port, Some(12048));
+        assert_eq!(o.timeout, Duration::from_millis(2500));
+        assert_eq!(o.retrans, 5);
+    }
+
+    #[test]
+    fn later_options_win() {
+        assert_eq!(opts(&["port=1", "port=2"]).unwrap().port, Some(2));
+    }
+
+    #[test]
+    fn nfs_v4_is_refused_with_a_reason() {
+        for v in ["nfsvers=4.1", "vers=4", "v4.2"] {
+            let err = opts(&[v]).unwrap_err();
+            assert!(matches!(err, OptionsError::UnsupportedVersion(_)), "{v}");
+            assert!(err.to_string().contains("version 3"), "{err}");
+        }
+        assert!(opts(&["vers=3", "v3"]).is_ok());
+    }
+
+    #[test]
+    fn malformed_values_are_refused() {
+        for bad in ["port=0", "port=70000", "mountport=x", "timeo=0", "retrans=-1"] {
+            assert!(matches!(opts(&[bad]), Err(OptionsError::Invalid { .. })), "{bad}");
+        }
+    }
+}
