@@ -14,11 +14,12 @@ use kube::api::{ListParams, PostParams};
 use kube::{Api, Client, ResourceExt};
 
 use crate::config::Config;
+use crate::core::export::{Access, client_options};
 use crate::core::params::ClassParams;
 use crate::health::Health;
 use crate::k8s;
 use crate::metrics::Metrics;
-use crate::storage::{Limits, Storage};
+use crate::storage::{Exports, Storage};
 
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Item {
@@ -65,8 +66,15 @@ fn gib(bytes: u64) -> String {
 
 /// Runs every check; the caller prints [`render`] and exits non-zero unless all passed.
 pub async fn run(config: &Config) -> Vec<Item> {
+    let exports = Exports::new(
+        config.mounted_export(),
+        config.mount_path.clone(),
+        crate::run::limits(config),
+        Health::new(Metrics::new()),
+    );
     let mut items = Vec::new();
-    items.extend(export_checks(config).await);
+    let at = format!("mounted at {}", config.mount_path.display());
+    items.extend(export_checks(exports.mounted(), &at).await);
     let client = match k8s::client(config).await {
         Ok(client) => client,
         Err(error) => {
@@ -86,28 +94,17 @@ pub async fn run(config: &Config) -> Vec<Item> {
     }
     let namespace = k8s::own_namespace(config, &client);
     items.extend(access_checks(&client, &namespace).await);
-    items.extend(class_checks(&client, &config.provisioner_name).await);
+    items.extend(class_checks(&client, &config.provisioner_name, &exports).await);
     items
 }
 
-async fn export_checks(config: &Config) -> Vec<Item> {
-    let name = format!("{}:{}", config.nfs_server, config.nfs_path);
-    let storage = Storage::new(
-        config.mount_path.clone(),
-        name.clone(),
-        Limits {
-            timeout: config.fs_timeout,
-            delete_timeout: config.delete_timeout,
-            delete_concurrency: config.delete_concurrency,
-        },
-        Health::new(Metrics::new()),
-    );
-    let at = config.mount_path.display();
+async fn export_checks(storage: &Storage, at: &str) -> Vec<Item> {
+    let name = storage.name().to_owned();
     let mut items = Vec::new();
     match storage.probe().await {
-        Ok(()) => items.push(pass(format!("export {name} at {at} takes writes"))),
+        Ok(()) => items.push(pass(format!("export {name} {at} takes writes"))),
         Err(error) => {
-            items.push(fail(format!("export {name} at {at}: {error}")));
+            items.push(fail(format!("export {name} {at}: {error}")));
             return items;
         }
     }
@@ -173,7 +170,7 @@ async fn access_checks(client: &Client, namespace: &str) -> Vec<Item> {
     items
 }
 
-async fn class_checks(client: &Client, provisioner: &str) -> Vec<Item> {
+async fn class_checks(client: &Client, provisioner: &str, exports: &Exports) -> Vec<Item> {
     let classes: Api<StorageClass> = Api::all(client.clone());
     let list = match classes.list(&ListParams::default()).await {
         Ok(list) => list,
@@ -189,15 +186,32 @@ async fn class_checks(client: &Client, provisioner: &str) -> Vec<Item> {
             "no StorageClass names provisioner {provisioner} yet (nothing to validate)"
         ))];
     }
-    ours.iter()
-        .map(|class| {
-            let params = class.parameters.clone().unwrap_or_default();
-            match ClassParams::parse(&params) {
-                Ok(_) => pass(format!("StorageClass {}: parameters valid", class.name_any())),
-                Err(error) => fail(format!("StorageClass {}: {error}", class.name_any())),
+    let mut items = Vec::new();
+    for class in ours {
+        let name = class.name_any();
+        let params = match ClassParams::parse(&class.parameters.clone().unwrap_or_default()) {
+            Ok(params) => params,
+            Err(error) => {
+                items.push(fail(format!("StorageClass {name}: {error}")));
+                continue;
             }
-        })
-        .collect()
+        };
+        let Some(export) = params.export.filter(|e| e != exports.mounted_export()) else {
+            items.push(pass(format!("StorageClass {name}: parameters valid")));
+            continue;
+        };
+        match client_options(class.mount_options.as_deref().unwrap_or_default()) {
+            Ok(options) => {
+                items.push(pass(format!(
+                    "StorageClass {name}: parameters valid (export {export}, served directly)"
+                )));
+                let storage = exports.get(&export, &Access::Direct(options));
+                items.extend(export_checks(&storage, "over direct NFS").await);
+            }
+            Err(error) => items.push(fail(format!("StorageClass {name}: {error}"))),
+        }
+    }
+    items
 }
 
 #[cfg(test)]

@@ -8,6 +8,7 @@ use std::time::Duration;
 
 use clap::{Parser, Subcommand};
 
+use crate::core::export::Export;
 use crate::core::lease::LeaseTimings;
 use crate::core::naming::normalize_export_path;
 use crate::core::params::parse_go_bool;
@@ -173,6 +174,16 @@ fn duration(var: &'static str, value: &str) -> Result<Duration, ConfigError> {
 /// ENABLE_LEADER_ELECTION is read as nfs-subdir-external-provisioner read it.
 fn go_bool(var: &'static str, value: &str) -> Result<bool, ConfigError> {
     parse_go_bool(value.trim()).ok_or_else(|| bad(var, format!("{:?} is not true or false", value.trim())))
+}
+
+impl Config {
+    /// The export of NFS_SERVER/NFS_PATH, mounted at NFS_MOUNT_PATH.
+    pub fn mounted_export(&self) -> Export {
+        Export {
+            server: self.nfs_server.clone(),
+            path: self.nfs_path.clone(),
+        }
+    }
 }
 
 impl Args {

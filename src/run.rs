@@ -18,7 +18,7 @@ use crate::k8s::{self, Events};
 use crate::lease::{Elector, Leadership, lease_name};
 use crate::metrics::Metrics;
 use crate::shutdown;
-use crate::storage::{Limits, Storage};
+use crate::storage::{Exports, Limits};
 
 /// Upper bound for in-flight reconciles to finish after a term ends.
 const DRAIN: Duration = Duration::from_secs(30);
@@ -56,18 +56,14 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
 async fn provision(config: Config, health: Health, shutdown: CancellationToken) -> anyhow::Result<()> {
     let client = k8s::client(&config).await?;
     let identity = identity(&config);
-    let storage = Storage::new(
+    let exports = Exports::new(
+        config.mounted_export(),
         config.mount_path.clone(),
-        format!("{}:{}", config.nfs_server, config.nfs_path),
-        Limits {
-            timeout: config.fs_timeout,
-            delete_timeout: config.delete_timeout,
-            delete_concurrency: config.delete_concurrency,
-        },
+        limits(&config),
         health.clone(),
     );
     // Refuse to start on an export that is not there, rather than fail every claim later.
-    let capacity = storage.capacity().await.map_err(|e| {
+    let capacity = exports.mounted().capacity().await.map_err(|e| {
         anyhow!(
             "NFS_MOUNT_PATH {}: the export is not usable: {e}",
             config.mount_path.display()
@@ -90,7 +86,7 @@ async fn provision(config: Config, health: Health, shutdown: CancellationToken) 
         let shared = Shared {
             client,
             config,
-            storage,
+            exports,
             events,
             leadership: Leadership::always(),
             health: health.clone(),
@@ -118,7 +114,7 @@ async fn provision(config: Config, health: Health, shutdown: CancellationToken) 
     let shared = Shared {
         client,
         config,
-        storage,
+        exports,
         events,
         leadership: elector.leadership(),
         health: health.clone(),
@@ -147,5 +143,13 @@ async fn provision(config: Config, health: Health, shutdown: CancellationToken) 
 async fn drain(controllers: tokio::task::JoinHandle<()>) {
     if tokio::time::timeout(DRAIN, controllers).await.is_err() {
         warn!(after = ?DRAIN, "in-flight work did not finish in time; leaving it to the next leader");
+    }
+}
+
+pub fn limits(config: &Config) -> Limits {
+    Limits {
+        timeout: config.fs_timeout,
+        delete_timeout: config.delete_timeout,
+        delete_concurrency: config.delete_concurrency,
     }
 }

@@ -67,7 +67,7 @@ pub async fn reconcile(claim: Arc<PersistentVolumeClaim>, ctx: Arc<Ctx>) -> Resu
         &claim,
         class.as_deref(),
         ctx.provisioner(),
-        &ctx.export,
+        ctx.mounted_export(),
         pv_exists,
     ) {
         ClaimDecision::Skip(skip) => {
@@ -112,7 +112,7 @@ pub async fn reconcile(claim: Arc<PersistentVolumeClaim>, ctx: Arc<Ctx>) -> Resu
 async fn provision(claim: &PersistentVolumeClaim, plan: ProvisionPlan, ctx: &Ctx) -> Result<Action, Error> {
     {
         let mut reservations = lock(&ctx.reservations);
-        let live = ctx.live_directories(&reservations);
+        let live = ctx.live_directories(&plan.export, &reservations);
         if let Some(refusal) = claim::find_overlap(&plan, live.iter().map(|(n, p)| (n.as_str(), p))) {
             drop(reservations);
             warn!(%refusal, "claim refused");
@@ -126,7 +126,7 @@ async fn provision(claim: &PersistentVolumeClaim, plan: ProvisionPlan, ctx: &Ctx
             );
             return Ok(Action::requeue(REFUSAL_RECHECK));
         }
-        reservations.insert(plan.pv_name.clone(), plan.path.clone());
+        reservations.insert(plan.pv_name.clone(), (plan.export.clone(), plan.path.clone()));
     }
     let result = make_volume(claim, &plan, ctx).await;
     if result.is_err() {
@@ -141,6 +141,7 @@ async fn make_volume(
     ctx: &Ctx,
 ) -> Result<Action, Error> {
     let pv = plan.pv_name.as_str();
+    let storage = ctx.shared.exports.get(&plan.export, &plan.access);
     let started = std::time::Instant::now();
     ctx.ensure_leader(pv)?;
     let exists = k8s::pv_exists(&ctx.pv_api, pv)
@@ -154,7 +155,7 @@ async fn make_volume(
         // Made already; the cache has not seen it yet. Keep the reservation until it has (the
         // next reconcile then skips the claim and drops it), so no overlapping claim slips in.
         debug!(pv, "PersistentVolume exists; waiting for the cache to see it");
-        if let Err(error) = ctx.shared.storage.finish_volume(pv).await {
+        if let Err(error) = storage.finish_volume(pv).await {
             warn!(pv, %error, "could not clear staging record");
         }
         return Ok(Action::requeue(CACHE_RECHECK));
@@ -164,9 +165,9 @@ async fn make_volume(
         .events
         .publish(events::provisioning(&claim_key), claim.object_ref(&()));
 
-    let created = ctx.shared.storage.create_volume(pv, &plan.path, plan.dir).await?;
+    let created = storage.create_volume(pv, &plan.path, plan.dir).await?;
     if created == Created::Adopted {
-        info!(pv, directory = %plan.path, "adopted directory of an earlier interrupted attempt");
+        info!(pv, export = %plan.export, directory = %plan.path, "adopted directory of an earlier interrupted attempt");
     }
     ctx.ensure_leader(pv)?;
     k8s::create_pv(&ctx.pv_api, &plan.pv)
@@ -178,10 +179,10 @@ async fn make_volume(
         })?;
     // The PV is now the durable record; the staging record is no longer needed. A failure here
     // only leaves an empty record that the next term's sweep clears.
-    if let Err(error) = ctx.shared.storage.finish_volume(pv).await {
+    if let Err(error) = storage.finish_volume(pv).await {
         warn!(pv, %error, "could not clear staging record");
     }
-    info!(pv, directory = %plan.path, "provisioned");
+    info!(pv, export = %plan.export, directory = %plan.path, "provisioned");
     ctx.shared
         .health
         .metrics()

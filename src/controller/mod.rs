@@ -22,13 +22,14 @@ use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
 use crate::config::Config;
+use crate::core::export::{Access, Export, client_options};
 use crate::core::naming::VolumePath;
-use crate::core::pv::Export;
+use crate::core::params::ClassParams;
 use crate::core::volume::directory_in_export;
 use crate::health::Health;
 use crate::k8s::Events;
 use crate::lease::Leadership;
-use crate::storage::{Storage, StorageFailure};
+use crate::storage::{Exports, Storage, StorageFailure};
 
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
@@ -49,7 +50,7 @@ pub enum Error {
 pub struct Shared {
     pub client: Client,
     pub config: Arc<Config>,
-    pub storage: Storage,
+    pub exports: Exports,
     pub events: Events,
     pub leadership: Leadership,
     pub health: Health,
@@ -58,13 +59,12 @@ pub struct Shared {
 /// What a reconcile sees.
 pub struct Ctx {
     pub shared: Shared,
-    pub export: Export,
     pub pv_api: Api<PersistentVolume>,
     pub classes: Store<StorageClass>,
     pub pvs: Store<PersistentVolume>,
     /// Directories being provisioned whose PV is not in the cache yet, so two claims racing for
     /// overlapping directories cannot both pass the overlap check.
-    reservations: Mutex<HashMap<String, VolumePath>>,
+    reservations: Mutex<HashMap<String, (Export, VolumePath)>>,
     /// Consecutive failures per object, for capped exponential backoff. Never dropped: a failing
     /// object is retried until it succeeds or changes.
     failures: Mutex<HashMap<String, u32>>,
@@ -96,16 +96,63 @@ impl Ctx {
         self.classes.get(&ObjectRef::new(name?))
     }
 
-    /// Directories of every PV in our export (whoever made it) plus in-flight reservations.
-    fn live_directories(&self, reservations: &HashMap<String, VolumePath>) -> Vec<(String, VolumePath)> {
+    fn mounted_export(&self) -> &Export {
+        self.shared.exports.mounted_export()
+    }
+
+    /// Directories in `export` of every PV (whoever made it) plus in-flight reservations.
+    fn live_directories(
+        &self,
+        export: &Export,
+        reservations: &HashMap<String, (Export, VolumePath)>,
+    ) -> Vec<(String, VolumePath)> {
         let mut live: Vec<(String, VolumePath)> = self
             .pvs
             .state()
             .iter()
-            .filter_map(|pv| Some((pv.metadata.name.clone()?, directory_in_export(pv, &self.export)?)))
+            .filter_map(|pv| Some((pv.metadata.name.clone()?, directory_in_export(pv, export)?)))
             .collect();
-        live.extend(reservations.iter().map(|(k, v)| (k.clone(), v.clone())));
+        live.extend(
+            reservations
+                .iter()
+                .filter(|(_, (e, _))| e == export)
+                .map(|(k, (_, v))| (k.clone(), v.clone())),
+        );
         live
+    }
+
+    /// Every export this provisioner serves now: the mounted one, and the direct ones its
+    /// StorageClasses name (with the class's mount options; a class with broken parameters or
+    /// options names nothing, and its claims are refused with the reason).
+    fn class_exports(&self) -> Vec<(Export, Access)> {
+        let mounted = self.mounted_export();
+        let mut exports = vec![(mounted.clone(), Access::Mounted)];
+        for class in self.classes.state() {
+            if class.provisioner != self.provisioner() {
+                continue;
+            }
+            let Ok(params) = ClassParams::parse(&class.parameters.clone().unwrap_or_default()) else {
+                continue;
+            };
+            let Some(export) = params.export.filter(|e| e != mounted) else {
+                continue;
+            };
+            let Ok(options) = client_options(class.mount_options.as_deref().unwrap_or_default()) else {
+                continue;
+            };
+            let entry = (export, Access::Direct(options));
+            if !exports.contains(&entry) {
+                exports.push(entry);
+            }
+        }
+        exports
+    }
+
+    fn storages(&self) -> Vec<Storage> {
+        self.class_exports()
+            .iter()
+            .map(|(export, access)| self.shared.exports.get(export, access))
+            .collect()
     }
 
     fn succeeded(&self, key: &str) {
@@ -160,14 +207,9 @@ pub async fn run(shared: Shared, term: CancellationToken) {
             }
         }
     };
-    let export = Export {
-        server: shared.config.nfs_server.clone(),
-        path: shared.config.nfs_path.clone(),
-    };
     let ctx = Arc::new(Ctx {
         ready,
         pv_api: Api::all(client),
-        export,
         classes,
         pvs,
         shared,
@@ -184,7 +226,7 @@ pub async fn run(shared: Shared, term: CancellationToken) {
         .run(claims::reconcile, claims::error_policy, Arc::clone(&ctx))
         .for_each(|_| futures::future::ready(()));
     let sweep = sweep_staging(Arc::clone(&ctx));
-    let probe = probe_export(Arc::clone(&ctx), term.clone());
+    let probe = probe_exports(Arc::clone(&ctx), term.clone());
 
     info!(provisioner = %ctx.provisioner(), "controllers started");
     tokio::select! {
@@ -194,12 +236,13 @@ pub async fn run(shared: Shared, term: CancellationToken) {
     info!("controllers stopped");
 }
 
-/// How often the leader proves its export answers and takes writes, for readiness and metrics.
+/// How often the leader proves its exports answer and take writes, for readiness and metrics.
 const PROBE_INTERVAL: Duration = Duration::from_secs(10);
 
-/// Probes the export every [`PROBE_INTERVAL`] until the term ends. A probe still blocked on a hung
-/// export holds its thread (bounded by storage), and the next probe waits for its own deadline.
-async fn probe_export(ctx: Arc<Ctx>, term: CancellationToken) {
+/// Probes every export every [`PROBE_INTERVAL`] until the term ends, all at once, so a hung
+/// export delays only its own verdict.
+async fn probe_exports(ctx: Arc<Ctx>, term: CancellationToken) {
+    ctx.caches_ready().await;
     let mut tick = tokio::time::interval(PROBE_INTERVAL);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
@@ -207,34 +250,42 @@ async fn probe_export(ctx: Arc<Ctx>, term: CancellationToken) {
             () = term.cancelled() => return,
             _ = tick.tick() => {}
         }
+        let probes = ctx.storages().into_iter().map(|storage| async move {
+            if let Err(error) = storage.probe().await {
+                warn!(export = %storage.name(), %error, "export probe failed");
+            }
+        });
         tokio::select! {
             () = term.cancelled() => return,
-            result = ctx.shared.storage.probe() => {
-                if let Err(error) = result {
-                    warn!(export = %ctx.shared.storage.name(), %error, "export probe failed");
-                }
-            }
+            _ = futures::future::join_all(probes) => {}
         }
     }
 }
 
 /// Clears staging records left by a crash after the PV was created (the record only proves
 /// ownership until the PV exists). Records of claims without a PV are left for the claim's
-/// reconcile, which adopts them.
+/// reconcile, which adopts them. Each export is swept on its own: one that does not answer
+/// delays nothing else.
 async fn sweep_staging(ctx: Arc<Ctx>) {
     ctx.caches_ready().await;
-    let staged = match ctx.shared.storage.staged_volumes().await {
-        Ok(staged) => staged,
-        Err(error) => {
-            warn!(%error, "could not list staging records");
-            return;
+    let sweeps = ctx.storages().into_iter().map(|storage| {
+        let ctx = Arc::clone(&ctx);
+        async move {
+            let staged = match storage.staged_volumes().await {
+                Ok(staged) => staged,
+                Err(error) => {
+                    warn!(export = %storage.name(), %error, "could not list staging records");
+                    return;
+                }
+            };
+            for pv in staged {
+                if ctx.pvs.get(&ObjectRef::new(&pv)).is_some()
+                    && let Err(error) = storage.finish_volume(&pv).await
+                {
+                    warn!(export = %storage.name(), pv = %pv, %error, "could not clear staging record");
+                }
+            }
         }
-    };
-    for pv in staged {
-        if ctx.pvs.get(&ObjectRef::new(&pv)).is_some()
-            && let Err(error) = ctx.shared.storage.finish_volume(&pv).await
-        {
-            warn!(pv = %pv, %error, "could not clear staging record");
-        }
-    }
+    });
+    futures::future::join_all(sweeps).await;
 }

@@ -15,6 +15,9 @@ use crate::core::volume::{self, ReleasePlan, VolumeDecision};
 use crate::k8s;
 use crate::storage::{Archived, Removed};
 
+/// How often a refused volume is looked at again.
+const REFUSAL_RECHECK: std::time::Duration = std::time::Duration::from_secs(120);
+
 fn class_of(pv: &PersistentVolume) -> &str {
     pv.spec
         .as_ref()
@@ -30,7 +33,18 @@ fn key(pv: &PersistentVolume) -> String {
 pub async fn reconcile(pv: Arc<PersistentVolume>, ctx: Arc<Ctx>) -> Result<Action, Error> {
     ctx.caches_ready().await;
     let class = ctx.class(Some(class_of(&pv)).filter(|c| !c.is_empty()));
-    match volume::decide(&pv, ctx.provisioner(), &ctx.export, class.as_deref()) {
+    let served: Vec<_> = ctx
+        .class_exports()
+        .into_iter()
+        .map(|(export, _)| export)
+        .collect();
+    match volume::decide_among(
+        &pv,
+        ctx.provisioner(),
+        ctx.mounted_export(),
+        &served,
+        class.as_deref(),
+    ) {
         VolumeDecision::Skip(skip) => {
             debug!(?skip, "nothing to do");
             ctx.succeeded(&key(&pv));
@@ -41,7 +55,9 @@ pub async fn reconcile(pv: Arc<PersistentVolume>, ctx: Arc<Ctx>) -> Result<Actio
             ctx.shared
                 .events
                 .publish(events::delete_failed(&refusal), pv.object_ref(&()));
-            Ok(Action::await_change())
+            // A StorageClass naming the volume's export may appear, which this controller does
+            // not watch: look again now and then.
+            Ok(Action::requeue(REFUSAL_RECHECK))
         }
         VolumeDecision::Release(plan) => {
             let result = release(&pv, &plan, &ctx).await;
@@ -63,7 +79,7 @@ async fn release(pv: &PersistentVolume, plan: &ReleasePlan, ctx: &Ctx) -> Result
     let name = pv.name_any();
     let started = std::time::Instant::now();
     ctx.ensure_leader(&name)?;
-    let storage = &ctx.shared.storage;
+    let storage = ctx.shared.exports.get(&plan.export, &plan.access);
     match plan.action {
         OnDelete::Archive => match storage.archive_volume(&plan.path).await? {
             Archived::To(archive) => {

@@ -1,55 +1,157 @@
-//! Directory operations on the export. The blocking work lives in [`mounted`] (POSIX calls on the
-//! mounted export, symlink-safe, crash-safe); this module runs each operation on a blocking thread
-//! under a deadline, because a hard-mounted NFS export that stops answering blocks syscalls forever
-//! and must fail only the operations on it, never the controller. A hung export can hold at most
-//! [`MAX_BLOCKED`] threads; later operations on it fail at their deadline without starting one.
-//! Every outcome is reported to [`Health`]: a timeout marks the export failing (readiness,
-//! metrics), a completed operation or a passing [`Storage::probe`] marks it answering again.
+//! Directory operations on exports, through one small interface ([`Backend`]) with two
+//! implementations: [`mounted`] (POSIX calls on the export mounted at `NFS_MOUNT_PATH`, as
+//! nfs-subdir-external-provisioner works) and [`direct`] (a userspace NFSv3 client, no mount, no
+//! privileges). Both give the same semantics: exclusive create with provable adoption of the
+//! claim's own interrupted attempt, mode and owner applied after creation, collision-free
+//! archives, deletes that never follow symlinks, capacity.
+//!
+//! [`Storage`] wraps one export's backend: every operation runs under a deadline and its outcome
+//! is reported to [`Health`] (a timeout marks the export failing for readiness and metrics; a
+//! completed operation or a passing [`Storage::probe`] marks it answering again). [`Exports`]
+//! holds the mounted export and the direct ones StorageClasses name, so a hung or unreachable
+//! server fails only the operations on it.
 
+pub mod direct;
 pub mod mounted;
 pub mod tree;
 
+use std::collections::HashMap;
 use std::path::PathBuf;
-use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use futures::future::BoxFuture;
 use tokio::sync::Semaphore;
 
 pub use mounted::{Archived, Capacity, Created, DirAttrs, MountedExport, Removed, StorageError};
 
+use crate::core::export::{Access, ClientOptions, Export};
 use crate::core::naming::VolumePath;
 use crate::core::params::DirMode;
 use crate::health::{ExportStatus, Health};
 
-/// Blocking threads one export may occupy at once. Enough for the controllers' parallel work;
-/// bounded so a hung export cannot exhaust the runtime's blocking pool, which others need too.
+/// Blocking threads the mounted export may occupy at once. Enough for the controllers' parallel
+/// work; bounded so a hung mount cannot exhaust the runtime's blocking pool.
 pub const MAX_BLOCKED: usize = 16;
 
 #[derive(Debug, thiserror::Error)]
 pub enum StorageFailure {
     #[error(transparent)]
     Op(#[from] StorageError),
+    #[error(transparent)]
+    Nfs(#[from] direct::DirectError),
     #[error("{op} {path} did not finish within {after:?}: is the export answering?")]
     TimedOut {
         op: &'static str,
         path: String,
         after: Duration,
     },
-    #[error(
-        "{op} {path} not started within {after:?}: {MAX_BLOCKED} earlier operations on the export are still blocked; is it answering?"
-    )]
-    Saturated {
-        op: &'static str,
-        path: String,
-        after: Duration,
-    },
-    #[error("{op} {path}: worker thread failed: {reason}")]
-    Worker {
-        op: &'static str,
-        path: String,
-        reason: String,
-    },
+    #[error("{op}: worker thread failed: {reason}")]
+    Worker { op: &'static str, reason: String },
+}
+
+/// The result of one backend operation.
+pub type OpFuture<'a, T> = BoxFuture<'a, Result<T, StorageFailure>>;
+
+/// One export's directory operations; paths are components relative to the export root.
+pub trait Backend: Send + Sync {
+    fn create_volume<'a>(&'a self, pv: &'a str, path: &'a [String], attrs: DirAttrs)
+    -> OpFuture<'a, Created>;
+    /// Drops the staging record of `pv` (once its PV exists). Idempotent.
+    fn finish_volume<'a>(&'a self, pv: &'a str) -> OpFuture<'a, ()>;
+    fn staged_volumes(&self) -> OpFuture<'_, Vec<String>>;
+    fn archive_volume<'a>(&'a self, path: &'a [String]) -> OpFuture<'a, Archived>;
+    fn delete_volume<'a>(&'a self, path: &'a [String], concurrency: usize) -> OpFuture<'a, Removed>;
+    fn capacity(&self) -> OpFuture<'_, Capacity>;
+    /// Creates and removes an empty directory named after `tag` in the staging area.
+    fn probe_writable<'a>(&'a self, tag: &'a str) -> OpFuture<'a, ()>;
+}
+
+/// The mounted export: each operation on a blocking thread, at most [`MAX_BLOCKED`] at once.
+pub struct MountedBackend {
+    export: Arc<MountedExport>,
+    threads: Arc<Semaphore>,
+}
+
+impl MountedBackend {
+    pub fn new(root: PathBuf) -> Self {
+        MountedBackend {
+            export: Arc::new(MountedExport::new(root)),
+            threads: Arc::new(Semaphore::new(MAX_BLOCKED)),
+        }
+    }
+
+    fn blocking<T, F>(&self, op: &'static str, f: F) -> OpFuture<'static, T>
+    where
+        T: Send + 'static,
+        F: FnOnce(&MountedExport) -> Result<T, StorageError> + Send + 'static,
+    {
+        let export = Arc::clone(&self.export);
+        let threads = Arc::clone(&self.threads);
+        Box::pin(async move {
+            // Waiting here is bounded by the caller's deadline, like the operation itself.
+            let permit = threads
+                .acquire_owned()
+                .await
+                .map_err(|e| StorageFailure::Worker {
+                    op,
+                    reason: e.to_string(),
+                })?;
+            let task = tokio::task::spawn_blocking(move || {
+                // Held until the syscall returns, however long after the deadline that is.
+                let _permit = permit;
+                f(&export)
+            });
+            match task.await {
+                Ok(result) => Ok(result?),
+                Err(join) => Err(StorageFailure::Worker {
+                    op,
+                    reason: join.to_string(),
+                }),
+            }
+        })
+    }
+}
+
+impl Backend for MountedBackend {
+    fn create_volume<'a>(
+        &'a self,
+        pv: &'a str,
+        path: &'a [String],
+        attrs: DirAttrs,
+    ) -> OpFuture<'a, Created> {
+        let (pv, path) = (pv.to_owned(), path.to_vec());
+        self.blocking("create directory", move |e| e.create_volume(&pv, &path, &attrs))
+    }
+
+    fn finish_volume<'a>(&'a self, pv: &'a str) -> OpFuture<'a, ()> {
+        let pv = pv.to_owned();
+        self.blocking("clear staging record", move |e| e.finish_volume(&pv))
+    }
+
+    fn staged_volumes(&self) -> OpFuture<'_, Vec<String>> {
+        self.blocking("list staging area", MountedExport::staged_volumes)
+    }
+
+    fn archive_volume<'a>(&'a self, path: &'a [String]) -> OpFuture<'a, Archived> {
+        let path = path.to_vec();
+        self.blocking("archive directory", move |e| e.archive_volume(&path))
+    }
+
+    fn delete_volume<'a>(&'a self, path: &'a [String], concurrency: usize) -> OpFuture<'a, Removed> {
+        let path = path.to_vec();
+        self.blocking("delete directory", move |e| e.delete_volume(&path, concurrency))
+    }
+
+    fn capacity(&self) -> OpFuture<'_, Capacity> {
+        self.blocking("statvfs", MountedExport::capacity)
+    }
+
+    fn probe_writable<'a>(&'a self, tag: &'a str) -> OpFuture<'a, ()> {
+        let tag = tag.to_owned();
+        self.blocking("probe", move |e| e.probe_writable(&tag))
+    }
 }
 
 /// Deadlines and parallelism of directory operations.
@@ -60,24 +162,23 @@ pub struct Limits {
     pub delete_concurrency: usize,
 }
 
+/// One export's operations under deadlines, reported to [`Health`]. Cheap to clone.
 #[derive(Clone)]
 pub struct Storage {
-    export: Arc<MountedExport>,
+    backend: Arc<dyn Backend>,
     /// `server:path`, as operators know the export; names it in health, metrics and logs.
     name: String,
     limits: Limits,
-    threads: Arc<Semaphore>,
     health: Health,
     probes: Arc<AtomicU64>,
 }
 
 impl Storage {
-    pub fn new(root: PathBuf, name: String, limits: Limits, health: Health) -> Self {
+    pub fn new(backend: Arc<dyn Backend>, name: String, limits: Limits, health: Health) -> Self {
         Storage {
-            export: Arc::new(MountedExport::new(root)),
+            backend,
             name,
             limits,
-            threads: Arc::new(Semaphore::new(MAX_BLOCKED)),
             health,
             probes: Arc::default(),
         }
@@ -87,49 +188,27 @@ impl Storage {
         &self.name
     }
 
-    async fn run<T, F>(
+    async fn run<T>(
         &self,
         op: &'static str,
         path: String,
         timeout: Duration,
-        f: F,
-    ) -> Result<T, StorageFailure>
-    where
-        T: Send + 'static,
-        F: FnOnce(&MountedExport) -> Result<T, StorageError> + Send + 'static,
-    {
-        let deadline = tokio::time::Instant::now() + timeout;
-        let Ok(Ok(permit)) =
-            tokio::time::timeout_at(deadline, Arc::clone(&self.threads).acquire_owned()).await
-        else {
-            self.timed_out(op, &path);
-            return Err(StorageFailure::Saturated {
-                op,
-                path,
-                after: timeout,
-            });
-        };
-        let export = Arc::clone(&self.export);
-        let task = tokio::task::spawn_blocking(move || {
-            // Held until the syscall returns, however long after the deadline that is.
-            let _permit = permit;
-            f(&export)
-        });
-        match tokio::time::timeout_at(deadline, task).await {
-            Ok(Ok(result)) => {
+        operation: OpFuture<'_, T>,
+    ) -> Result<T, StorageFailure> {
+        match tokio::time::timeout(timeout, operation).await {
+            Ok(result) => {
                 if result.is_ok() {
                     self.health.export_status(&self.name, ExportStatus::Healthy);
                 }
-                Ok(result?)
+                result
             }
-            Ok(Err(join)) => Err(StorageFailure::Worker {
-                op,
-                path,
-                reason: join.to_string(),
-            }),
-            // The thread stays blocked in the kernel; only this operation fails.
+            // A mounted export's thread stays blocked in the kernel; only this operation fails.
             Err(_) => {
-                self.timed_out(op, &path);
+                self.health.metrics().export_timed_out(&self.name);
+                self.health.export_status(
+                    &self.name,
+                    ExportStatus::Failing(format!("{op} {path} timed out after {timeout:?}")),
+                );
                 Err(StorageFailure::TimedOut {
                     op,
                     path,
@@ -137,14 +216,6 @@ impl Storage {
                 })
             }
         }
-    }
-
-    fn timed_out(&self, op: &str, path: &str) {
-        self.health.metrics().export_timed_out(&self.name);
-        self.health.export_status(
-            &self.name,
-            ExportStatus::Failing(format!("{op} {path} timed out")),
-        );
     }
 
     /// Checks that the export answers and takes writes (a directory created and removed in the
@@ -158,9 +229,9 @@ impl Storage {
         let result = self
             .run(
                 "probe",
-                String::from("the export"),
+                format!("export {}", self.name),
                 self.limits.timeout,
-                move |e| e.probe_writable(&tag),
+                self.backend.probe_writable(&tag),
             )
             .await;
         if let Err(error) = &result {
@@ -176,7 +247,6 @@ impl Storage {
         path: &VolumePath,
         dir: DirMode,
     ) -> Result<Created, StorageFailure> {
-        let (pv, components) = (pv_name.to_owned(), path.components().to_vec());
         let attrs = DirAttrs {
             mode: dir.mode,
             uid: dir.uid,
@@ -186,18 +256,17 @@ impl Storage {
             "create directory",
             path.to_string(),
             self.limits.timeout,
-            move |e| e.create_volume(&pv, &components, &attrs),
+            self.backend.create_volume(pv_name, path.components(), attrs),
         )
         .await
     }
 
     pub async fn finish_volume(&self, pv_name: &str) -> Result<(), StorageFailure> {
-        let pv = pv_name.to_owned();
         self.run(
             "clear staging record of",
-            pv.clone(),
+            pv_name.to_owned(),
             self.limits.timeout,
-            move |e| e.finish_volume(&pv),
+            self.backend.finish_volume(pv_name),
         )
         .await
     }
@@ -205,40 +274,112 @@ impl Storage {
     pub async fn staged_volumes(&self) -> Result<Vec<String>, StorageFailure> {
         self.run(
             "list staging records in",
-            String::from("the export"),
+            format!("export {}", self.name),
             self.limits.timeout,
-            |e| e.staged_volumes(),
+            self.backend.staged_volumes(),
         )
         .await
     }
 
     pub async fn archive_volume(&self, path: &VolumePath) -> Result<Archived, StorageFailure> {
-        let components = path.components().to_vec();
         self.run(
             "archive directory",
             path.to_string(),
             self.limits.timeout,
-            move |e| e.archive_volume(&components),
+            self.backend.archive_volume(path.components()),
         )
         .await
     }
 
     pub async fn delete_volume(&self, path: &VolumePath) -> Result<Removed, StorageFailure> {
-        let components = path.components().to_vec();
-        let concurrency = self.limits.delete_concurrency;
         self.run(
             "delete directory",
             path.to_string(),
             self.limits.delete_timeout,
-            move |e| e.delete_volume(&components, concurrency),
+            self.backend
+                .delete_volume(path.components(), self.limits.delete_concurrency),
         )
         .await
     }
 
     pub async fn capacity(&self) -> Result<Capacity, StorageFailure> {
-        self.run("statvfs", String::from("the export"), self.limits.timeout, |e| {
-            e.capacity()
-        })
+        self.run(
+            "statvfs",
+            format!("export {}", self.name),
+            self.limits.timeout,
+            self.backend.capacity(),
+        )
         .await
+    }
+}
+
+/// Every export the provisioner serves: the mounted one, and direct ones, made on first use and
+/// kept (each holds its own connections, so one server's trouble stays its own).
+#[derive(Clone)]
+pub struct Exports {
+    mounted_export: Export,
+    mounted: Storage,
+    direct: Arc<Mutex<HashMap<(Export, ClientOptions), Storage>>>,
+    limits: Limits,
+    health: Health,
+}
+
+impl Exports {
+    pub fn new(mounted_export: Export, mount_path: PathBuf, limits: Limits, health: Health) -> Self {
+        let mounted = Storage::new(
+            Arc::new(MountedBackend::new(mount_path)),
+            mounted_export.to_string(),
+            limits,
+            health.clone(),
+        );
+        Exports {
+            mounted_export,
+            mounted,
+            direct: Arc::default(),
+            limits,
+            health,
+        }
+    }
+
+    pub fn mounted_export(&self) -> &Export {
+        &self.mounted_export
+    }
+
+    pub fn mounted(&self) -> &Storage {
+        &self.mounted
+    }
+
+    /// The storage of `export`, reached as `access` says.
+    pub fn get(&self, export: &Export, access: &Access) -> Storage {
+        let options = match access {
+            Access::Mounted => return self.mounted.clone(),
+            Access::Direct(options) => *options,
+        };
+        let mut direct = self
+            .direct
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        direct
+            .entry((export.clone(), options))
+            .or_insert_with(|| {
+                Storage::new(
+                    Arc::new(direct::DirectBackend::new(export.clone(), options)),
+                    export.to_string(),
+                    self.limits,
+                    self.health.clone(),
+                )
+            })
+            .clone()
+    }
+
+    /// The mounted export and every direct export used so far.
+    pub fn known(&self) -> Vec<Storage> {
+        let direct = self
+            .direct
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        std::iter::once(self.mounted.clone())
+            .chain(direct.values().cloned())
+            .collect()
     }
 }
