@@ -36,10 +36,16 @@ pub struct ClientOptions {
     pub port: Option<u16>,
     /// MOUNT protocol port; `None` asks the server's portmapper.
     pub mount_port: Option<u16>,
-    /// Deadline of one request (`timeo`, deciseconds; the Linux default for TCP is 600).
+    /// Deadline of one request (`timeo`, deciseconds). Default 10 s, below the kernel's 60 s on
+    /// purpose: an operation is several requests, and a server that stopped answering must fail
+    /// it well within FS_OPERATION_TIMEOUT rather than hang it.
     pub timeout: Duration,
-    /// Further attempts after a request timed out (`retrans`; Linux default 2).
+    /// Further attempts, each on a fresh connection, after a request timed out or lost its
+    /// connection (`retrans`; Linux default 2).
     pub retrans: u32,
+    /// Source ports below 1024 (`resvport`, the kernel's default; `noresvport` turns it off).
+    /// Falls back to an ephemeral port when binding one is not permitted.
+    pub resvport: bool,
 }
 
 impl Default for ClientOptions {
@@ -47,8 +53,9 @@ impl Default for ClientOptions {
         ClientOptions {
             port: None,
             mount_port: None,
-            timeout: Duration::from_secs(60),
+            timeout: Duration::from_secs(10),
             retrans: 2,
+            resvport: true,
         }
     }
 }
@@ -59,6 +66,8 @@ pub enum OptionsError {
         "mount option {0:?}: only NFS version 3 is served directly (the server and share parameters); use nfsvers=3 or drop the option"
     )]
     UnsupportedVersion(String),
+    #[error("mount option {option:?}: the direct NFS client supports only {supported}")]
+    Unsupported { option: String, supported: &'static str },
     #[error("mount option {option:?} is invalid: {expected}")]
     Invalid { option: String, expected: &'static str },
 }
@@ -105,7 +114,23 @@ pub fn client_options(mount_options: &[String]) -> Result<ClientOptions, Options
                     .parse::<u32>()
                     .map_err(|_| invalid("a number of retransmissions"))?;
             }
-            // hard, soft, noatime, rsize, proto, … concern the kubelet's mount only.
+            "resvport" => options.resvport = true,
+            "noresvport" => options.resvport = false,
+            "proto" | "mountproto" if value == "tcp" => {}
+            "proto" | "mountproto" => {
+                return Err(OptionsError::Unsupported {
+                    option: option.to_owned(),
+                    supported: "proto=tcp",
+                });
+            }
+            "sec" if value == "sys" => {}
+            "sec" => {
+                return Err(OptionsError::Unsupported {
+                    option: option.to_owned(),
+                    supported: "sec=sys",
+                });
+            }
+            // hard, soft, noatime, rsize, nolock, … concern the kubelet's mount only.
             _ => {}
         }
     }
@@ -139,6 +164,18 @@ mod tests {
         assert_eq!(o.mount_port, Some(12048));
         assert_eq!(o.timeout, Duration::from_millis(2500));
         assert_eq!(o.retrans, 5);
+    }
+
+    #[test]
+    fn transport_and_security_are_checked_and_resvport_read() {
+        assert!(!opts(&["noresvport"]).unwrap().resvport);
+        assert!(opts(&["proto=tcp,sec=sys"]).is_ok());
+        for bad in ["proto=udp", "sec=krb5"] {
+            assert!(
+                matches!(opts(&[bad]), Err(OptionsError::Unsupported { .. })),
+                "{bad}"
+            );
+        }
     }
 
     #[test]

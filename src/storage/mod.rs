@@ -40,7 +40,7 @@ pub enum StorageFailure {
     #[error(transparent)]
     Op(#[from] StorageError),
     #[error(transparent)]
-    Nfs(#[from] direct::DirectError),
+    Nfs(#[from] direct::NfsError),
     #[error("{op} {path} did not finish within {after:?}: is the export answering?")]
     TimedOut {
         op: &'static str,

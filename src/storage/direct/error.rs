@@ -1,0 +1,127 @@
+//! Errors: every variant says which operation, on which path (relative to the export root), and, where the
+//! server answered, with which NFS status.
+
+use std::time::Duration;
+
+use nfs3_client::nfs3_types::mount::mountstat3;
+use nfs3_client::nfs3_types::nfs3::nfsstat3;
+
+#[derive(Debug, thiserror::Error)]
+pub enum NfsError {
+    #[error("connect to {server}: {reason}")]
+    Connect { server: String, reason: String },
+    #[error("mount {server}:{export}: {status}{}", mount_hint(*.status))]
+    Mount {
+        server: String,
+        export: String,
+        status: mountstat3,
+    },
+    #[error("{op} {path}: {status}")]
+    Status {
+        op: &'static str,
+        path: String,
+        status: nfsstat3,
+    },
+    #[error(
+        "{op} {path}: {status}: the export squashes root (root_squash; new directories belong to \
+         {anon_uid}:{anon_gid}); set no_root_squash on the export or drop uid/gid from the StorageClass"
+    )]
+    RootSquashed {
+        op: &'static str,
+        path: String,
+        status: nfsstat3,
+        anon_uid: u32,
+        anon_gid: u32,
+    },
+    #[error("{op} {path}: no answer within {after:?} (timeo x (retrans + 1)): is the server answering?")]
+    TimedOut {
+        op: &'static str,
+        path: String,
+        after: Duration,
+    },
+    #[error("{op} {path}: RPC failed: {reason}{}", auth_hint(.reason))]
+    Rpc {
+        op: &'static str,
+        path: String,
+        reason: String,
+    },
+    #[error("{op} {path:?}: invalid path: {reason}")]
+    InvalidPath {
+        op: &'static str,
+        path: String,
+        reason: String,
+    },
+    #[error(
+        "create directory {path}: invalid mode {mode:#o} (only permission, setuid, setgid and sticky bits \
+         are allowed)"
+    )]
+    InvalidMode { path: String, mode: u32 },
+    #[error("create directory {path}: a directory not made for this volume already exists")]
+    Exists { path: String },
+    #[error("{op} {path}: a symlink or non-directory is in the way; refusing to follow or touch it")]
+    Symlink { op: &'static str, path: String },
+    #[error(
+        "create directory {requested} for volume {pv}: an earlier attempt of this volume staged it for \
+         {recorded}"
+    )]
+    StagedElsewhere {
+        pv: String,
+        requested: String,
+        recorded: String,
+    },
+    #[error("{op} {path}: bad staging record: {reason}")]
+    BadStagingRecord {
+        op: &'static str,
+        path: String,
+        reason: String,
+    },
+    #[error("archive directory {path}: all {attempts} archive names are taken")]
+    ArchiveNamesExhausted { path: String, attempts: u32 },
+    #[error("{op} {path}: {reason}")]
+    Protocol {
+        op: &'static str,
+        path: String,
+        reason: String,
+    },
+}
+
+fn mount_hint(status: mountstat3) -> &'static str {
+    match status {
+        mountstat3::MNT3ERR_ACCES | mountstat3::MNT3ERR_PERM => {
+            " (the export does not allow this client; check the export's client list, and whether it \
+             requires a privileged source port: knfsd 'secure' / ganesha 'PrivilegedPort')"
+        }
+        mountstat3::MNT3ERR_NOENT => " (no such export; with ganesha use the Pseudo path)",
+        _ => "",
+    }
+}
+
+fn auth_hint(reason: &str) -> &'static str {
+    if reason.contains("AUTH_TOOWEAK") {
+        " (the server wants a privileged source port: drop noresvport, or give the provisioner \
+         CAP_NET_BIND_SERVICE, or mark the export insecure)"
+    } else if reason.contains("Program mismatch") || reason.contains("Program unavailable") {
+        " (the server does not serve NFSv3 on this port; enable v3 on the server or use the mounted \
+         backend)"
+    } else {
+        ""
+    }
+}
+
+impl NfsError {
+    /// The NFS status the server answered with, if the failure is one.
+    pub fn status(&self) -> Option<nfsstat3> {
+        match self {
+            NfsError::Status { status, .. } | NfsError::RootSquashed { status, .. } => Some(*status),
+            _ => None,
+        }
+    }
+
+    /// The failure is about reaching the server (timeout, broken connection, connect), not an answer.
+    pub fn is_transport(&self) -> bool {
+        matches!(
+            self,
+            NfsError::TimedOut { .. } | NfsError::Rpc { .. } | NfsError::Connect { .. }
+        )
+    }
+}
