@@ -66,15 +66,17 @@ fn gib(bytes: u64) -> String {
 
 /// Runs every check; the caller prints [`render`] and exits non-zero unless all passed.
 pub async fn run(config: &Config) -> Vec<Item> {
-    let exports = Exports::new(
-        config.mounted_export(),
-        config.mount_path.clone(),
-        crate::run::limits(config),
-        Health::new(Metrics::new()),
-    );
+    let exports = crate::run::exports(config, Health::new(Metrics::new()));
     let mut items = Vec::new();
-    let at = format!("mounted at {}", config.mount_path.display());
-    items.extend(export_checks(exports.mounted(), &at).await);
+    match exports.mounted() {
+        Some(mounted) => {
+            let at = format!("mounted at {}", config.mount_path.display());
+            items.extend(export_checks(mounted, &at).await);
+        }
+        None => items.push(pass(
+            "no mounted export (NFS_SERVER and NFS_PATH unset): only StorageClasses naming server and share are served",
+        )),
+    }
     let client = match k8s::client(config).await {
         Ok(client) => client,
         Err(error) => {
@@ -196,7 +198,7 @@ async fn class_checks(client: &Client, provisioner: &str, exports: &Exports) -> 
                 continue;
             }
         };
-        let Some(export) = params.export.filter(|e| e != exports.mounted_export()) else {
+        let Some(export) = params.export.filter(|e| Some(e) != exports.mounted_export()) else {
             items.push(pass(format!("StorageClass {name}: parameters valid")));
             continue;
         };
@@ -205,8 +207,10 @@ async fn class_checks(client: &Client, provisioner: &str, exports: &Exports) -> 
                 items.push(pass(format!(
                     "StorageClass {name}: parameters valid (export {export}, served directly)"
                 )));
-                let storage = exports.get(&export, &Access::Direct(options));
-                items.extend(export_checks(&storage, "over direct NFS").await);
+                match exports.get(&export, &Access::Direct(options)) {
+                    Ok(storage) => items.extend(export_checks(&storage, "over direct NFS").await),
+                    Err(error) => items.push(fail(format!("export {export}: {error}"))),
+                }
             }
             Err(error) => items.push(fail(format!("StorageClass {name}: {error}"))),
         }

@@ -25,10 +25,11 @@ pub struct Args {
     /// Name this provisioner answers to in StorageClass `provisioner:` (required).
     #[arg(long, global = true, env = "PROVISIONER_NAME")]
     provisioner_name: Option<String>,
-    /// NFS server written into every PersistentVolume (required).
+    /// NFS server of the mounted export, written into its PersistentVolumes. With NFS_PATH; leave
+    /// both unset to serve only StorageClasses that name `server` and `share`.
     #[arg(long, global = true, env = "NFS_SERVER")]
     nfs_server: Option<String>,
-    /// Exported path on the NFS server written into every PersistentVolume (required).
+    /// Exported path of the mounted export on NFS_SERVER.
     #[arg(long, global = true, env = "NFS_PATH")]
     nfs_path: Option<String>,
     /// Where the export is mounted in this process's filesystem.
@@ -109,9 +110,9 @@ pub enum Command {
 #[derive(Debug, Clone)]
 pub struct Config {
     pub provisioner_name: String,
-    pub nfs_server: String,
-    /// Normalised: absolute, no trailing '/', "/" stays "/".
-    pub nfs_path: String,
+    /// NFS_SERVER and NFS_PATH (normalised), mounted at `mount_path`; `None` when both are unset
+    /// and only StorageClasses naming `server` and `share` are served.
+    pub mounted: Option<Export>,
     pub mount_path: PathBuf,
     pub leader_election: bool,
     pub kubeconfig: Option<PathBuf>,
@@ -176,16 +177,6 @@ fn go_bool(var: &'static str, value: &str) -> Result<bool, ConfigError> {
     parse_go_bool(value.trim()).ok_or_else(|| bad(var, format!("{:?} is not true or false", value.trim())))
 }
 
-impl Config {
-    /// The export of NFS_SERVER/NFS_PATH, mounted at NFS_MOUNT_PATH.
-    pub fn mounted_export(&self) -> Export {
-        Export {
-            server: self.nfs_server.clone(),
-            path: self.nfs_path.clone(),
-        }
-    }
-}
-
 impl Args {
     pub fn command(&self) -> Command {
         self.command.unwrap_or(Command::Run)
@@ -199,9 +190,17 @@ impl Args {
                 format!("{provisioner_name:?} must be at most 253 characters without spaces"),
             ));
         }
-        let nfs_server = required("NFS_SERVER", self.nfs_server)?;
-        let nfs_path = normalize_export_path(&required("NFS_PATH", self.nfs_path)?)
-            .map_err(|e| bad("NFS_PATH", e.to_string()))?;
+        let set = |v: &Option<String>| v.as_deref().is_some_and(|v| !v.trim().is_empty());
+        let mounted = match (set(&self.nfs_server), set(&self.nfs_path)) {
+            (false, false) => None,
+            (true, false) => return Err(bad("NFS_PATH", "is required when NFS_SERVER is set")),
+            (false, true) => return Err(bad("NFS_SERVER", "is required when NFS_PATH is set")),
+            (true, true) => Some(Export {
+                server: required("NFS_SERVER", self.nfs_server)?,
+                path: normalize_export_path(&required("NFS_PATH", self.nfs_path)?)
+                    .map_err(|e| bad("NFS_PATH", e.to_string()))?,
+            }),
+        };
         if !self.nfs_mount_path.is_absolute() {
             return Err(bad(
                 "NFS_MOUNT_PATH",
@@ -237,8 +236,7 @@ impl Args {
         let non_empty = |v: Option<String>| v.map(|s| s.trim().to_owned()).filter(|s| !s.is_empty());
         Ok(Config {
             provisioner_name,
-            nfs_server,
-            nfs_path,
+            mounted,
             mount_path: self.nfs_mount_path,
             leader_election: go_bool("ENABLE_LEADER_ELECTION", &self.enable_leader_election)?,
             kubeconfig: self.kubeconfig.filter(|p| !p.as_os_str().is_empty()),
@@ -291,12 +289,26 @@ mod tests {
         assert_eq!(c.lease.retry_period, Duration::from_secs(2));
     }
 
+    fn mounted_path(c: &Config) -> &str {
+        &c.mounted.as_ref().expect("a mounted export").path
+    }
+
     #[test]
     fn nfs_path_trailing_slash_is_normalised() {
-        assert_eq!(parse(&BASE).unwrap().nfs_path, "/export");
+        assert_eq!(mounted_path(&parse(&BASE).unwrap()), "/export");
         let mut root = BASE;
         root[5] = "/";
-        assert_eq!(parse(&root).unwrap().nfs_path, "/");
+        assert_eq!(mounted_path(&parse(&root).unwrap()), "/");
+    }
+
+    #[test]
+    fn without_server_and_path_only_direct_classes_are_served() {
+        let c = parse(&BASE[..2]).unwrap();
+        assert_eq!(c.mounted, None);
+        assert_eq!(parse(&BASE[..4]).unwrap_err().var, "NFS_PATH");
+        let mut path_only = BASE[..2].to_vec();
+        path_only.extend(["--nfs-path", "/export"]);
+        assert_eq!(parse(&path_only).unwrap_err().var, "NFS_SERVER");
     }
 
     #[test]
@@ -346,7 +358,7 @@ mod tests {
         argv.extend_from_slice(&BASE);
         let args = Args::try_parse_from(argv).expect("flags after the subcommand");
         assert_eq!(args.command(), Command::Check);
-        assert_eq!(args.into_config().unwrap().nfs_path, "/export");
+        assert_eq!(mounted_path(&args.into_config().unwrap()), "/export");
         let plain = Args::try_parse_from(["nfs-subdir-provisioner"]).expect("no flags");
         assert_eq!(plain.command(), Command::Run);
     }

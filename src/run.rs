@@ -56,29 +56,33 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
 async fn provision(config: Config, health: Health, shutdown: CancellationToken) -> anyhow::Result<()> {
     let client = k8s::client(&config).await?;
     let identity = identity(&config);
-    let exports = Exports::new(
-        config.mounted_export(),
-        config.mount_path.clone(),
-        limits(&config),
-        health.clone(),
-    );
+    let exports = exports(&config, health.clone());
     // Refuse to start on an export that is not there, rather than fail every claim later.
-    let capacity = exports.mounted().capacity().await.map_err(|e| {
-        anyhow!(
-            "NFS_MOUNT_PATH {}: the export is not usable: {e}",
-            config.mount_path.display()
-        )
-    })?;
-    info!(
-        total_bytes = capacity.total_bytes,
-        available_bytes = capacity.available_bytes,
-        provisioner = %config.provisioner_name,
-        server = %config.nfs_server,
-        path = %config.nfs_path,
-        mount = %config.mount_path.display(),
-        %identity,
-        "starting"
-    );
+    match (exports.mounted(), &config.mounted) {
+        (Some(mounted), Some(export)) => {
+            let capacity = mounted.capacity().await.map_err(|e| {
+                anyhow!(
+                    "NFS_MOUNT_PATH {}: the export is not usable: {e}",
+                    config.mount_path.display()
+                )
+            })?;
+            info!(
+                total_bytes = capacity.total_bytes,
+                available_bytes = capacity.available_bytes,
+                provisioner = %config.provisioner_name,
+                server = %export.server,
+                path = %export.path,
+                mount = %config.mount_path.display(),
+                %identity,
+                "starting"
+            );
+        }
+        _ => warn!(
+            provisioner = %config.provisioner_name,
+            %identity,
+            "starting without a mounted export (NFS_SERVER and NFS_PATH unset): only StorageClasses naming server and share are served"
+        ),
+    }
     let events = Events::new(client.clone(), &identity);
     let config = Arc::new(config);
 
@@ -152,4 +156,13 @@ pub fn limits(config: &Config) -> Limits {
         delete_timeout: config.delete_timeout,
         delete_concurrency: config.delete_concurrency,
     }
+}
+
+/// The mounted export (if NFS_SERVER/NFS_PATH are set) and room for the direct ones.
+pub fn exports(config: &Config, health: Health) -> Exports {
+    let mounted = config
+        .mounted
+        .clone()
+        .map(|export| (export, config.mount_path.clone()));
+    Exports::new(mounted, limits(config), health)
 }

@@ -141,7 +141,7 @@ async fn make_volume(
     ctx: &Ctx,
 ) -> Result<Action, Error> {
     let pv = plan.pv_name.as_str();
-    let storage = ctx.shared.exports.get(&plan.export, &plan.access);
+    let storage = ctx.shared.exports.get(&plan.export, &plan.access)?;
     let started = std::time::Instant::now();
     ctx.ensure_leader(pv)?;
     let exists = k8s::pv_exists(&ctx.pv_api, pv)

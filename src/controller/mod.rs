@@ -96,7 +96,7 @@ impl Ctx {
         self.classes.get(&ObjectRef::new(name?))
     }
 
-    fn mounted_export(&self) -> &Export {
+    fn mounted_export(&self) -> Option<&Export> {
         self.shared.exports.mounted_export()
     }
 
@@ -126,7 +126,10 @@ impl Ctx {
     /// options names nothing, and its claims are refused with the reason).
     fn class_exports(&self) -> Vec<(Export, Access)> {
         let mounted = self.mounted_export();
-        let mut exports = vec![(mounted.clone(), Access::Mounted)];
+        let mut exports: Vec<(Export, Access)> = mounted
+            .map(|m| (m.clone(), Access::Mounted))
+            .into_iter()
+            .collect();
         for class in self.classes.state() {
             if class.provisioner != self.provisioner() {
                 continue;
@@ -134,7 +137,7 @@ impl Ctx {
             let Ok(params) = ClassParams::parse(&class.parameters.clone().unwrap_or_default()) else {
                 continue;
             };
-            let Some(export) = params.export.filter(|e| e != mounted) else {
+            let Some(export) = params.export.filter(|e| Some(e) != mounted) else {
                 continue;
             };
             let Ok(options) = client_options(class.mount_options.as_deref().unwrap_or_default()) else {
@@ -151,7 +154,7 @@ impl Ctx {
     fn storages(&self) -> Vec<Storage> {
         self.class_exports()
             .iter()
-            .map(|(export, access)| self.shared.exports.get(export, access))
+            .filter_map(|(export, access)| self.shared.exports.get(export, access).ok())
             .collect()
     }
 

@@ -79,7 +79,7 @@ async fn release(pv: &PersistentVolume, plan: &ReleasePlan, ctx: &Ctx) -> Result
     let name = pv.name_any();
     let started = std::time::Instant::now();
     ctx.ensure_leader(&name)?;
-    let storage = ctx.shared.exports.get(&plan.export, &plan.access);
+    let storage = ctx.shared.exports.get(&plan.export, &plan.access)?;
     match plan.action {
         OnDelete::Archive => match storage.archive_volume(&plan.path).await? {
             Archived::To(archive) => {

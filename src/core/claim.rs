@@ -57,6 +57,10 @@ pub enum Refusal {
     Overlap { path: String, volume: String },
     #[error(transparent)]
     MountOptions(#[from] OptionsError),
+    #[error(
+        "this provisioner has no mounted export (NFS_SERVER and NFS_PATH are unset); name server and share in the StorageClass"
+    )]
+    NoMountedExport,
 }
 
 /// Everything needed to make the volume: the directory, how to make it, and the PV to write.
@@ -106,13 +110,13 @@ fn requested_provisioner(claim: &PersistentVolumeClaim) -> Option<&str> {
         .map(String::as_str)
 }
 
-/// `mounted` is the export of `NFS_SERVER`/`NFS_PATH`; a class naming the same server and share is
-/// served through that mount too.
+/// `mounted` is the export of `NFS_SERVER`/`NFS_PATH`, if configured; a class naming the same
+/// server and share is served through that mount too.
 pub fn decide(
     claim: &PersistentVolumeClaim,
     class: Option<&StorageClass>,
     provisioner: &str,
-    mounted: &Export,
+    mounted: Option<&Export>,
     pv_exists: bool,
 ) -> ClaimDecision {
     use ClaimDecision::{Refuse, Skip as S};
@@ -165,14 +169,14 @@ pub fn decide(
         Ok(p) => p,
         Err(e) => return Refuse(e.into()),
     };
-    let (export, access) = match params.export {
-        Some(export) if export != *mounted => {
-            match client_options(class.mount_options.as_deref().unwrap_or_default()) {
-                Ok(options) => (export, Access::Direct(options)),
-                Err(e) => return Refuse(e.into()),
-            }
-        }
-        _ => (mounted.clone(), Access::Mounted),
+    let (export, access) = match (params.export, mounted) {
+        (Some(export), Some(m)) if export == *m => (export, Access::Mounted),
+        (Some(export), _) => match client_options(class.mount_options.as_deref().unwrap_or_default()) {
+            Ok(options) => (export, Access::Direct(options)),
+            Err(e) => return Refuse(e.into()),
+        },
+        (None, Some(m)) => (m.clone(), Access::Mounted),
+        (None, None) => return Refuse(Refusal::NoMountedExport),
     };
     let Some(capacity) = spec
         .resources
@@ -288,7 +292,7 @@ mod tests {
     }
 
     fn decide_with(claim: &PersistentVolumeClaim, class: Option<&StorageClass>) -> ClaimDecision {
-        decide(claim, class, ME, &export(), false)
+        decide(claim, class, ME, Some(&export()), false)
     }
 
     fn plan(d: ClaimDecision) -> ProvisionPlan {
@@ -376,7 +380,7 @@ mod tests {
     #[test]
     fn skip_claim_whose_volume_already_exists() {
         assert_eq!(
-            decide(&claim(), Some(&class(&[])), ME, &export(), true),
+            decide(&claim(), Some(&class(&[])), ME, Some(&export()), true),
             ClaimDecision::Skip(Skip::AlreadyProvisioned)
         );
     }
@@ -463,6 +467,19 @@ mod tests {
         assert_eq!(
             plan(decide_with(&claim(), Some(&class(&[])))).access,
             Access::Mounted
+        );
+    }
+
+    #[test]
+    fn without_a_mounted_export_only_direct_classes_are_served() {
+        let direct = class(&[("server", "10.0.0.9"), ("share", "/srv")]);
+        assert!(matches!(
+            decide(&claim(), Some(&direct), ME, None, false),
+            ClaimDecision::Provision(_)
+        ));
+        assert_eq!(
+            decide(&claim(), Some(&class(&[])), ME, None, false),
+            ClaimDecision::Refuse(Refusal::NoMountedExport)
         );
     }
 

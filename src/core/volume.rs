@@ -81,7 +81,7 @@ pub fn decide(
     export: &Export,
     class: Option<&StorageClass>,
 ) -> VolumeDecision {
-    decide_among(pv, provisioner, export, &[], class)
+    decide_among(pv, provisioner, Some(export), &[], class)
 }
 
 /// `mounted` is the `NFS_SERVER`/`NFS_PATH` export; `served` are the exports the StorageClasses of
@@ -90,7 +90,7 @@ pub fn decide(
 pub fn decide_among(
     pv: &PersistentVolume,
     provisioner: &str,
-    mounted: &Export,
+    mounted: Option<&Export>,
     served: &[Export],
     class: Option<&StorageClass>,
 ) -> VolumeDecision {
@@ -112,12 +112,14 @@ pub fn decide_among(
     let Some(nfs) = spec.nfs else {
         return Refuse(VolumeRefusal::NotNfs);
     };
-    let candidates: Vec<&Export> = std::iter::once(mounted)
+    let candidates: Vec<&Export> = mounted
+        .into_iter()
         .chain(served)
         .filter(|e| e.server == nfs.server)
         .collect();
     if candidates.is_empty() {
-        let mut known: Vec<String> = std::iter::once(mounted)
+        let mut known: Vec<String> = mounted
+            .into_iter()
             .chain(served)
             .map(ToString::to_string)
             .collect();
@@ -153,7 +155,7 @@ pub fn decide_among(
         };
     };
     let export = export.clone();
-    let access = if export == *mounted {
+    let access = if Some(&export) == mounted {
         Access::Mounted
     } else {
         match client_options(spec.mount_options.as_deref().unwrap_or_default()) {
@@ -405,7 +407,7 @@ mod tests {
             server: "10.0.0.9".into(),
             path: "/srv".into(),
         }];
-        let VolumeDecision::Release(plan) = decide_among(&pv, ME, &export(), &served, None) else {
+        let VolumeDecision::Release(plan) = decide_among(&pv, ME, Some(&export()), &served, None) else {
             panic!("expected a release");
         };
         assert_eq!(plan.export, served[0]);
@@ -421,7 +423,7 @@ mod tests {
         let mut pv = ours("delete");
         direct(&mut pv, "10.0.0.9", "/srv/team-data-pvc-1", &[]);
         assert!(matches!(
-            decide_among(&pv, ME, &export(), &[], None),
+            decide_among(&pv, ME, Some(&export()), &[], None),
             VolumeDecision::Refuse(VolumeRefusal::ForeignServer { .. })
         ));
     }
@@ -440,7 +442,7 @@ mod tests {
                 path: "/srv/k8s".into(),
             },
         ];
-        let VolumeDecision::Release(plan) = decide_among(&pv, ME, &export(), &served, None) else {
+        let VolumeDecision::Release(plan) = decide_among(&pv, ME, Some(&export()), &served, None) else {
             panic!("expected a release");
         };
         assert_eq!(plan.export, served[1]);

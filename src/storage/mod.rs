@@ -49,6 +49,10 @@ pub enum StorageFailure {
     },
     #[error("{op}: worker thread failed: {reason}")]
     Worker { op: &'static str, reason: String },
+    #[error(
+        "no mounted export is configured (NFS_SERVER and NFS_PATH are unset); name server and share in the StorageClass"
+    )]
+    NoMountedExport,
 }
 
 /// The result of one backend operation.
@@ -313,27 +317,29 @@ impl Storage {
     }
 }
 
-/// Every export the provisioner serves: the mounted one, and direct ones, made on first use and
-/// kept (each holds its own connections, so one server's trouble stays its own).
+/// Every export the provisioner serves: the mounted one (if configured), and direct ones, made on
+/// first use and kept (each holds its own connections, so one server's trouble stays its own).
 #[derive(Clone)]
 pub struct Exports {
-    mounted_export: Export,
-    mounted: Storage,
+    mounted: Option<(Export, Storage)>,
     direct: Arc<Mutex<HashMap<(Export, ClientOptions), Storage>>>,
     limits: Limits,
     health: Health,
 }
 
 impl Exports {
-    pub fn new(mounted_export: Export, mount_path: PathBuf, limits: Limits, health: Health) -> Self {
-        let mounted = Storage::new(
-            Arc::new(MountedBackend::new(mount_path)),
-            mounted_export.to_string(),
-            limits,
-            health.clone(),
-        );
+    /// `mounted`: the NFS_SERVER/NFS_PATH export and where it is mounted.
+    pub fn new(mounted: Option<(Export, PathBuf)>, limits: Limits, health: Health) -> Self {
+        let mounted = mounted.map(|(export, root)| {
+            let storage = Storage::new(
+                Arc::new(MountedBackend::new(root)),
+                export.to_string(),
+                limits,
+                health.clone(),
+            );
+            (export, storage)
+        });
         Exports {
-            mounted_export,
             mounted,
             direct: Arc::default(),
             limits,
@@ -341,25 +347,25 @@ impl Exports {
         }
     }
 
-    pub fn mounted_export(&self) -> &Export {
-        &self.mounted_export
+    pub fn mounted_export(&self) -> Option<&Export> {
+        self.mounted.as_ref().map(|(export, _)| export)
     }
 
-    pub fn mounted(&self) -> &Storage {
-        &self.mounted
+    pub fn mounted(&self) -> Option<&Storage> {
+        self.mounted.as_ref().map(|(_, storage)| storage)
     }
 
     /// The storage of `export`, reached as `access` says.
-    pub fn get(&self, export: &Export, access: &Access) -> Storage {
+    pub fn get(&self, export: &Export, access: &Access) -> Result<Storage, StorageFailure> {
         let options = match access {
-            Access::Mounted => return self.mounted.clone(),
+            Access::Mounted => return self.mounted().cloned().ok_or(StorageFailure::NoMountedExport),
             Access::Direct(options) => *options,
         };
         let mut direct = self
             .direct
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner);
-        direct
+        Ok(direct
             .entry((export.clone(), options))
             .or_insert_with(|| {
                 Storage::new(
@@ -369,17 +375,6 @@ impl Exports {
                     self.health.clone(),
                 )
             })
-            .clone()
-    }
-
-    /// The mounted export and every direct export used so far.
-    pub fn known(&self) -> Vec<Storage> {
-        let direct = self
-            .direct
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
-        std::iter::once(self.mounted.clone())
-            .chain(direct.values().cloned())
-            .collect()
+            .clone())
     }
 }
