@@ -23,6 +23,9 @@
 # Environment:
 #   NFS_SERVER_TIMEOUT     seconds to wait for readiness (default 60)
 #   NFS_SERVER_BASE_IMAGE  --build-arg BASE_IMAGE (default: the Containerfile's debian:bookworm)
+#   NFS_SERVER_BIND        loopback address to publish on (default 127.0.0.1; any of 127.0.0.0/8,
+#                          so tests can give each server its own host name); pass the same to
+#                          wait/status
 #
 # Needs root (rootful podman; the VFS FSAL needs real root and CAP_DAC_READ_SEARCH). Runs
 # scripts/podman-setup.sh first when podman or the base image is missing, and installs
@@ -36,6 +39,11 @@ IMAGE=localhost/nfs-subdir-provisioner-test-nfs:latest
 BASE=${NFS_SERVER_BASE_IMAGE:-debian:bookworm}
 LABEL=org.nfs-subdir-provisioner.test-nfs
 TIMEOUT=${NFS_SERVER_TIMEOUT:-60}
+BIND=${NFS_SERVER_BIND:-127.0.0.1}
+case $BIND in
+  127.*) ;;
+  *) echo "nfs-server: ERROR: NFS_SERVER_BIND=$BIND is not a loopback address (127.0.0.0/8)" >&2; exit 2 ;;
+esac
 LOCK=/run/lock/nfs-subdir-provisioner-test-nfs.lock
 
 T0=$EPOCHREALTIME
@@ -137,11 +145,11 @@ print_urls() {
   local hostdir=$1 nport=$2 mport=$3 q
   q="nfsport=$nport&mountport=$mport"
   {
-    echo "export NFS_TEST_URL=$(sq "nfs://127.0.0.1/export?$q")"
-    echo "export NFS_TEST_URL_V4=$(sq "nfs://127.0.0.1/export?version=4&nfsport=$nport")"
-    echo "export NFS_TEST_URL_ROOTSQUASH=$(sq "nfs://127.0.0.1/export-rootsquash?$q")"
-    echo "export NFS_TEST_URL_ROOTSQUASH_V4=$(sq "nfs://127.0.0.1/export-rootsquash?version=4&nfsport=$nport")"
-    echo "export NFS_TEST_SERVER=127.0.0.1"
+    echo "export NFS_TEST_URL=$(sq "nfs://$BIND/export?$q")"
+    echo "export NFS_TEST_URL_V4=$(sq "nfs://$BIND/export?version=4&nfsport=$nport")"
+    echo "export NFS_TEST_URL_ROOTSQUASH=$(sq "nfs://$BIND/export-rootsquash?$q")"
+    echo "export NFS_TEST_URL_ROOTSQUASH_V4=$(sq "nfs://$BIND/export-rootsquash?version=4&nfsport=$nport")"
+    echo "export NFS_TEST_SERVER=$BIND"
     echo "export NFS_TEST_NFS_PORT=$nport"
     echo "export NFS_TEST_MOUNT_PORT=$mport"
     echo "export NFS_TEST_EXPORT_DIR=$(sq "$hostdir/export")"
@@ -153,7 +161,7 @@ print_urls() {
 answers() {
   local nport=$1 mport=$2 e
   for e in export export-rootsquash; do
-    timeout 5 nfs-ls "nfs://127.0.0.1/$e?nfsport=$nport&mountport=$mport" >/dev/null 2>&1 || return 1
+    timeout 5 nfs-ls "nfs://$BIND/$e?nfsport=$nport&mountport=$mport" >/dev/null 2>&1 || return 1
   done
 }
 
@@ -164,13 +172,13 @@ wait_ready() {
   deadline=$(awk -v t="$EPOCHREALTIME" -v d="$timeout" 'BEGIN { printf "%.3f", t + d }')
   while true; do
     if answers "$nport" "$mport"; then
-      log "$name serves 127.0.0.1:$nport (NFS) / 127.0.0.1:$mport (MOUNT); answered after $(elapsed "$t") s"
+      log "$name serves $BIND:$nport (NFS) / $BIND:$mport (MOUNT); answered after $(elapsed "$t") s"
       return 0
     fi
     state=$(podman container inspect --format '{{.State.Status}}' "$name" 2>/dev/null || echo missing)
     [ "$state" = running ] || die_with_logs "$name" "container $name is $state, not running"
     if awk -v t="$EPOCHREALTIME" -v d="$deadline" 'BEGIN { exit !(t > d) }'; then
-      die_with_logs "$name" "$name did not answer NFS requests on 127.0.0.1:$nport/$mport within $timeout s"
+      die_with_logs "$name" "$name did not answer NFS requests on $BIND:$nport/$mport within $timeout s"
     fi
     sleep 0.05
   done
@@ -212,15 +220,15 @@ cmd_start() {
       --label "$LABEL.nfs-port=$nport" --label "$LABEL.mount-port=$mport" \
       -v "$hostdir/export:/export" \
       -v "$hostdir/export-rootsquash:/export-rootsquash" \
-      -p "127.0.0.1:$nport:2049/tcp" \
-      -p "127.0.0.1:$mport:20048/tcp" \
+      -p "$BIND:$nport:2049/tcp" \
+      -p "$BIND:$mport:20048/tcp" \
       "$IMAGE" >/dev/null \
       || {
         if podman container exists "$name"; then
           podman logs "$name" 2>&1 | tail -n 60 || true
           podman rm -f -t0 "$name" >/dev/null 2>&1 || true
         fi
-        die "podman run of $name failed (see above; is 127.0.0.1:$nport or :$mport already in use?)"
+        die "podman run of $name failed (see above; is $BIND:$nport or :$mport already in use?)"
       }
   fi
   wait_ready "$name" "$nport" "$mport" "$TIMEOUT"

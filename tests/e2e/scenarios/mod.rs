@@ -1,6 +1,7 @@
 //! End-to-end scenarios: the provisioner binary against a real control plane, asserting both the
 //! API objects and the directories on disk.
 
+pub mod direct;
 pub mod fixture;
 pub mod operations;
 pub mod provisioning;
@@ -14,5 +15,6 @@ pub fn trials() -> Vec<E2eTrial> {
     all.extend(release::trials());
     all.extend(resilience::trials());
     all.extend(operations::trials());
+    all.extend(direct::trials());
     all
 }

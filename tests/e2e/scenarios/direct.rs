@@ -1,0 +1,230 @@
+//! One provisioner, no mount, two NFS servers: StorageClasses naming `server` and `share` are
+//! served by the userspace NFS client against nfs-ganesha containers (scripts/nfs-server.sh),
+//! each published on its own loopback address. Asserts on what each server really holds (its
+//! bind-mounted backing directory), and that a server that stops answering fails only its own
+//! class.
+
+use std::net::SocketAddr;
+use std::os::unix::fs::MetadataExt;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+use anyhow::{Context, Result, bail, ensure};
+use k8s_openapi::api::core::v1::PersistentVolume;
+use serde_json::json;
+
+use super::fixture::{Env, WAIT};
+use crate::support::http::get;
+use crate::support::{E2eTrial, free_ports, poll_until, trial};
+
+const SCRIPT: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/scripts/nfs-server.sh");
+
+/// An nfs-ganesha container serving `dir/export` on `bind`, removed on drop.
+struct NfsServer {
+    name: String,
+    bind: String,
+    backing: PathBuf,
+    port: u16,
+    mount_port: u16,
+}
+
+fn podman_usable() -> bool {
+    Command::new("podman")
+        .arg("--version")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success())
+}
+
+impl NfsServer {
+    async fn start(name: &str, bind: &str, dir: &Path) -> Result<NfsServer> {
+        let [port, mount_port] = free_ports::<2>()?;
+        let mut cmd = Command::new("bash");
+        cmd.arg(SCRIPT)
+            .args(["start", name])
+            .arg(dir)
+            .args([port.to_string(), mount_port.to_string()])
+            .env("NFS_SERVER_BIND", bind)
+            .stdin(Stdio::null());
+        let output = tokio::task::spawn_blocking(move || cmd.output())
+            .await?
+            .context("running scripts/nfs-server.sh")?;
+        if !output.status.success() {
+            bail!(
+                "scripts/nfs-server.sh start {name} failed:\n{}",
+                String::from_utf8_lossy(&output.stderr)
+            );
+        }
+        Ok(NfsServer {
+            name: name.to_owned(),
+            bind: bind.to_owned(),
+            backing: dir.join("export"),
+            port,
+            mount_port,
+        })
+    }
+
+    fn podman(&self, verb: &str) -> Result<()> {
+        let status = Command::new("podman")
+            .args([verb, &self.name])
+            .stdout(Stdio::null())
+            .status()
+            .with_context(|| format!("podman {verb} {}", self.name))?;
+        ensure!(status.success(), "podman {verb} {} failed: {status}", self.name);
+        Ok(())
+    }
+
+    fn mount_options(&self) -> serde_json::Value {
+        json!([
+            "nfsvers=3",
+            format!("port={},mountport={}", self.port, self.mount_port),
+            // 1 s per request, one resend: a stopped server fails an operation within seconds.
+            "timeo=10",
+            "retrans=1",
+        ])
+    }
+}
+
+impl Drop for NfsServer {
+    fn drop(&mut self) {
+        let _ = Command::new("podman")
+            .args(["unpause", &self.name])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status();
+        let _ = Command::new("bash")
+            .arg(SCRIPT)
+            .args(["stop", &self.name])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status();
+    }
+}
+
+fn leaf(pv: &PersistentVolume) -> Result<String> {
+    let nfs = pv
+        .spec
+        .as_ref()
+        .and_then(|s| s.nfs.as_ref())
+        .context("PV without an nfs source")?;
+    Ok(nfs.path.rsplit('/').next().unwrap_or_default().to_owned())
+}
+
+async fn ready_says(http: SocketAddr, what: &str, want: impl Fn(u16, &str) -> bool) -> Result<String> {
+    poll_until(what, WAIT, || async {
+        Ok(match get(http, "/readyz").await {
+            Ok((code, body)) if want(code, &body) => Some(body),
+            _ => None,
+        })
+    })
+    .await
+}
+
+pub fn trials() -> Vec<E2eTrial> {
+    vec![
+        trial("two_nfs_servers_served_directly_by_one_provisioner_without_a_mount", |t| async move {
+            if !podman_usable() {
+                if std::env::var("E2E_REQUIRE").is_ok_and(|v| v == "1") {
+                    bail!("podman is not installed (bash scripts/podman-setup.sh); E2E_REQUIRE=1 forbids skipping");
+                }
+                eprintln!(
+                    "e2e: SKIPPED two_nfs_servers_served_directly_by_one_provisioner_without_a_mount: podman is not installed (bash scripts/podman-setup.sh)"
+                );
+                return Ok(());
+            }
+            let env = Env::new(&t, "direct").await?;
+            let (name_a, name_b) = (format!("{}-a", env.ns), format!("{}-b", env.ns));
+            let (root_a, root_b) = (t.dir.join("server-a"), t.dir.join("server-b"));
+            let (a, b) = tokio::try_join!(
+                NfsServer::start(&name_a, "127.0.0.2", &root_a),
+                NfsServer::start(&name_b, "127.0.0.3", &root_b),
+            )?;
+            // No NFS_SERVER/NFS_PATH: nothing is mounted; NFS_MOUNT_PATH points nowhere.
+            let (provisioner, http) = env.start_serving(&[
+                ("ENABLE_LEADER_ELECTION", "false"),
+                ("NFS_SERVER", ""),
+                ("NFS_PATH", ""),
+                ("NFS_MOUNT_PATH", "/nonexistent/no-mount"),
+                ("FS_OPERATION_TIMEOUT", "8s"),
+            ])?;
+            let class_a = env
+                .class(
+                    "a",
+                    &[("server", a.bind.as_str()), ("share", "/export")],
+                    json!({ "mountOptions": a.mount_options() }),
+                )
+                .await?;
+            let class_b = env
+                .class(
+                    "b",
+                    &[("server", b.bind.as_str()), ("share", "/export"), ("onDelete", "delete"), ("mode", "2770"), ("uid", "1000"), ("gid", "2000")],
+                    json!({ "mountOptions": b.mount_options() }),
+                )
+                .await?;
+
+            // Both are provisioned, each on its own server only.
+            env.claim("one", Some(&class_a), json!({})).await?;
+            env.claim("two", Some(&class_b), json!({})).await?;
+            let pv_a = env.wait_bound("one").await?;
+            let pv_b = env.wait_bound("two").await?;
+            let nfs_a = pv_a.spec.as_ref().and_then(|s| s.nfs.clone()).context("no nfs")?;
+            let nfs_b = pv_b.spec.as_ref().and_then(|s| s.nfs.clone()).context("no nfs")?;
+            ensure!(nfs_a.server == "127.0.0.2" && nfs_a.path.starts_with("/export/"), "{nfs_a:?}");
+            ensure!(nfs_b.server == "127.0.0.3" && nfs_b.path.starts_with("/export/"), "{nfs_b:?}");
+            let (dir_a, dir_b) = (leaf(&pv_a)?, leaf(&pv_b)?);
+            ensure!(a.backing.join(&dir_a).is_dir(), "{dir_a} not on server a");
+            ensure!(!b.backing.join(&dir_a).exists(), "{dir_a} also on server b");
+            let md = std::fs::metadata(b.backing.join(&dir_b)).context("volume on server b")?;
+            ensure!(
+                (md.uid(), md.gid(), md.mode() & 0o7777) == (1000, 2000, 0o2770),
+                "server b holds {}:{} {:o}",
+                md.uid(),
+                md.gid(),
+                md.mode() & 0o7777
+            );
+            ensure!(!a.backing.join(&dir_b).exists(), "{dir_b} also on server a");
+            ready_says(http, "both exports to answer", |code, body| {
+                code == 200 && body.contains("[+]export 127.0.0.2:/export") && body.contains("[+]export 127.0.0.3:/export")
+            })
+            .await?;
+
+            // Server a stops answering: class a fails with Events and readiness; class b goes on.
+            a.podman("pause")?;
+            env.claim("stalled", Some(&class_a), json!({})).await?;
+            env.claim("unaffected", Some(&class_b), json!({})).await?;
+            let started = std::time::Instant::now();
+            env.wait_bound("unaffected").await?;
+            let took = started.elapsed();
+            ensure!(took < Duration::from_secs(20), "class b waited {took:?} behind the stalled server");
+            let event = env.wait_event(&env.ns, "stalled", "ProvisioningFailed").await?;
+            let note = event.note.unwrap_or_default();
+            ensure!(note.contains("127.0.0.2") || note.contains("answering"), "event note: {note}");
+            let body = ready_says(http, "readiness to name the stalled export", |code, body| {
+                code == 503 && body.contains("[-]export 127.0.0.2:/export")
+            })
+            .await?;
+            ensure!(body.contains("[+]export 127.0.0.3:/export"), "{body}");
+            a.podman("unpause")?;
+            env.wait_bound("stalled").await?;
+            ready_says(http, "readiness to return", |code, _| code == 200).await?;
+
+            // Release: class a archives on server a, class b deletes on server b.
+            for claim in ["one", "two"] {
+                env.delete_claim(claim).await?;
+            }
+            env.wait_pv_gone(&pv_a.metadata.name.clone().unwrap_or_default()).await?;
+            env.wait_pv_gone(&pv_b.metadata.name.clone().unwrap_or_default()).await?;
+            ensure!(!a.backing.join(&dir_a).exists(), "{dir_a} still on server a");
+            ensure!(
+                a.backing.join(format!("archived-{dir_a}")).is_dir(),
+                "archive of {dir_a} missing on server a"
+            );
+            ensure!(!b.backing.join(&dir_b).exists(), "{dir_b} not deleted on server b");
+            ensure!(provisioner.is_running(), "the provisioner exited");
+            Ok(())
+        })
+        .with_timeout(Duration::from_secs(400)),
+    ]
+}
