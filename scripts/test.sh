@@ -28,6 +28,32 @@ fi
 # Here the end-to-end suite must run: missing binaries are a failure, not a skip.
 export E2E_REQUIRE=1
 
+# The NFS server for the direct backend's tests: nfs-ganesha in a podman container (podman and
+# the base image are set up from Debian's archive on first use). One shared instance for the
+# conformance and client tests; the end-to-end and stall tests start their own.
+bash scripts/podman-setup.sh
+bash scripts/nfs-server.sh build
+NFS_STATE=/var/tmp/nfs-subdir-provisioner-test-nfs
+NFS_CONTAINER=nfs-subdir-provisioner-test-$$
+read -r NFS_PORT MOUNT_PORT < <(python3 -c '
+import socket
+s = [socket.socket() for _ in range(2)]
+for x in s: x.bind(("127.0.0.1", 0))
+print(*[x.getsockname()[1] for x in s])')
+rm -rf "$NFS_STATE" && mkdir -p "$NFS_STATE"
+trap 'bash scripts/nfs-server.sh stop "$NFS_CONTAINER" >/dev/null 2>&1 || true' EXIT
+eval "$(bash scripts/nfs-server.sh start "$NFS_CONTAINER" "$NFS_STATE" "$NFS_PORT" "$MOUNT_PORT")"
+export NFS_TEST_CONTAINER=$NFS_CONTAINER NFS_TEST_REQUIRE=1
+
+# Real Helm for the chart test: Helm's own Go code as a Python library (no helm binary is
+# packaged in Debian or on PyPI), in a venv cached outside the repo.
+HELM_VENV=/var/cache/nfs-subdir-provisioner/helm-venv
+if ! "$HELM_VENV/bin/python" -c 'import helm_python' 2>/dev/null; then
+  python3 -m venv "$HELM_VENV"
+  "$HELM_VENV/bin/pip" install -q helm-python-sdk
+fi
+export HELM_PYTHON=$HELM_VENV/bin/python CHART_REQUIRE_HELM=1
+
 cargo fmt --all -- --check
 cargo clippy --all-targets --locked -- -D warnings
 cargo test --locked
