@@ -7,7 +7,7 @@ use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
 
 use k8s_openapi::api::apps::v1::Deployment;
-use k8s_openapi::api::core::v1::{Namespace, PersistentVolumeClaim, Pod, ServiceAccount};
+use k8s_openapi::api::core::v1::{Namespace, PersistentVolumeClaim, Pod, Service, ServiceAccount};
 use k8s_openapi::api::rbac::v1::{ClusterRole, ClusterRoleBinding, PolicyRule, Role, RoleBinding};
 use k8s_openapi::api::storage::v1::StorageClass;
 use nfs_subdir_provisioner::k8s::ACCESS;
@@ -60,6 +60,7 @@ fn every_manifest_parses_into_its_kubernetes_type() {
             "StorageClass" => parse::<StorageClass>(&text, &path),
             "PersistentVolumeClaim" => parse::<PersistentVolumeClaim>(&text, &path),
             "Pod" => parse::<Pod>(&text, &path),
+            "Service" => parse::<Service>(&text, &path),
             "Kustomization" | "Component" => {
                 let dir = path.parent().unwrap();
                 for key in ["resources", "patches", "components"] {
