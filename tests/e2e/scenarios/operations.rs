@@ -113,6 +113,44 @@ impl Drop for HangableMount {
     }
 }
 
+/// A small tmpfs (few inodes) as the export: it can be filled (ENOSPC) and remounted read-only.
+struct SmallFs {
+    path: PathBuf,
+}
+
+impl SmallFs {
+    fn mount(path: &Path) -> Result<SmallFs> {
+        std::fs::create_dir_all(path)?;
+        let status = std::process::Command::new("mount")
+            .args(["-t", "tmpfs", "-o", "size=8m,nr_inodes=64", "tmpfs"])
+            .arg(path)
+            .status()
+            .context("running mount")?;
+        ensure!(status.success(), "mount -t tmpfs failed: {status} (root needed)");
+        Ok(SmallFs {
+            path: path.to_owned(),
+        })
+    }
+
+    fn remount(&self, options: &str) -> Result<()> {
+        let status = std::process::Command::new("mount")
+            .args(["-o", &format!("remount,{options}")])
+            .arg(&self.path)
+            .status()?;
+        ensure!(status.success(), "remount {options} failed: {status}");
+        Ok(())
+    }
+}
+
+impl Drop for SmallFs {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("umount")
+            .arg("-l")
+            .arg(&self.path)
+            .status();
+    }
+}
+
 fn which(program: &str) -> Option<PathBuf> {
     std::env::var_os("PATH")?
         .to_str()?
@@ -265,6 +303,52 @@ pub fn trials() -> Vec<E2eTrial> {
             Ok(())
         })
         .with_timeout(Duration::from_secs(300)),
+        trial("a_full_or_read_only_export_fails_with_events_and_recovers", |t| async move {
+            let env = Env::new(&t, "fsfail").await?;
+            let fs = SmallFs::mount(&t.dir.join("small-export"))?;
+            let export = fs.path.display().to_string();
+            let (_provisioner, http) = env.start_serving(&[
+                ("ENABLE_LEADER_ELECTION", "false"),
+                ("NFS_MOUNT_PATH", export.as_str()),
+            ])?;
+            wait_http(http, "/readyz", "readiness", |code, _| code == 200).await?;
+            let class = env.class("nfs", &[], json!({})).await?;
+            env.claim("first", Some(&class), json!({})).await?;
+            env.wait_bound("first").await?;
+
+            // Full: no inode left for a directory.
+            let filler = fs.path.join("filler");
+            std::fs::create_dir(&filler)?;
+            for i in 0.. {
+                if std::fs::write(filler.join(i.to_string()), "").is_err() {
+                    break;
+                }
+            }
+            env.claim("full", Some(&class), json!({})).await?;
+            let event = env.wait_event(&env.ns, "full", "ProvisioningFailed").await?;
+            let note = event.note.unwrap_or_default();
+            ensure!(note.contains("No space left on device"), "event note: {note}");
+            let body = wait_http(http, "/readyz", "readiness to fail", |code, _| code == 503).await?;
+            ensure!(body.contains("No space left on device"), "{body}");
+            std::fs::remove_dir_all(&filler)?;
+            env.wait_bound("full").await?;
+            wait_http(http, "/readyz", "readiness to return", |code, _| code == 200).await?;
+
+            // Read-only.
+            fs.remount("ro")?;
+            env.claim("readonly", Some(&class), json!({})).await?;
+            let event = env.wait_event(&env.ns, "readonly", "ProvisioningFailed").await?;
+            let note = event.note.unwrap_or_default();
+            ensure!(note.contains("Read-only file system"), "event note: {note}");
+            wait_http(http, "/readyz", "readiness to fail", |code, body| {
+                code == 503 && body.contains("Read-only file system")
+            })
+            .await?;
+            fs.remount("rw")?;
+            env.wait_bound("readonly").await?;
+            wait_http(http, "/readyz", "readiness to return", |code, _| code == 200).await?;
+            Ok(())
+        }),
         trial("check_reports_rbac_exports_and_classes", |t| async move {
             let env = Env::new(&t, "check").await?;
             let (code, out) = env.check(&[]).await?;
