@@ -43,7 +43,7 @@ print(*[x.getsockname()[1] for x in s])')
 rm -rf "$NFS_STATE" && mkdir -p "$NFS_STATE"
 trap 'bash scripts/nfs-server.sh stop "$NFS_CONTAINER" >/dev/null 2>&1 || true' EXIT
 eval "$(bash scripts/nfs-server.sh start "$NFS_CONTAINER" "$NFS_STATE" "$NFS_PORT" "$MOUNT_PORT")"
-export NFS_TEST_CONTAINER=$NFS_CONTAINER NFS_TEST_REQUIRE=1
+export NFS_TEST_REQUIRE=1
 
 # Real Helm for the chart test: Helm's own Go code as a Python library (no helm binary is
 # packaged in Debian or on PyPI), in a venv cached outside the repo.
@@ -53,6 +53,9 @@ if ! "$HELM_VENV/bin/python" -c 'import helm_python' 2>/dev/null; then
   "$HELM_VENV/bin/pip" install -q helm-python-sdk
 fi
 export HELM_PYTHON=$HELM_VENV/bin/python CHART_REQUIRE_HELM=1
+
+# Dependency hygiene: permissive licences only, nothing yanked from crates.io.
+python3 scripts/deps-report.py
 
 cargo fmt --all -- --check
 cargo clippy --all-targets --locked -- -D warnings
