@@ -314,4 +314,39 @@ mod tests {
             OnDelete::Archive
         );
     }
+
+    mod properties {
+        use super::*;
+        use crate::core::export::client_options;
+        use proptest::prelude::*;
+
+        fn key() -> impl Strategy<Value = String> {
+            prop_oneof![
+                prop::sample::select(KNOWN.to_vec()).prop_map(str::to_owned),
+                "[a-zA-Z]{1,12}",
+            ]
+        }
+
+        proptest! {
+            /// Whatever an admin writes: no panic, and what is accepted is well-formed.
+            #[test]
+            fn accepted_parameters_are_well_formed(
+                params in prop::collection::btree_map(key(), ".{0,24}", 0..8),
+                options in prop::collection::vec("[a-z]{0,9}(=[0-9a-z./]{0,6})?(,[a-z]{0,9}=[0-9]{0,6})?", 0..4),
+            ) {
+                if let Ok(p) = ClassParams::parse(&params) {
+                    prop_assert!(p.dir.mode <= 0o7777);
+                    prop_assert!(params.keys().all(|k| KNOWN.contains(&k.as_str())));
+                    if let Some(export) = p.export {
+                        prop_assert!(!export.server.is_empty());
+                        prop_assert_eq!(normalize_export_path(&export.path).ok(), Some(export.path.clone()));
+                    }
+                }
+                if let Ok(o) = client_options(&options) {
+                    prop_assert!(!o.timeout.is_zero());
+                    prop_assert!(o.port != Some(0) && o.mount_port != Some(0));
+                }
+            }
+        }
+    }
 }

@@ -447,4 +447,64 @@ mod tests {
         };
         assert_eq!(plan.export, served[1]);
     }
+
+    mod properties {
+        use super::*;
+        use crate::core::naming::server_path;
+        use proptest::prelude::*;
+
+        fn hostile_path() -> impl Strategy<Value = String> {
+            prop::collection::vec(
+                prop_oneof![
+                    Just("export".to_owned()),
+                    Just("srv".to_owned()),
+                    Just("k8s".to_owned()),
+                    Just("..".to_owned()),
+                    Just(".".to_owned()),
+                    Just(String::new()),
+                    "[a-z0-9-]{1,8}",
+                ],
+                0..6,
+            )
+            .prop_map(|c| format!("/{}", c.join("/")))
+        }
+
+        proptest! {
+            /// A PV read back at release, however it was forged: a release plan only ever names a
+            /// directory strictly inside a configured export, exactly where the PV points.
+            #[test]
+            fn release_plans_stay_inside_a_configured_export(
+                server in prop::sample::select(vec!["10.0.0.1", "10.0.0.2", "10.0.0.3"]),
+                path in hostile_path(),
+                directory in proptest::option::of("[a-z./-]{0,16}"),
+            ) {
+                let mut pv = ours("delete");
+                pv.spec.as_mut().unwrap().nfs = Some(NFSVolumeSource {
+                    server: server.into(),
+                    path: path.clone(),
+                    read_only: None,
+                });
+                let annotations = pv.metadata.annotations.as_mut().unwrap();
+                match directory {
+                    Some(d) => annotations.insert(DIRECTORY.into(), d),
+                    None => annotations.remove(DIRECTORY),
+                };
+                let served = [
+                    Export { server: "10.0.0.2".into(), path: "/srv".into() },
+                    Export { server: "10.0.0.2".into(), path: "/srv/k8s".into() },
+                ];
+                if let VolumeDecision::Release(plan) =
+                    decide_among(&pv, ME, Some(&export()), &served, None)
+                {
+                    prop_assert!(plan.export == export() || served.contains(&plan.export));
+                    prop_assert_eq!(&plan.export.server, server);
+                    let on_server = server_path(&plan.export.path, &plan.path);
+                    let prefix = format!("{}/", plan.export.path.trim_end_matches('/'));
+                    prop_assert!(on_server.starts_with(&prefix));
+                    prop_assert!(!plan.path.components().iter().any(|c| c == ".." || c == "." || c.is_empty()));
+                    prop_assert_eq!(on_server, path.trim_end_matches('/').to_owned());
+                }
+            }
+        }
+    }
 }
