@@ -349,6 +349,69 @@ pub fn trials() -> Vec<E2eTrial> {
             wait_http(http, "/readyz", "readiness to return", |code, _| code == 200).await?;
             Ok(())
         }),
+        trial("a_missing_export_stops_start_up_with_one_line", |t| async move {
+            let env = Env::new(&t, "noexport").await?;
+            let provisioner = env.start(&[("NFS_MOUNT_PATH", "/nonexistent/export")])?;
+            let status = provisioner
+                .wait_exit_async(WAIT)
+                .await
+                .context("the provisioner kept running without its export")?;
+            ensure!(status.code() == Some(1), "exit status {status}");
+            let log = provisioner.log_tail(5);
+            ensure!(
+                log.contains("NFS_MOUNT_PATH /nonexistent/export: the export is not usable"),
+                "{log}"
+            );
+            Ok(())
+        }),
+        trial("permission_denied_on_workload_files_fails_release_until_fixed", |t| async move {
+            // The provisioner runs as the Deployment runs it: uid/gid 65532, no capabilities.
+            const NONROOT: u32 = 65532;
+            let env = Env::new(&t, "eacces").await?;
+            std::os::unix::fs::chown(&env.export, Some(NONROOT), Some(NONROOT))?;
+            // It must reach its kubeconfig and log: open the (private, temporary) directories.
+            for dir in env.kubeconfig.ancestors().skip(1).chain(t.dir.ancestors()) {
+                if dir.starts_with(std::env::temp_dir()) && dir != std::env::temp_dir() {
+                    std::fs::set_permissions(dir, std::os::unix::fs::PermissionsExt::from_mode(0o755))?;
+                }
+            }
+            std::fs::set_permissions(&env.kubeconfig, std::os::unix::fs::PermissionsExt::from_mode(0o644))?;
+            let binary = Path::new(super::fixture::BINARY);
+            let _provisioner = t.spawn(
+                "provisioner-nonroot",
+                Path::new("/usr/bin/setpriv"),
+                [
+                    OsStr::new("--reuid=65532"),
+                    OsStr::new("--regid=65532"),
+                    OsStr::new("--clear-groups"),
+                    binary.as_os_str(),
+                ],
+                env.provisioner_env(&[("ENABLE_LEADER_ELECTION", "false"), ("HTTP_ADDR", "127.0.0.1:0")]),
+            )?;
+            let class = env.class("nfs", &[("onDelete", "delete")], json!({})).await?;
+            env.claim("data", Some(&class), json!({})).await?;
+            let pv = env.wait_bound("data").await?;
+            let pv_name = pv.metadata.name.clone().unwrap_or_default();
+            let dir = env.dir_of(&pv)?;
+            // What a workload running as root leaves behind: a root-owned 0755 directory with a file.
+            let locked = dir.join("locked");
+            std::fs::create_dir(&locked)?;
+            std::fs::write(locked.join("file"), "workload data")?;
+            std::fs::set_permissions(&locked, std::os::unix::fs::PermissionsExt::from_mode(0o755))?;
+
+            env.delete_claim("data").await?;
+            let event = env.wait_event("default", &pv_name, "VolumeFailedDelete").await?;
+            let note = event.note.unwrap_or_default();
+            ensure!(note.contains("Permission denied"), "event note: {note}");
+            ensure!(env.volumes().get_opt(&pv_name).await?.is_some(), "the PV went although its directory stayed");
+            ensure!(locked.join("file").exists(), "the file went");
+
+            // Fixed by the admin: the retry removes the tree and the PV.
+            std::fs::set_permissions(&locked, std::os::unix::fs::PermissionsExt::from_mode(0o777))?;
+            env.wait_pv_gone(&pv_name).await?;
+            ensure!(!dir.exists(), "{} was not deleted", dir.display());
+            Ok(())
+        }),
         trial("check_reports_rbac_exports_and_classes", |t| async move {
             let env = Env::new(&t, "check").await?;
             let (code, out) = env.check(&[]).await?;
