@@ -15,14 +15,18 @@
 //!    is gone and every directory removed (class `onDelete: delete`), and likewise for a second batch
 //!    of N claims of the default (archive) class until every `archived-*` directory exists;
 //! 3. the provisioner's CPU seconds (utime + stime from `/proc/<pid>/stat`) in each phase, the control
-//!    plane's and the bench's own, and the provisioner's peak RSS (`VmHWM`) with N claims and PVs;
+//!    plane's and the bench's own, and the provisioner's peak RSS (`VmHWM`) with N claims and PVs,
+//!    split by 100 ms samples of `/proc/<pid>/status` into anonymous and file-backed memory;
 //! 4. idle API requests: with N PVs bound, a provisioner started with
 //!    `RUST_LOG=info,kube_client::client::builder=debug` is left alone for `BENCH_IDLE_SECS` (30)
 //!    seconds and its "requesting" log lines are counted.
 //!
-//! Prints a Markdown table: the median of the runs with min–max. `BENCH_KEEP=1` keeps the working
-//! directory (logs of every component and provisioner). Without the `--bench` argument that
-//! `cargo bench` passes (e.g. under `cargo test --all-targets`) it does nothing.
+//! Prints a Markdown table: the median of the runs with min–max, then the main figures of every
+//! run, and `uptime` before and after (other work on the machine shows there). `BENCH_KEEP=1` keeps
+//! the working directory (logs of every component and provisioner); `BENCH_PROVISIONER_WRAPPER`
+//! (e.g. `valgrind --tool=massif`) runs each run's provisioning-phase provisioner under a
+//! profiler. Without the `--bench` argument that `cargo bench` passes (e.g. under
+//! `cargo test --all-targets`) it does nothing.
 
 #[path = "../tests/e2e/support/mod.rs"]
 mod support;
@@ -154,12 +158,10 @@ fn run_all() -> Result<()> {
     let tmp = tempfile::Builder::new().prefix("nfs-subdir-bench-").tempdir()?;
     let workdir = tmp.path().to_owned();
     let ticks = clock_ticks();
+    let load_before = uptime();
     eprintln!(
-        "bench: N = {:?}, {} run(s) each, idle window {:?}, provisioner {BINARY}, load {}",
-        opts.sizes,
-        opts.runs,
-        opts.idle,
-        loadavg()
+        "bench: N = {:?}, {} run(s) each, idle window {:?}, provisioner {BINARY}, {load_before}",
+        opts.sizes, opts.runs, opts.idle,
     );
     let cp = ControlPlane::start(&assets, &workdir.join("control-plane"))?;
     eprintln!(
@@ -198,9 +200,9 @@ fn run_all() -> Result<()> {
         anyhow::Ok(results)
     });
     runtime.shutdown_timeout(Duration::from_secs(5));
-    let load_after = loadavg();
+    let load_after = uptime();
     let kept = result.is_err() || opts.keep;
-    let table = result.map(|results| table(&results, opts.runs));
+    let table = result.map(|results| table(&results, opts.runs) + &per_run_table(&results));
     suite.cp.shutdown();
     drop(suite);
     if kept {
@@ -208,7 +210,8 @@ fn run_all() -> Result<()> {
     }
     let table = table?;
     println!("{table}");
-    println!("Load average at the end: {load_after}");
+    println!("Before: {load_before}");
+    println!("After:  {load_after}");
     Ok(())
 }
 
@@ -332,6 +335,46 @@ fn table(results: &BTreeMap<usize, Vec<Vec<Metric>>>, runs: usize) -> String {
     out
 }
 
+/// The main figures of every run, one row per run: the spread behind the medians.
+fn per_run_table(results: &BTreeMap<usize, Vec<Vec<Metric>>>) -> String {
+    const COLUMNS: [(&str, &str); 10] = [
+        ("provision: all PVs", "all PVs (s)"),
+        ("provision: all claims Bound", "all Bound (s)"),
+        ("provision: claim → PV latency p50", "claim → PV p50 (ms)"),
+        ("provision: claim → PV latency p99", "claim → PV p99 (ms)"),
+        ("release, onDelete: delete: all PVs gone", "release, delete (s)"),
+        ("release, archive: all PVs gone", "release, archive (s)"),
+        ("provision: CPU provisioner", "CPU provisioning (s)"),
+        (
+            "release, onDelete: delete: CPU provisioner",
+            "CPU release, delete (s)",
+        ),
+        ("release, archive: CPU provisioner", "CPU release, archive (s)"),
+        ("peak RSS (VmHWM) of the provisioning process", "peak RSS (MiB)"),
+    ];
+    let mut out = String::from("\nEvery run:\n\n| N | run |");
+    for (_, label) in COLUMNS {
+        out.push_str(&format!(" {label} |"));
+    }
+    out.push_str("\n|---|---|");
+    out.push_str(&"---|".repeat(COLUMNS.len()));
+    out.push('\n');
+    for (n, runs) in results {
+        for (i, metrics) in runs.iter().enumerate() {
+            out.push_str(&format!("| {n} | {} |", i + 1));
+            for (name, _) in COLUMNS {
+                let text = metrics
+                    .iter()
+                    .find(|m| m.name == name)
+                    .map_or_else(|| "–".into(), |m| m.unit.bare(m.value));
+                out.push_str(&format!(" {text} |"));
+            }
+            out.push('\n');
+        }
+    }
+    out
+}
+
 // ---------------------------------------------------------------------------------------------
 // /proc
 
@@ -344,6 +387,16 @@ fn clock_ticks() -> f64 {
         .and_then(|s| s.trim().parse::<f64>().ok())
         .filter(|&t| t > 0.0)
         .unwrap_or(100.0)
+}
+
+/// `uptime`'s line (time and load averages), else `/proc/loadavg`.
+fn uptime() -> String {
+    std::process::Command::new("uptime")
+        .output()
+        .ok()
+        .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_owned())
+        .filter(|s| !s.is_empty())
+        .unwrap_or_else(|| format!("load average {}", loadavg()))
 }
 
 fn loadavg() -> String {
@@ -372,6 +425,79 @@ fn status_mib(pid: u32, key: &str) -> Option<f64> {
     let line = status.lines().find(|l| l.starts_with(key))?;
     let kb: f64 = line.split_whitespace().nth(1)?.parse().ok()?;
     Some(kb / 1024.0)
+}
+
+/// A plain number line of `/proc/<pid>/status` (e.g. `Threads:`).
+fn status_number(pid: u32, key: &str) -> Option<f64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    let line = status.lines().find(|l| l.starts_with(key))?;
+    line.split_whitespace().nth(1)?.parse().ok()
+}
+
+/// Samples a process's `/proc/<pid>/status` every 100 ms: the largest anonymous and file-backed
+/// RSS and thread count seen, which split `VmHWM` into heap and binary.
+struct MemorySampler {
+    task: JoinHandle<()>,
+    peaks: Arc<Mutex<[f64; 3]>>,
+}
+
+const SAMPLED: [(&str, &str, Unit); 3] = [
+    ("RssAnon:", "anonymous RSS (RssAnon)", Unit::MiB),
+    ("RssFile:", "file-backed RSS (RssFile)", Unit::MiB),
+    ("Threads:", "threads", Unit::Count),
+];
+
+impl MemorySampler {
+    fn start(pid: u32) -> Self {
+        let peaks = Arc::new(Mutex::new([0.0_f64; 3]));
+        let shared = Arc::clone(&peaks);
+        let task = tokio::spawn(async move {
+            loop {
+                let now = Self::read(pid);
+                {
+                    let mut peaks = shared.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+                    for (peak, v) in peaks.iter_mut().zip(now) {
+                        *peak = peak.max(v.unwrap_or(0.0));
+                    }
+                }
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        });
+        MemorySampler { task, peaks }
+    }
+
+    fn read(pid: u32) -> [Option<f64>; 3] {
+        SAMPLED.map(|(key, _, unit)| match unit {
+            Unit::MiB => status_mib(pid, key),
+            _ => status_number(pid, key),
+        })
+    }
+
+    /// The peaks during sampling, and the values now (with N claims and PVs, caches full).
+    fn stop(self, pid: u32) -> Vec<Metric> {
+        self.task.abort();
+        let now = Self::read(pid);
+        let peaks = *self
+            .peaks
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let mut metrics = Vec::new();
+        for (i, (_, what, unit)) in SAMPLED.iter().enumerate() {
+            metrics.push(metric(
+                format!("provisioning process, most {what} seen (100 ms samples)"),
+                *unit,
+                peaks[i],
+            ));
+        }
+        for (i, (_, what, unit)) in SAMPLED.iter().enumerate() {
+            metrics.push(metric(
+                format!("provisioning process, {what} at the end"),
+                *unit,
+                now[i].unwrap_or(f64::NAN),
+            ));
+        }
+        metrics
+    }
 }
 
 /// The processes whose CPU time a phase reports.
@@ -708,9 +834,25 @@ impl Run {
             ("RUST_LOG", logging.filter.into()),
             ("LOG_FORMAT", logging.format.into()),
         ];
-        let child = self
-            .t
-            .spawn(&name, Path::new(BINARY), std::iter::empty::<&str>(), env)?;
+        // For profiling the provisioning phase: `BENCH_PROVISIONER_WRAPPER="valgrind --tool=massif
+        // --massif-out-file=/tmp/massif.%p"` runs the first provisioner of each run under it (its
+        // timings and RSS are then the wrapper's, not the provisioner's).
+        let wrapper: Vec<String> = std::env::var("BENCH_PROVISIONER_WRAPPER")
+            .ok()
+            .filter(|_| self.started == 1)
+            .map(|w| w.split_whitespace().map(str::to_owned).collect())
+            .unwrap_or_default();
+        let child = match wrapper.split_first() {
+            Some((program, args)) => self.t.spawn(
+                &name,
+                Path::new(program),
+                args.iter().map(String::as_str).chain([BINARY]),
+                env,
+            )?,
+            None => self
+                .t
+                .spawn(&name, Path::new(BINARY), std::iter::empty::<&str>(), env)?,
+        };
         let provisioner = Provisioner { child };
         let log = provisioner.child.log_path().to_owned();
         poll_until("the provisioner to lead with synced caches", STARTUP, || async {
@@ -1123,9 +1265,11 @@ async fn one_run(
 
         // 1. Provisioning, by a provisioner that has done nothing else (its VmHWM is this phase's).
         let p = r.start(LOG_PRODUCTION).await?;
+        let sampler = MemorySampler::start(p.pid());
         let (m, batch_d) = r.provision(&p, "provision", &delete_class, "d", n).await?;
         metrics.extend(m);
         let rss_provisioning = p.peak_rss_mib();
+        let memory = sampler.stop(p.pid());
         p.stop().await?;
 
         // 4. Idle, with N claims and N PVs, every request logged.
@@ -1156,6 +1300,7 @@ async fn one_run(
             Unit::MiB,
             rss_provisioning,
         ));
+        metrics.extend(memory);
         metrics.push(metric(
             "peak RSS (VmHWM), any process of the run",
             Unit::MiB,

@@ -1,0 +1,912 @@
+//! Deleting big trees over NFS with the provisioner's own code (`DirectExport::delete_volume`).
+//!
+//! `cargo bench --bench nfs_delete [-- 10000 100000]`
+//!
+//! Starts its own nfs-ganesha container (`scripts/nfs-server.sh`, needs root and podman) on free
+//! ports, serving a temporary directory, and removes it at the end (also on SIGINT/SIGTERM). For
+//! every tree size (arguments, else `BENCH_FILES`, else 10 000 and 100 000 files, 1000 per
+//! directory: 10 × 1000 and 100 × 1000), every added round-trip time (`BENCH_RTT_US`, default
+//! `0,1000` µs) and every delete configuration (`BENCH_CONFIGS`, default `1/1,16/16,32/16,64/64`:
+//! RPCs in flight / connections in the pool), and for every run (`BENCH_RUNS`, default 3):
+//!
+//! 1. ganesha is restarted (`BENCH_RESTART=0` keeps one server: its per-entry CPU cost was seen to
+//!    grow over a long session, which made later cases slower than earlier ones);
+//! 2. the tree is built over NFS, straight to ganesha (64 connections; not timed);
+//! 3. a client with the case's pool size is connected (through the delay proxy for an added RTT)
+//!    and its connections opened (a warm pool, as the provisioner's after its first operations);
+//! 4. one `delete_volume` of the tree is timed, and checked: every entry removed, nothing left.
+//!
+//! * `1/1` is the serial baseline: one RPC at a time on one connection.
+//! * `32/16` is what the provisioner does: `DELETE_CONCURRENCY` defaults to 32 and a direct export's
+//!   pool has `DEFAULT_CONNECTIONS` = 16 connections, which bounds the RPCs in flight to 16.
+//! * `16/16` and `64/64` show what the knobs give on their own.
+//!
+//! The added RTT comes from a userspace TCP delay proxy in this file (the kernel has no netem): it
+//! delivers every chunk of bytes half the RTT after reading it, in each direction, without limiting
+//! throughput; two threads for all connections (see [`delay_proxy`]). Only the NFS port goes
+//! through it (MOUNT is one call at connect time). Waking its threads adds time of its own, so it
+//! is calibrated at the start: its sleeps are shortened until a serial FSSTAT through it takes the
+//! nominal RTT longer than one without it (within 5%; needs `0` in `BENCH_RTT_US`, first). The
+//! measured round trips, and the CPU time per call of ganesha and of the bench process, are
+//! reported.
+//!
+//! Cases estimated to take over a minute per run (serial deletes of many files at an added RTT:
+//! 100 000 files at 1 ms ≈ 2–3 min) run `BENCH_SLOW_RUNS` times (default 1) instead of
+//! `BENCH_RUNS`; the table says which cells have one run.
+//!
+//! Prints Markdown tables: median with min–max of the delete times (and the measured RTT), entries
+//! per second, the CPU seconds ganesha and the bench process (client and proxy) spent per delete,
+//! the build times, and `uptime` before and after. `BENCH_KEEP=1` keeps the export directory.
+//! Without the `--bench` argument that `cargo bench` passes (e.g. under `cargo test
+//! --all-targets`) it does nothing.
+
+use std::collections::BTreeMap;
+use std::io::Write;
+use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Command, ExitCode, Stdio};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, mpsc};
+use std::thread;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result, bail, ensure};
+use futures::{StreamExt, TryStreamExt, stream};
+use nfs_subdir_provisioner::storage::Removed;
+use nfs_subdir_provisioner::storage::direct::{DEFAULT_CONNECTIONS, DirectExport, MountOptions};
+
+const SERVER: &str = "127.0.0.1";
+/// The test server's No_Root_Squash export (test/nfs-server/ganesha.conf).
+const SHARE: &str = "/export";
+const FILES_PER_DIR: usize = 1000;
+/// Building a tree: directories filled at once, files created at once in each.
+const BUILD_DIRS: usize = 8;
+const BUILD_FILES: usize = 8;
+/// Connections of the client that builds the trees.
+const BUILD_CONNECTIONS: usize = 64;
+/// The provisioner's `DELETE_CONCURRENCY` default (src/config.rs).
+const PROVISIONER_CONCURRENCY: usize = 32;
+/// A case estimated to take longer than this per run is "slow" (`BENCH_SLOW_RUNS`).
+const SLOW: Duration = Duration::from_secs(60);
+/// FSSTAT round trips timed to report the real RTT.
+const RTT_SAMPLES: usize = 1000;
+/// Attempts to bring the proxy's added round trip within 5% of the nominal one.
+const CALIBRATION_ROUNDS: usize = 4;
+
+fn nanos(d: Duration) -> u64 {
+    u64::try_from(d.as_nanos()).unwrap_or(u64::MAX)
+}
+
+fn main() -> ExitCode {
+    // `cargo bench` passes `--bench`; `cargo test --benches` / `--all-targets` runs bench targets
+    // without it, as a smoke test, and must not start a container and a half-hour benchmark.
+    if !std::env::args().any(|a| a == "--bench") {
+        eprintln!("nfs_delete: a benchmark; run it with `cargo bench --bench nfs_delete` (skipped)");
+        return ExitCode::SUCCESS;
+    }
+    match run_all() {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("bench failed: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Options
+
+/// How a tree is deleted: RPCs in flight (`delete_volume`'s concurrency) and pool connections.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+struct Config {
+    concurrency: usize,
+    connections: usize,
+}
+
+impl Config {
+    fn label(self) -> String {
+        let mut label = format!(
+            "{} in flight, {} connection{}",
+            self.concurrency,
+            self.connections,
+            if self.connections == 1 { "" } else { "s" }
+        );
+        if self.concurrency == PROVISIONER_CONCURRENCY && self.connections == DEFAULT_CONNECTIONS {
+            label.push_str(" (provisioner default)");
+        }
+        label
+    }
+
+    /// RPCs really in flight: the pool bounds the concurrency.
+    fn effective(self) -> usize {
+        self.concurrency.min(self.connections)
+    }
+}
+
+struct Options {
+    files: Vec<usize>,
+    /// Added round-trip times.
+    rtts: Vec<Duration>,
+    configs: Vec<Config>,
+    runs: usize,
+    slow_runs: usize,
+    /// Restart ganesha before every build and delete.
+    restart: bool,
+    keep: bool,
+}
+
+fn parse_list<T>(text: &str, what: &str, parse: impl Fn(&str) -> Option<T>) -> Result<Vec<T>> {
+    text.split(',')
+        .map(str::trim)
+        .filter(|s| !s.is_empty())
+        .map(|s| parse(s).with_context(|| format!("{what} {s:?} is not valid")))
+        .collect()
+}
+
+fn parse_count(s: &str) -> Option<usize> {
+    s.replace('_', "").parse().ok().filter(|&n| n > 0)
+}
+
+fn env_number(name: &str, default: usize) -> Result<usize> {
+    match std::env::var(name) {
+        Ok(v) => v
+            .trim()
+            .parse()
+            .with_context(|| format!("{name}={v:?} is not a number")),
+        Err(_) => Ok(default),
+    }
+}
+
+fn options() -> Result<Options> {
+    // `cargo bench` passes `--bench`; flags are ignored, every other argument is a file count.
+    let mut files = Vec::new();
+    for arg in std::env::args().skip(1).filter(|a| !a.starts_with('-')) {
+        files.extend(parse_list(&arg, "file count", parse_count)?);
+    }
+    if files.is_empty() {
+        files = match std::env::var("BENCH_FILES") {
+            Ok(v) => parse_list(&v, "file count", parse_count)?,
+            Err(_) => vec![10_000, 100_000],
+        };
+    }
+    let rtts = parse_list(
+        &std::env::var("BENCH_RTT_US").unwrap_or_else(|_| "0,1000".into()),
+        "RTT (µs)",
+        |s| s.parse::<u64>().ok().map(Duration::from_micros),
+    )?;
+    let configs = parse_list(
+        &std::env::var("BENCH_CONFIGS").unwrap_or_else(|_| "1/1,16/16,32/16,64/64".into()),
+        "configuration (in flight/connections)",
+        |s| {
+            let (c, n) = s.split_once('/')?;
+            Some(Config {
+                concurrency: parse_count(c)?,
+                connections: parse_count(n)?,
+            })
+        },
+    )?;
+    let runs = env_number("BENCH_RUNS", 3)?;
+    let slow_runs = env_number("BENCH_SLOW_RUNS", 1)?.min(runs);
+    ensure!(
+        runs > 0 && slow_runs > 0,
+        "BENCH_RUNS and BENCH_SLOW_RUNS must be at least 1"
+    );
+    ensure!(
+        !files.is_empty() && !rtts.is_empty() && !configs.is_empty(),
+        "nothing to measure"
+    );
+    Ok(Options {
+        files,
+        rtts,
+        configs,
+        runs,
+        slow_runs,
+        restart: env_number("BENCH_RESTART", 1)? != 0,
+        keep: std::env::var("BENCH_KEEP").is_ok_and(|v| v == "1"),
+    })
+}
+
+/// Whether a case is expected to take longer than [`SLOW`] per run: at least one round trip per
+/// file (REMOVE), divided among the RPCs in flight.
+fn is_slow(files: usize, rtt: Duration, config: Config) -> bool {
+    rtt * u32::try_from(files.div_ceil(config.effective())).unwrap_or(u32::MAX) > SLOW
+}
+
+// ---------------------------------------------------------------------------------------------
+// The NFS server
+
+/// An nfs-ganesha container of scripts/nfs-server.sh, removed on drop.
+struct Ganesha {
+    name: String,
+    nfs_port: u16,
+    mount_port: u16,
+    /// Host directory behind [`SHARE`].
+    export_dir: PathBuf,
+    /// ganesha.nfsd's pid (the container's init: the entrypoint `exec`s it).
+    pid: u32,
+}
+
+fn script() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("scripts/nfs-server.sh")
+}
+
+fn free_port() -> Result<u16> {
+    Ok(TcpListener::bind((SERVER, 0))?.local_addr()?.port())
+}
+
+impl Ganesha {
+    fn start(hostdir: &Path) -> Result<Ganesha> {
+        let name = format!("nfs-delete-bench-{}", std::process::id());
+        let nfs_port = free_port()?;
+        let mount_port = loop {
+            let p = free_port()?;
+            if p != nfs_port {
+                break p;
+            }
+        };
+        let started = Instant::now();
+        let out = Command::new("bash")
+            .arg(script())
+            .args(["start", &name])
+            .arg(hostdir)
+            .args([nfs_port.to_string(), mount_port.to_string()])
+            .stderr(Stdio::inherit())
+            .output()
+            .context("running scripts/nfs-server.sh")?;
+        // From here on the container may exist: remove it on every error.
+        let mut ganesha = Ganesha {
+            name,
+            nfs_port,
+            mount_port,
+            export_dir: hostdir.join("export"),
+            pid: 0,
+        };
+        ensure!(
+            out.status.success(),
+            "scripts/nfs-server.sh start failed ({})",
+            out.status
+        );
+        ganesha.pid = container_pid(&ganesha.name)?;
+        eprintln!(
+            "bench: ganesha {} (pid {}) serves {SERVER}:{nfs_port} (NFS) / :{mount_port} (MOUNT), \
+             started in {:.1} s",
+            ganesha.name,
+            ganesha.pid,
+            started.elapsed().as_secs_f64()
+        );
+        Ok(ganesha)
+    }
+
+    /// Restarts the container (a fresh ganesha: no cache, no state from earlier cases) and waits
+    /// until it answers again.
+    fn restart(&mut self) -> Result<()> {
+        let ok = Command::new("podman")
+            .args(["restart", "--time", "0", &self.name])
+            .stdout(Stdio::null())
+            .status()
+            .context("podman restart")?
+            .success();
+        ensure!(ok, "podman restart {} failed", self.name);
+        let out = Command::new("bash")
+            .arg(script())
+            .args(["wait", &self.name])
+            .stderr(Stdio::null())
+            .output()
+            .context("running scripts/nfs-server.sh wait")?;
+        ensure!(
+            out.status.success(),
+            "{} did not answer after a restart",
+            self.name
+        );
+        self.pid = container_pid(&self.name)?;
+        Ok(())
+    }
+
+    /// ganesha's CPU seconds so far (utime + stime).
+    fn cpu(&self, ticks: f64) -> f64 {
+        proc_cpu_ticks(self.pid).map_or(f64::NAN, |t| t as f64 / ticks)
+    }
+
+    fn version(&self) -> String {
+        Command::new("podman")
+            .args([
+                "exec",
+                &self.name,
+                "dpkg-query",
+                "-W",
+                "-f",
+                "${Version}",
+                "nfs-ganesha",
+            ])
+            .output()
+            .ok()
+            .filter(|o| o.status.success())
+            .map_or_else(
+                || "unknown".into(),
+                |o| String::from_utf8_lossy(&o.stdout).into_owned(),
+            )
+    }
+}
+
+fn container_pid(name: &str) -> Result<u32> {
+    let out = Command::new("podman")
+        .args(["inspect", "--format", "{{.State.Pid}}", name])
+        .output()
+        .context("podman inspect")?;
+    String::from_utf8_lossy(&out.stdout)
+        .trim()
+        .parse()
+        .with_context(|| format!("the pid of container {name}"))
+}
+
+impl Drop for Ganesha {
+    fn drop(&mut self) {
+        let _ = Command::new("bash")
+            .arg(script())
+            .args(["stop", &self.name])
+            .stdout(Stdio::null())
+            .status();
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// The delay proxy
+
+/// A chunk of bytes to deliver at `due` to `to`, or the end of a direction.
+enum Delivery {
+    Data {
+        due: Instant,
+        to: Arc<TcpStream>,
+        bytes: Vec<u8>,
+    },
+    Close(Arc<TcpStream>),
+}
+
+/// Listens on a free port of 127.0.0.1 and forwards every connection to `upstream`, delivering
+/// each chunk `one_way` after it was read, in both directions. Runs until the process exits.
+///
+/// Two threads for all connections, so that the proxy costs little CPU (on this machine every
+/// thread wake-up is expensive, and the proxy shares the cores with ganesha and the client): a
+/// tokio current-thread runtime reads every socket and timestamps each chunk as it arrives; one
+/// writer thread sleeps (`clock_nanosleep`, accurate to tens of µs, unlike tokio's 1 ms timer) until
+/// the oldest chunk is due and writes it. Every chunk has the same delay, so arrival order is due
+/// order, and nothing waits behind a chunk that is not due: throughput is not limited.
+fn delay_proxy(upstream: SocketAddr, one_way: Arc<AtomicU64>) -> Result<u16> {
+    let listener = TcpListener::bind((SERVER, 0))?;
+    let port = listener.local_addr()?.port();
+    listener.set_nonblocking(true)?;
+    let (tx, rx) = mpsc::channel::<Delivery>();
+    thread::Builder::new()
+        .name("delay-writer".into())
+        .spawn(move || {
+            while let Ok(delivery) = rx.recv() {
+                match delivery {
+                    Delivery::Data { due, to, bytes } => {
+                        let now = Instant::now();
+                        if due > now {
+                            thread::sleep(due - now);
+                        }
+                        // A failed write is a closed connection: its reader ends it.
+                        let _ = write_all(&to, &bytes);
+                    }
+                    Delivery::Close(to) => {
+                        let _ = to.shutdown(Shutdown::Write);
+                    }
+                }
+            }
+        })?;
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_io()
+        .build()?;
+    thread::Builder::new()
+        .name("delay-reader".into())
+        .spawn(move || {
+            runtime.block_on(async move {
+                let Ok(listener) = tokio::net::TcpListener::from_std(listener) else {
+                    return;
+                };
+                while let Ok((client, _)) = listener.accept().await {
+                    let Ok(server) = tokio::net::TcpStream::connect(upstream).await else {
+                        continue;
+                    };
+                    let (Ok(client), Ok(server)) = (duplex(client), duplex(server)) else {
+                        continue;
+                    };
+                    tokio::spawn(pump(client.0, server.1, Arc::clone(&one_way), tx.clone()));
+                    tokio::spawn(pump(server.0, client.1, Arc::clone(&one_way), tx.clone()));
+                }
+            });
+        })?;
+    Ok(port)
+}
+
+/// A connection as (tokio stream to read from, std stream to write to; the same socket).
+fn duplex(stream: tokio::net::TcpStream) -> std::io::Result<(tokio::net::TcpStream, Arc<TcpStream>)> {
+    stream.set_nodelay(true)?;
+    let std = stream.into_std()?;
+    let writer = std.try_clone()?;
+    Ok((tokio::net::TcpStream::from_std(std)?, Arc::new(writer)))
+}
+
+/// Reads `from` until it ends, handing every chunk to the writer thread, due `delay` (nanoseconds)
+/// from now.
+async fn pump(
+    from: tokio::net::TcpStream,
+    to: Arc<TcpStream>,
+    delay: Arc<AtomicU64>,
+    tx: mpsc::Sender<Delivery>,
+) {
+    let mut buf = vec![0u8; 256 * 1024];
+    loop {
+        if from.readable().await.is_err() {
+            break;
+        }
+        match from.try_read(&mut buf) {
+            Ok(0) => break,
+            Ok(n) => {
+                let delivery = Delivery::Data {
+                    due: Instant::now() + Duration::from_nanos(delay.load(Ordering::Relaxed)),
+                    to: Arc::clone(&to),
+                    bytes: buf[..n].to_vec(),
+                };
+                if tx.send(delivery).is_err() {
+                    return;
+                }
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
+            Err(_) => break,
+        }
+    }
+    let _ = tx.send(Delivery::Close(to));
+}
+
+/// `write_all` on a non-blocking socket (it shares its file description with the tokio reader).
+fn write_all(to: &TcpStream, mut bytes: &[u8]) -> std::io::Result<()> {
+    while !bytes.is_empty() {
+        match (&*to).write(bytes) {
+            Ok(0) => return Err(std::io::ErrorKind::WriteZero.into()),
+            Ok(n) => bytes = &bytes[n..],
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
+                thread::sleep(Duration::from_micros(20));
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(())
+}
+
+// ---------------------------------------------------------------------------------------------
+// /proc
+
+fn clock_ticks() -> f64 {
+    Command::new("getconf")
+        .arg("CLK_TCK")
+        .output()
+        .ok()
+        .and_then(|o| String::from_utf8(o.stdout).ok())
+        .and_then(|s| s.trim().parse::<f64>().ok())
+        .filter(|&t| t > 0.0)
+        .unwrap_or(100.0)
+}
+
+/// utime + stime of a process, in clock ticks.
+fn proc_cpu_ticks(pid: u32) -> Option<u64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    let fields: Vec<&str> = stat.get(stat.rfind(')')? + 1..)?.split_whitespace().collect();
+    // Fields after the command: state(3) … utime(14) stime(15).
+    let utime: u64 = fields.get(11)?.parse().ok()?;
+    let stime: u64 = fields.get(12)?.parse().ok()?;
+    Some(utime + stime)
+}
+
+fn uptime() -> String {
+    Command::new("uptime")
+        .output()
+        .ok()
+        .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_owned())
+        .filter(|s| !s.is_empty())
+        .or_else(|| std::fs::read_to_string("/proc/loadavg").ok())
+        .unwrap_or_else(|| "unknown".into())
+}
+
+// ---------------------------------------------------------------------------------------------
+// Measuring
+
+fn mount_options(port: u16, mount_port: u16) -> MountOptions {
+    MountOptions {
+        port: Some(port),
+        mountport: Some(mount_port),
+        // The provisioner's defaults (timeo=100, retrans=2). `noresvport`: the bench opens and
+        // closes hundreds of connections, more than the 359 reserved ports a TIME_WAIT minute
+        // allows; the port does not change the timing.
+        timeo: Duration::from_secs(10),
+        retrans: 2,
+        resvport: false,
+    }
+}
+
+/// Opens the pool's connections (a connection is made on first use; the provisioner's pool is
+/// warm after its first operations), so that connect time is not part of a delete.
+async fn warm_up(export: &DirectExport, connections: usize) -> Result<()> {
+    for _ in 0..3 {
+        futures::future::try_join_all((0..connections).map(|_| export.capacity())).await?;
+    }
+    Ok(())
+}
+
+/// FSSTAT sent one at a time: median duration, and CPU per call.
+async fn round_trip(export: &DirectExport, ganesha: &Ganesha, ticks: f64) -> Result<RoundTrip> {
+    for _ in 0..20 {
+        export.capacity().await?;
+    }
+    let me = std::process::id();
+    let bench_before = proc_cpu_ticks(me).unwrap_or(0);
+    let ganesha_before = ganesha.cpu(ticks);
+    let mut samples = Vec::with_capacity(RTT_SAMPLES);
+    for _ in 0..RTT_SAMPLES {
+        let start = Instant::now();
+        export.capacity().await?;
+        samples.push(start.elapsed());
+    }
+    let per_call = |seconds: f64| Duration::from_secs_f64((seconds / RTT_SAMPLES as f64).max(0.0));
+    let ganesha_cpu = per_call(ganesha.cpu(ticks) - ganesha_before);
+    let bench_cpu = per_call(proc_cpu_ticks(me).unwrap_or(0).saturating_sub(bench_before) as f64 / ticks);
+    samples.sort();
+    Ok(RoundTrip {
+        median: samples[samples.len() / 2],
+        ganesha_cpu,
+        bench_cpu,
+    })
+}
+
+/// Makes `top/dNNN/file-NNNN.dat`: `files` empty files, [`FILES_PER_DIR`] per directory.
+async fn build(export: &DirectExport, top: &str, files: usize) -> Result<()> {
+    export.mkdir_p(&[top]).await?;
+    let dirs = files.div_ceil(FILES_PER_DIR);
+    stream::iter(0..dirs)
+        .map(|d| async move {
+            let dir = format!("d{d:03}");
+            export.mkdir_p(&[top, &dir]).await?;
+            let n = FILES_PER_DIR.min(files - d * FILES_PER_DIR);
+            let names = (0..n).map(|f| format!("file-{f:04}.dat")).collect();
+            export.create_files(&[top, &dir], names, BUILD_FILES).await?;
+            anyhow::Ok(())
+        })
+        .buffer_unordered(BUILD_DIRS)
+        .try_collect::<Vec<()>>()
+        .await
+        .with_context(|| format!("building {top} ({files} files)"))?;
+    Ok(())
+}
+
+/// One case: a tree size, an added RTT, a configuration.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+struct Case {
+    files: usize,
+    rtt: Duration,
+    config: Config,
+}
+
+#[derive(Debug, Default)]
+struct Samples {
+    delete: Vec<f64>,
+    ganesha_cpu: Vec<f64>,
+    /// CPU seconds of this process during the delete: the client, and the proxy's threads.
+    client_cpu: Vec<f64>,
+    build: Vec<f64>,
+}
+
+fn run_all() -> Result<()> {
+    let opts = options()?;
+    let ticks = clock_ticks();
+    let load_before = uptime();
+    eprintln!(
+        "bench: files {:?}, added RTT {:?}, configurations {:?}, {} run(s) ({} for slow cases)",
+        opts.files, opts.rtts, opts.configs, opts.runs, opts.slow_runs
+    );
+    eprintln!("bench: before: {load_before}");
+    let tmp = tempfile::Builder::new().prefix("nfs-delete-bench-").tempdir()?;
+    let mut ganesha = Ganesha::start(tmp.path())?;
+    let version = ganesha.version();
+
+    let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
+    let result = runtime.block_on(async {
+        // Interrupted: still remove the container (`Ganesha`'s drop).
+        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+        tokio::select! {
+            r = measure(&opts, &mut ganesha, ticks) => r,
+            _ = tokio::signal::ctrl_c() => bail!("interrupted (SIGINT)"),
+            _ = term.recv() => bail!("interrupted (SIGTERM)"),
+        }
+    });
+    runtime.shutdown_timeout(Duration::from_secs(5));
+    let load_after = uptime();
+    drop(ganesha);
+    if opts.keep {
+        eprintln!("bench: export directory kept: {}", tmp.keep().display());
+    }
+    let (samples, rtts) = result?;
+    println!("{}", table(&opts, &samples, &rtts));
+    println!("nfs-ganesha {version} (Debian package in the test container), VFS FSAL, NFSv3 over TCP.");
+    println!("Load before: {load_before}");
+    println!("Load after:  {load_after}");
+    Ok(())
+}
+
+/// One RPC (FSSTAT) sent serially, [`RTT_SAMPLES`] times: the median round trip, and the CPU
+/// time per call of ganesha and of the bench process (client, and the proxy if any).
+#[derive(Debug, Clone, Copy)]
+struct RoundTrip {
+    median: Duration,
+    ganesha_cpu: Duration,
+    bench_cpu: Duration,
+}
+
+type Results = (BTreeMap<Case, Samples>, BTreeMap<Duration, RoundTrip>);
+
+async fn measure(opts: &Options, ganesha: &mut Ganesha, ticks: f64) -> Result<Results> {
+    // The NFS port for every RTT: ganesha's, or a delay proxy in front of it.
+    let upstream = SocketAddr::new(SERVER.parse()?, ganesha.nfs_port);
+    let mut ports = BTreeMap::new();
+    let mut rtts: BTreeMap<Duration, RoundTrip> = BTreeMap::new();
+    for &rtt in &opts.rtts {
+        let one_way = Arc::new(AtomicU64::new(nanos(rtt / 2)));
+        let port = if rtt.is_zero() {
+            ganesha.nfs_port
+        } else {
+            delay_proxy(upstream, Arc::clone(&one_way))?
+        };
+        ports.insert(rtt, port);
+        let serial =
+            DirectExport::connect(SERVER, SHARE, &mount_options(port, ganesha.mount_port), 1).await?;
+        let mut measured = round_trip(&serial, ganesha, ticks).await?;
+        // Calibration: waking the proxy's threads takes time too (0.1–0.2 ms per direction here),
+        // so shorten its sleeps until the round trip exceeds the one without proxy by `rtt`.
+        if let Some(base) = rtts.get(&Duration::ZERO).map(|r| r.median)
+            && !rtt.is_zero()
+        {
+            for _ in 0..CALIBRATION_ROUNDS {
+                let added = measured.median.saturating_sub(base);
+                let error = added.as_secs_f64() - rtt.as_secs_f64();
+                if error.abs() < rtt.as_secs_f64() * 0.05 {
+                    break;
+                }
+                let now = one_way.load(Ordering::Relaxed) as f64;
+                let next = (now - error / 2.0 * 1e9).clamp(0.0, nanos(rtt) as f64);
+                one_way.store(next as u64, Ordering::Relaxed);
+                measured = round_trip(&serial, ganesha, ticks).await?;
+            }
+            eprintln!(
+                "bench: added RTT {rtt:?}: the proxy sleeps {:?} each way",
+                Duration::from_nanos(one_way.load(Ordering::Relaxed))
+            );
+        }
+        eprintln!(
+            "bench: added RTT {rtt:?}: one FSSTAT takes {:.3} ms (median of {RTT_SAMPLES}); CPU per \
+             call: ganesha {} µs, bench {} µs",
+            measured.median.as_secs_f64() * 1000.0,
+            measured.ganesha_cpu.as_micros(),
+            measured.bench_cpu.as_micros()
+        );
+        rtts.insert(rtt, measured);
+    }
+
+    let mut samples: BTreeMap<Case, Samples> = BTreeMap::new();
+    // Rounds: every case once per round, so that a load change affects all cases alike.
+    for round in 0..opts.runs {
+        for &files in &opts.files {
+            for &rtt in &opts.rtts {
+                for &config in &opts.configs {
+                    let case = Case { files, rtt, config };
+                    if is_slow(files, rtt, config) && round >= opts.slow_runs {
+                        continue;
+                    }
+                    if opts.restart {
+                        ganesha.restart()?;
+                    }
+                    let s = one_delete(ganesha, ports[&rtt], case, round, ticks).await?;
+                    let entry = samples.entry(case).or_default();
+                    entry.delete.push(s.delete);
+                    entry.ganesha_cpu.push(s.ganesha_cpu);
+                    entry.client_cpu.push(s.client_cpu);
+                    entry.build.push(s.build);
+                }
+            }
+        }
+    }
+    Ok((samples, rtts))
+}
+
+/// One build and delete, in seconds.
+struct Sample {
+    delete: f64,
+    ganesha_cpu: f64,
+    client_cpu: f64,
+    build: f64,
+}
+
+/// Builds a tree (over a connection of its own, straight to ganesha) and deletes it with a client
+/// of `case.config` connected to `port` (ganesha's or the delay proxy's), warmed up first.
+async fn one_delete(ganesha: &Ganesha, port: u16, case: Case, round: usize, ticks: f64) -> Result<Sample> {
+    let Case { files, rtt, config } = case;
+    let top = format!(
+        "tree-{files}-{}us-{}-{}-run{round}",
+        rtt.as_micros(),
+        config.concurrency,
+        config.connections
+    );
+    let builder = DirectExport::connect(
+        SERVER,
+        SHARE,
+        &mount_options(ganesha.nfs_port, ganesha.mount_port),
+        BUILD_CONNECTIONS,
+    )
+    .await
+    .context("connecting the tree builder")?;
+    let started = Instant::now();
+    build(&builder, &top, files).await?;
+    let built = started.elapsed().as_secs_f64();
+    drop(builder);
+    let client = DirectExport::connect(
+        SERVER,
+        SHARE,
+        &mount_options(port, ganesha.mount_port),
+        config.connections,
+    )
+    .await
+    .with_context(|| format!("connecting {}", config.label()))?;
+    warm_up(&client, config.connections).await?;
+    let me = std::process::id();
+    let own_cpu = || proc_cpu_ticks(me).map_or(f64::NAN, |t| t as f64 / ticks);
+    let cpu_before = ganesha.cpu(ticks);
+    let client_before = own_cpu();
+    let started = Instant::now();
+    let removed = client
+        .delete_volume(std::slice::from_ref(&top), config.concurrency)
+        .await
+        .with_context(|| format!("deleting {top}"))?;
+    let took = started.elapsed().as_secs_f64();
+    let cpu = ganesha.cpu(ticks) - cpu_before;
+    let client_cpu = own_cpu() - client_before;
+    let dirs = files.div_ceil(FILES_PER_DIR);
+    let expected = u64::try_from(files + dirs + 1)?;
+    match removed {
+        Removed::Removed { entries } if entries == expected => {}
+        other => bail!("deleting {top}: {other:?}, expected {expected} entries removed"),
+    }
+    ensure!(
+        !ganesha.export_dir.join(&top).exists(),
+        "{top} still exists on the server after delete_volume"
+    );
+    eprintln!(
+        "bench: run {}: {files} files, +{:.1} ms RTT, {}: {took:.3} s (CPU: ganesha {cpu:.2} s, \
+         bench {client_cpu:.2} s; build {built:.1} s); load {}",
+        round + 1,
+        rtt.as_secs_f64() * 1000.0,
+        config.label(),
+        std::fs::read_to_string("/proc/loadavg")
+            .map(|l| l.split_whitespace().take(3).collect::<Vec<_>>().join(" "))
+            .unwrap_or_default()
+    );
+    Ok(Sample {
+        delete: took,
+        ganesha_cpu: cpu,
+        client_cpu,
+        build: built,
+    })
+}
+
+// ---------------------------------------------------------------------------------------------
+// Results
+
+/// (median, min, max) of the values.
+fn stats(values: &[f64]) -> (f64, f64, f64) {
+    let mut v = values.to_vec();
+    v.sort_by(f64::total_cmp);
+    let n = v.len();
+    if n == 0 {
+        return (f64::NAN, f64::NAN, f64::NAN);
+    }
+    let median = if n % 2 == 1 {
+        v[n / 2]
+    } else {
+        (v[n / 2 - 1] + v[n / 2]) / 2.0
+    };
+    (median, v[0], v[n - 1])
+}
+
+fn cell(values: &[f64], precision: usize) -> String {
+    let (med, min, max) = stats(values);
+    match values.len() {
+        0 => "–".into(),
+        1 => format!("{med:.precision$} (1 run)"),
+        _ => format!("{med:.precision$} ({min:.precision$}–{max:.precision$})"),
+    }
+}
+
+/// One Markdown table: a row per (files, RTT), a column per configuration.
+fn grid(
+    opts: &Options,
+    samples: &BTreeMap<Case, Samples>,
+    rtt_label: &dyn Fn(Duration) -> String,
+    value: &dyn Fn(usize, &Samples) -> String,
+) -> String {
+    let mut out = String::from("| files | added RTT |");
+    for config in &opts.configs {
+        out.push_str(&format!(" {} |", config.label()));
+    }
+    out.push_str("\n|---|---|");
+    out.push_str(&"---|".repeat(opts.configs.len()));
+    out.push('\n');
+    for &files in &opts.files {
+        for &rtt in &opts.rtts {
+            out.push_str(&format!("| {files} | {} |", rtt_label(rtt)));
+            for &config in &opts.configs {
+                let text = samples
+                    .get(&Case { files, rtt, config })
+                    .map_or_else(|| "–".into(), |s| value(files, s));
+                out.push_str(&format!(" {text} |"));
+            }
+            out.push('\n');
+        }
+    }
+    out
+}
+
+fn table(opts: &Options, samples: &BTreeMap<Case, Samples>, rtts: &BTreeMap<Duration, RoundTrip>) -> String {
+    let ms = |d: Duration| d.as_secs_f64() * 1000.0;
+    let measured = |rtt: Duration| {
+        let m = rtts.get(&rtt).map_or(f64::NAN, |r| ms(r.median));
+        format!("{:.1} ms (FSSTAT {m:.2} ms)", ms(rtt))
+    };
+    let plain = |rtt: Duration| format!("{:.1} ms", ms(rtt));
+    let mut out = format!(
+        "\nSeconds to delete the tree with `DirectExport::delete_volume`: median of {} run(s), \
+         min–max in parentheses; \"(1 run)\": a case of over a minute per run, run {} time(s) \
+         (`BENCH_SLOW_RUNS`). FSSTAT: the measured time of one serial round trip.\n\n",
+        opts.runs, opts.slow_runs
+    );
+    out.push_str(&grid(opts, samples, &measured, &|_, s| cell(&s.delete, 2)));
+    out.push_str("\nEntries removed per second (median run):\n\n");
+    out.push_str(&grid(opts, samples, &plain, &|files, s| {
+        let entries = (files + files.div_ceil(FILES_PER_DIR) + 1) as f64;
+        format!("{:.0}", entries / stats(&s.delete).0)
+    }));
+    out.push_str("\nganesha CPU seconds during the delete (median, min–max):\n\n");
+    out.push_str(&grid(opts, samples, &plain, &|_, s| cell(&s.ganesha_cpu, 2)));
+    out.push_str(
+        "\nCPU seconds of the bench process during the delete: the client (`delete_volume`) and, \
+         with an added RTT, the delay proxy's threads (median, min–max):\n\n",
+    );
+    out.push_str(&grid(opts, samples, &plain, &|_, s| cell(&s.client_cpu, 2)));
+    out.push_str(&format!(
+        "\nOne RPC at a time ({RTT_SAMPLES} FSSTATs on one connection, at the start): round trip \
+         (median) and CPU time per call.\n\n| added RTT | round trip | ganesha CPU per call | bench \
+         CPU per call (client and proxy) |\n|---|---|---|---|\n"
+    ));
+    for (rtt, r) in rtts {
+        out.push_str(&format!(
+            "| {} | {:.3} ms | {} µs | {} µs |\n",
+            plain(*rtt),
+            ms(r.median),
+            r.ganesha_cpu.as_micros(),
+            r.bench_cpu.as_micros()
+        ));
+    }
+    out.push_str(&format!(
+        "\nBuilding a tree over NFS ({BUILD_DIRS} directories × {BUILD_FILES} files at once, \
+         {BUILD_CONNECTIONS} connections, no added RTT; not part of the delete times):"
+    ));
+    for &files in &opts.files {
+        let all: Vec<f64> = samples
+            .iter()
+            .filter(|(c, _)| c.files == files)
+            .flat_map(|(_, s)| s.build.iter().copied())
+            .collect();
+        out.push_str(&format!(" {files} files {} s;", cell(&all, 1)));
+    }
+    out.pop();
+    out.push_str(".\n");
+    out
+}
