@@ -9,8 +9,8 @@
 //! `0,1000` µs) and every delete configuration (`BENCH_CONFIGS`, default `1/1,16/16,32/16,64/64`:
 //! RPCs in flight / connections in the pool), and for every run (`BENCH_RUNS`, default 3):
 //!
-//! 1. ganesha is restarted (`BENCH_RESTART=0` keeps one server: its per-entry CPU cost was seen to
-//!    grow over a long session, which made later cases slower than earlier ones);
+//! 1. ganesha is restarted, so that every case starts from the same server state
+//!    (`BENCH_RESTART=0` keeps one server; over a long session it grew to 250 MB of RSS);
 //! 2. the tree is built over NFS, straight to ganesha (64 connections; not timed);
 //! 3. a client with the case's pool size is connected (through the delay proxy for an added RTT)
 //!    and its connections opened (a warm pool, as the provisioner's after its first operations);

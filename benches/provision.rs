@@ -16,7 +16,8 @@
 //!    of N claims of the default (archive) class until every `archived-*` directory exists;
 //! 3. the provisioner's CPU seconds (utime + stime from `/proc/<pid>/stat`) in each phase, the control
 //!    plane's and the bench's own, and the provisioner's peak RSS (`VmHWM`) with N claims and PVs,
-//!    split by 100 ms samples of `/proc/<pid>/status` into anonymous and file-backed memory;
+//!    split by 100 ms samples of `/proc/<pid>/status` into anonymous and file-backed memory (and
+//!    its threads and open sockets counted);
 //! 4. idle API requests: with N PVs bound, a provisioner started with
 //!    `RUST_LOG=info,kube_client::client::builder=debug` is left alone for `BENCH_IDLE_SECS` (30)
 //!    seconds and its "requesting" log lines are counted.
@@ -427,6 +428,19 @@ fn status_mib(pid: u32, key: &str) -> Option<f64> {
     Some(kb / 1024.0)
 }
 
+/// Open sockets of a process (`/proc/<pid>/fd` links to `socket:[…]`): its connections to the API
+/// server, the listening /metrics socket and the like.
+fn open_sockets(pid: u32) -> Option<f64> {
+    let fds = std::fs::read_dir(format!("/proc/{pid}/fd")).ok()?;
+    let sockets = fds
+        .flatten()
+        .filter(|fd| {
+            std::fs::read_link(fd.path()).is_ok_and(|target| target.to_string_lossy().starts_with("socket:"))
+        })
+        .count();
+    Some(sockets as f64)
+}
+
 /// A plain number line of `/proc/<pid>/status` (e.g. `Threads:`).
 fn status_number(pid: u32, key: &str) -> Option<f64> {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
@@ -438,18 +452,20 @@ fn status_number(pid: u32, key: &str) -> Option<f64> {
 /// RSS and thread count seen, which split `VmHWM` into heap and binary.
 struct MemorySampler {
     task: JoinHandle<()>,
-    peaks: Arc<Mutex<[f64; 3]>>,
+    peaks: Arc<Mutex<[f64; SAMPLED.len()]>>,
 }
 
-const SAMPLED: [(&str, &str, Unit); 3] = [
+/// (`/proc/<pid>/status` key, or `sockets` for the open sockets in `/proc/<pid>/fd`; label; unit)
+const SAMPLED: [(&str, &str, Unit); 4] = [
     ("RssAnon:", "anonymous RSS (RssAnon)", Unit::MiB),
     ("RssFile:", "file-backed RSS (RssFile)", Unit::MiB),
     ("Threads:", "threads", Unit::Count),
+    ("sockets", "open sockets (API connections)", Unit::Count),
 ];
 
 impl MemorySampler {
     fn start(pid: u32) -> Self {
-        let peaks = Arc::new(Mutex::new([0.0_f64; 3]));
+        let peaks = Arc::new(Mutex::new([0.0_f64; SAMPLED.len()]));
         let shared = Arc::clone(&peaks);
         let task = tokio::spawn(async move {
             loop {
@@ -466,9 +482,10 @@ impl MemorySampler {
         MemorySampler { task, peaks }
     }
 
-    fn read(pid: u32) -> [Option<f64>; 3] {
-        SAMPLED.map(|(key, _, unit)| match unit {
-            Unit::MiB => status_mib(pid, key),
+    fn read(pid: u32) -> [Option<f64>; SAMPLED.len()] {
+        SAMPLED.map(|(key, _, unit)| match (key, unit) {
+            ("sockets", _) => open_sockets(pid),
+            (_, Unit::MiB) => status_mib(pid, key),
             _ => status_number(pid, key),
         })
     }
