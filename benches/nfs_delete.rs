@@ -7,7 +7,7 @@
 //! every tree size (arguments, else `BENCH_FILES`, else 10 000 and 100 000 files, 1000 per
 //! directory: 10 × 1000 and 100 × 1000), every added round-trip time (`BENCH_RTT_US`, default
 //! `0,1000` µs) and every delete configuration (`BENCH_CONFIGS`, default `1/1,16/16,32/16,64/64`:
-//! RPCs in flight / connections in the pool), and for every run (`BENCH_RUNS`, default 3):
+//! RPCs in flight / connections of the pool at connect), and for every run (`BENCH_RUNS`, default 3):
 //!
 //! 1. ganesha is restarted, so that every case starts from the same server state
 //!    (`BENCH_RESTART=0` keeps one server; over a long session it grew to 250 MB of RSS);
@@ -18,17 +18,19 @@
 //!
 //! * `1/1` is the serial baseline: one RPC at a time on one connection.
 //! * `32/16` is what the provisioner does: `DELETE_CONCURRENCY` defaults to 32 and a direct export's
-//!   pool has `DEFAULT_CONNECTIONS` = 16 connections, which bounds the RPCs in flight to 16.
+//!   pool starts with `DEFAULT_CONNECTIONS` = 16 connections, which the delete grows to 32 (one RPC
+//!   in flight per connection; at most `MAX_CONNECTIONS`).
 //! * `16/16` and `64/64` show what the knobs give on their own.
 //!
 //! The added RTT comes from a userspace TCP delay proxy in this file (the kernel has no netem): it
-//! delivers every chunk of bytes half the RTT after reading it, in each direction, without limiting
-//! throughput; two threads for all connections (see [`delay_proxy`]). Only the NFS port goes
-//! through it (MOUNT is one call at connect time). Waking its threads adds time of its own, so it
-//! is calibrated at the start: its sleeps are shortened until a serial FSSTAT through it takes the
-//! nominal RTT longer than one without it (within 5%; needs `0` in `BENCH_RTT_US`, first). The
-//! measured round trips, and the CPU time per call of ganesha and of the bench process, are
-//! reported.
+//! delivers every chunk of bytes from the client the RTT after reading it, and every chunk from the
+//! server at once (a client waiting for its replies sees the same round trip as with half of it each
+//! way), without limiting throughput; two threads for all connections (see [`delay_proxy`]). Only
+//! the NFS port goes through it (MOUNT is one call at connect time). Waking its writer thread adds
+//! time of its own, so it is calibrated at the start: its sleep is shortened until a serial FSSTAT
+//! through it takes the nominal RTT longer than one without it (within 5%; needs `0` in
+//! `BENCH_RTT_US`, first). The measured round trips, and the CPU time per call of ganesha and of the
+//! bench process, are reported.
 //!
 //! Cases estimated to take over a minute per run (serial deletes of many files at an added RTT:
 //! 100 000 files at 1 ms ≈ 2–3 min) run `BENCH_SLOW_RUNS` times (default 1) instead of
@@ -37,6 +39,8 @@
 //! Prints Markdown tables: median with min–max of the delete times (and the measured RTT), entries
 //! per second, the CPU seconds ganesha and the bench process (client and proxy) spent per delete,
 //! the build times, and `uptime` before and after. `BENCH_KEEP=1` keeps the export directory.
+//! `BENCH_PERF_DIR=<dir>` profiles every timed delete: `perf record -a -e cpu-clock` (the whole
+//! machine) into `<dir>/<tree>.data` (profiling slows the delete: its times are then not comparable).
 //! Without the `--bench` argument that `cargo bench` passes (e.g. under `cargo test
 //! --all-targets`) it does nothing.
 
@@ -53,7 +57,9 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, Result, bail, ensure};
 use futures::{StreamExt, TryStreamExt, stream};
 use nfs_subdir_provisioner::storage::Removed;
-use nfs_subdir_provisioner::storage::direct::{DEFAULT_CONNECTIONS, DirectExport, MountOptions};
+use nfs_subdir_provisioner::storage::direct::{
+    DEFAULT_CONNECTIONS, DirectExport, MAX_CONNECTIONS, MountOptions,
+};
 
 const SERVER: &str = "127.0.0.1";
 /// The test server's No_Root_Squash export (test/nfs-server/ganesha.conf).
@@ -96,7 +102,8 @@ fn main() -> ExitCode {
 // ---------------------------------------------------------------------------------------------
 // Options
 
-/// How a tree is deleted: RPCs in flight (`delete_volume`'s concurrency) and pool connections.
+/// How a tree is deleted: RPCs in flight (`delete_volume`'s concurrency) and the pool's connections
+/// at connect (the delete grows the pool to its concurrency).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
 struct Config {
     concurrency: usize,
@@ -111,15 +118,20 @@ impl Config {
             self.connections,
             if self.connections == 1 { "" } else { "s" }
         );
+        let used = self.connections.max(self.effective());
+        if used > self.connections {
+            label.push_str(&format!(" grown to {used}"));
+        }
         if self.concurrency == PROVISIONER_CONCURRENCY && self.connections == DEFAULT_CONNECTIONS {
             label.push_str(" (provisioner default)");
         }
         label
     }
 
-    /// RPCs really in flight: the pool bounds the concurrency.
+    /// RPCs really in flight: one per connection, and the delete grows the pool to its concurrency,
+    /// up to `MAX_CONNECTIONS`.
     fn effective(self) -> usize {
-        self.concurrency.min(self.connections)
+        self.concurrency.min(self.connections.max(MAX_CONNECTIONS))
     }
 }
 
@@ -133,6 +145,8 @@ struct Options {
     /// Restart ganesha before every build and delete.
     restart: bool,
     keep: bool,
+    /// Where to write a CPU profile of every delete.
+    perf_dir: Option<PathBuf>,
 }
 
 fn parse_list<T>(text: &str, what: &str, parse: impl Fn(&str) -> Option<T>) -> Result<Vec<T>> {
@@ -203,6 +217,7 @@ fn options() -> Result<Options> {
         slow_runs,
         restart: env_number("BENCH_RESTART", 1)? != 0,
         keep: std::env::var("BENCH_KEEP").is_ok_and(|v| v == "1"),
+        perf_dir: std::env::var_os("BENCH_PERF_DIR").map(PathBuf::from),
     })
 }
 
@@ -363,15 +378,21 @@ enum Delivery {
 }
 
 /// Listens on a free port of 127.0.0.1 and forwards every connection to `upstream`, delivering
-/// each chunk `one_way` after it was read, in both directions. Runs until the process exits.
+/// each chunk from the client `delay` after it was read, and each chunk from the server at once.
+/// Runs until the process exits.
 ///
-/// Two threads for all connections, so that the proxy costs little CPU (on this machine every
-/// thread wake-up is expensive, and the proxy shares the cores with ganesha and the client): a
-/// tokio current-thread runtime reads every socket and timestamps each chunk as it arrives; one
-/// writer thread sleeps (`clock_nanosleep`, accurate to tens of µs, unlike tokio's 1 ms timer) until
-/// the oldest chunk is due and writes it. Every chunk has the same delay, so arrival order is due
-/// order, and nothing waits behind a chunk that is not due: throughput is not limited.
-fn delay_proxy(upstream: SocketAddr, one_way: Arc<AtomicU64>) -> Result<u16> {
+/// The whole added round trip is on the way to the server: a client that waits for its replies
+/// (every RPC here) sees the same round trip as with half of it each way, and replies need no
+/// second timed hop, which halves the proxy's thread wake-ups (on this machine every wake-up is
+/// expensive, and the proxy shares the cores with ganesha and the client).
+///
+/// Two threads for all connections: a tokio current-thread runtime reads every socket, timestamps
+/// each chunk from a client as it arrives, and writes each chunk from the server straight to its
+/// client; one writer thread sleeps (`clock_nanosleep`, accurate to tens of µs, unlike tokio's 1 ms
+/// timer) until the oldest client chunk is due and writes it. Every chunk has the same delay, so
+/// arrival order is due order, and nothing waits behind a chunk that is not due: throughput is not
+/// limited.
+fn delay_proxy(upstream: SocketAddr, delay: Arc<AtomicU64>) -> Result<u16> {
     let listener = TcpListener::bind((SERVER, 0))?;
     let port = listener.local_addr()?.port();
     listener.set_nonblocking(true)?;
@@ -406,32 +427,53 @@ fn delay_proxy(upstream: SocketAddr, one_way: Arc<AtomicU64>) -> Result<u16> {
                     return;
                 };
                 while let Ok((client, _)) = listener.accept().await {
-                    let Ok(server) = tokio::net::TcpStream::connect(upstream).await else {
+                    let Ok(link) = Link::connect(client, upstream).await else {
                         continue;
                     };
-                    let (Ok(client), Ok(server)) = (duplex(client), duplex(server)) else {
-                        continue;
-                    };
-                    tokio::spawn(pump(client.0, server.1, Arc::clone(&one_way), tx.clone()));
-                    tokio::spawn(pump(server.0, client.1, Arc::clone(&one_way), tx.clone()));
+                    tokio::spawn(delayed(
+                        link.from_client,
+                        link.to_server,
+                        Arc::clone(&delay),
+                        tx.clone(),
+                    ));
+                    tokio::spawn(direct(link.from_server, link.to_client));
                 }
             });
         })?;
     Ok(port)
 }
 
-/// A connection as (tokio stream to read from, std stream to write to; the same socket).
-fn duplex(stream: tokio::net::TcpStream) -> std::io::Result<(tokio::net::TcpStream, Arc<TcpStream>)> {
-    stream.set_nodelay(true)?;
-    let std = stream.into_std()?;
-    let writer = std.try_clone()?;
-    Ok((tokio::net::TcpStream::from_std(std)?, Arc::new(writer)))
+/// One proxied connection: the client's socket and a new one to the server.
+struct Link {
+    from_client: tokio::net::tcp::OwnedReadHalf,
+    to_client: tokio::net::tcp::OwnedWriteHalf,
+    from_server: tokio::net::TcpStream,
+    /// Written by the writer thread (a blocking-style write on the non-blocking socket: see
+    /// [`write_all`]).
+    to_server: Arc<TcpStream>,
 }
 
-/// Reads `from` until it ends, handing every chunk to the writer thread, due `delay` (nanoseconds)
-/// from now.
-async fn pump(
-    from: tokio::net::TcpStream,
+impl Link {
+    async fn connect(client: tokio::net::TcpStream, upstream: SocketAddr) -> std::io::Result<Link> {
+        let server = tokio::net::TcpStream::connect(upstream).await?;
+        client.set_nodelay(true)?;
+        server.set_nodelay(true)?;
+        let (from_client, to_client) = client.into_split();
+        let server = server.into_std()?;
+        let to_server = Arc::new(server.try_clone()?);
+        Ok(Link {
+            from_client,
+            to_client,
+            from_server: tokio::net::TcpStream::from_std(server)?,
+            to_server,
+        })
+    }
+}
+
+/// Reads `from` (a client) until it ends, handing every chunk to the writer thread, due `delay`
+/// (nanoseconds) from now.
+async fn delayed(
+    from: tokio::net::tcp::OwnedReadHalf,
     to: Arc<TcpStream>,
     delay: Arc<AtomicU64>,
     tx: mpsc::Sender<Delivery>,
@@ -458,6 +500,23 @@ async fn pump(
         }
     }
     let _ = tx.send(Delivery::Close(to));
+}
+
+/// Copies `from` (the server) to `to` (its client) as it comes, until either side ends.
+async fn direct(mut from: tokio::net::TcpStream, mut to: tokio::net::tcp::OwnedWriteHalf) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut buf = vec![0u8; 256 * 1024];
+    loop {
+        match from.read(&mut buf).await {
+            Ok(0) | Err(_) => break,
+            Ok(n) => {
+                if to.write_all(&buf[..n]).await.is_err() {
+                    break;
+                }
+            }
+        }
+    }
+    let _ = to.shutdown().await;
 }
 
 /// `write_all` on a non-blocking socket (it shares its file description with the tokio reader).
@@ -498,6 +557,28 @@ fn proc_cpu_ticks(pid: u32) -> Option<u64> {
     let utime: u64 = fields.get(11)?.parse().ok()?;
     let stime: u64 = fields.get(12)?.parse().ok()?;
     Some(utime + stime)
+}
+
+/// CPU seconds of this process's delay proxy threads so far (`/proc/self/task/*/schedstat`: run
+/// time in ns, not tick-sampled).
+fn proxy_cpu() -> f64 {
+    let Ok(tasks) = std::fs::read_dir("/proc/self/task") else {
+        return f64::NAN;
+    };
+    let mut ns = 0u64;
+    for task in tasks.flatten() {
+        let comm = std::fs::read_to_string(task.path().join("comm")).unwrap_or_default();
+        if !comm.starts_with("delay-") {
+            continue;
+        }
+        let stat = std::fs::read_to_string(task.path().join("schedstat")).unwrap_or_default();
+        ns += stat
+            .split_whitespace()
+            .next()
+            .and_then(|t| t.parse::<u64>().ok())
+            .unwrap_or(0);
+    }
+    ns as f64 / 1e9
 }
 
 fn uptime() -> String {
@@ -542,6 +623,7 @@ async fn round_trip(export: &DirectExport, ganesha: &Ganesha, ticks: f64) -> Res
     }
     let me = std::process::id();
     let bench_before = proc_cpu_ticks(me).unwrap_or(0);
+    let proxy_before = proxy_cpu();
     let ganesha_before = ganesha.cpu(ticks);
     let mut samples = Vec::with_capacity(RTT_SAMPLES);
     for _ in 0..RTT_SAMPLES {
@@ -552,11 +634,13 @@ async fn round_trip(export: &DirectExport, ganesha: &Ganesha, ticks: f64) -> Res
     let per_call = |seconds: f64| Duration::from_secs_f64((seconds / RTT_SAMPLES as f64).max(0.0));
     let ganesha_cpu = per_call(ganesha.cpu(ticks) - ganesha_before);
     let bench_cpu = per_call(proc_cpu_ticks(me).unwrap_or(0).saturating_sub(bench_before) as f64 / ticks);
+    let proxy_cpu = per_call(proxy_cpu() - proxy_before);
     samples.sort();
     Ok(RoundTrip {
         median: samples[samples.len() / 2],
         ganesha_cpu,
         bench_cpu,
+        proxy_cpu,
     })
 }
 
@@ -594,6 +678,8 @@ struct Samples {
     ganesha_cpu: Vec<f64>,
     /// CPU seconds of this process during the delete: the client, and the proxy's threads.
     client_cpu: Vec<f64>,
+    /// Of `client_cpu`: the delay proxy's threads.
+    proxy_cpu: Vec<f64>,
     build: Vec<f64>,
 }
 
@@ -641,6 +727,8 @@ struct RoundTrip {
     median: Duration,
     ganesha_cpu: Duration,
     bench_cpu: Duration,
+    /// Of `bench_cpu`: the delay proxy's threads.
+    proxy_cpu: Duration,
 }
 
 type Results = (BTreeMap<Case, Samples>, BTreeMap<Duration, RoundTrip>);
@@ -651,18 +739,19 @@ async fn measure(opts: &Options, ganesha: &mut Ganesha, ticks: f64) -> Result<Re
     let mut ports = BTreeMap::new();
     let mut rtts: BTreeMap<Duration, RoundTrip> = BTreeMap::new();
     for &rtt in &opts.rtts {
-        let one_way = Arc::new(AtomicU64::new(nanos(rtt / 2)));
+        // The proxy's delay on the way to the server (all of the added round trip).
+        let delay = Arc::new(AtomicU64::new(nanos(rtt)));
         let port = if rtt.is_zero() {
             ganesha.nfs_port
         } else {
-            delay_proxy(upstream, Arc::clone(&one_way))?
+            delay_proxy(upstream, Arc::clone(&delay))?
         };
         ports.insert(rtt, port);
         let serial =
             DirectExport::connect(SERVER, SHARE, &mount_options(port, ganesha.mount_port), 1).await?;
         let mut measured = round_trip(&serial, ganesha, ticks).await?;
-        // Calibration: waking the proxy's threads takes time too (0.1–0.2 ms per direction here),
-        // so shorten its sleeps until the round trip exceeds the one without proxy by `rtt`.
+        // Calibration: waking the proxy's threads takes time too (0.1–0.2 ms here), so shorten its
+        // sleep until the round trip exceeds the one without proxy by `rtt`.
         if let Some(base) = rtts.get(&Duration::ZERO).map(|r| r.median)
             && !rtt.is_zero()
         {
@@ -672,22 +761,23 @@ async fn measure(opts: &Options, ganesha: &mut Ganesha, ticks: f64) -> Result<Re
                 if error.abs() < rtt.as_secs_f64() * 0.05 {
                     break;
                 }
-                let now = one_way.load(Ordering::Relaxed) as f64;
-                let next = (now - error / 2.0 * 1e9).clamp(0.0, nanos(rtt) as f64);
-                one_way.store(next as u64, Ordering::Relaxed);
+                let now = delay.load(Ordering::Relaxed) as f64;
+                let next = (now - error * 1e9).clamp(0.0, nanos(rtt) as f64);
+                delay.store(next as u64, Ordering::Relaxed);
                 measured = round_trip(&serial, ganesha, ticks).await?;
             }
             eprintln!(
-                "bench: added RTT {rtt:?}: the proxy sleeps {:?} each way",
-                Duration::from_nanos(one_way.load(Ordering::Relaxed))
+                "bench: added RTT {rtt:?}: the proxy delays requests by {:?}",
+                Duration::from_nanos(delay.load(Ordering::Relaxed))
             );
         }
         eprintln!(
             "bench: added RTT {rtt:?}: one FSSTAT takes {:.3} ms (median of {RTT_SAMPLES}); CPU per \
-             call: ganesha {} µs, bench {} µs",
+             call: ganesha {} µs, bench {} µs (proxy {} µs)",
             measured.median.as_secs_f64() * 1000.0,
             measured.ganesha_cpu.as_micros(),
-            measured.bench_cpu.as_micros()
+            measured.bench_cpu.as_micros(),
+            measured.proxy_cpu.as_micros()
         );
         rtts.insert(rtt, measured);
     }
@@ -705,11 +795,13 @@ async fn measure(opts: &Options, ganesha: &mut Ganesha, ticks: f64) -> Result<Re
                     if opts.restart {
                         ganesha.restart()?;
                     }
-                    let s = one_delete(ganesha, ports[&rtt], case, round, ticks).await?;
+                    let perf = opts.perf_dir.as_deref();
+                    let s = one_delete(ganesha, ports[&rtt], case, round, ticks, perf).await?;
                     let entry = samples.entry(case).or_default();
                     entry.delete.push(s.delete);
                     entry.ganesha_cpu.push(s.ganesha_cpu);
                     entry.client_cpu.push(s.client_cpu);
+                    entry.proxy_cpu.push(s.proxy_cpu);
                     entry.build.push(s.build);
                 }
             }
@@ -723,12 +815,20 @@ struct Sample {
     delete: f64,
     ganesha_cpu: f64,
     client_cpu: f64,
+    proxy_cpu: f64,
     build: f64,
 }
 
 /// Builds a tree (over a connection of its own, straight to ganesha) and deletes it with a client
 /// of `case.config` connected to `port` (ganesha's or the delay proxy's), warmed up first.
-async fn one_delete(ganesha: &Ganesha, port: u16, case: Case, round: usize, ticks: f64) -> Result<Sample> {
+async fn one_delete(
+    ganesha: &Ganesha,
+    port: u16,
+    case: Case,
+    round: usize,
+    ticks: f64,
+    perf_dir: Option<&Path>,
+) -> Result<Sample> {
     let Case { files, rtt, config } = case;
     let top = format!(
         "tree-{files}-{}us-{}-{}-run{round}",
@@ -758,9 +858,14 @@ async fn one_delete(ganesha: &Ganesha, port: u16, case: Case, round: usize, tick
     .with_context(|| format!("connecting {}", config.label()))?;
     warm_up(&client, config.connections).await?;
     let me = std::process::id();
+    let profiler = match perf_dir {
+        Some(dir) => Some(Profiler::start(&dir.join(format!("{top}.data"))).await?),
+        None => None,
+    };
     let own_cpu = || proc_cpu_ticks(me).map_or(f64::NAN, |t| t as f64 / ticks);
     let cpu_before = ganesha.cpu(ticks);
     let client_before = own_cpu();
+    let proxy_before = proxy_cpu();
     let started = Instant::now();
     let removed = client
         .delete_volume(std::slice::from_ref(&top), config.concurrency)
@@ -769,6 +874,10 @@ async fn one_delete(ganesha: &Ganesha, port: u16, case: Case, round: usize, tick
     let took = started.elapsed().as_secs_f64();
     let cpu = ganesha.cpu(ticks) - cpu_before;
     let client_cpu = own_cpu() - client_before;
+    let proxy = proxy_cpu() - proxy_before;
+    if let Some(profiler) = profiler {
+        profiler.stop()?;
+    }
     let dirs = files.div_ceil(FILES_PER_DIR);
     let expected = u64::try_from(files + dirs + 1)?;
     match removed {
@@ -781,7 +890,7 @@ async fn one_delete(ganesha: &Ganesha, port: u16, case: Case, round: usize, tick
     );
     eprintln!(
         "bench: run {}: {files} files, +{:.1} ms RTT, {}: {took:.3} s (CPU: ganesha {cpu:.2} s, \
-         bench {client_cpu:.2} s; build {built:.1} s); load {}",
+         bench {client_cpu:.2} s, of which proxy {proxy:.2} s; build {built:.1} s); load {}",
         round + 1,
         rtt.as_secs_f64() * 1000.0,
         config.label(),
@@ -793,8 +902,39 @@ async fn one_delete(ganesha: &Ganesha, port: u16, case: Case, round: usize, tick
         delete: took,
         ganesha_cpu: cpu,
         client_cpu,
+        proxy_cpu: proxy,
         build: built,
     })
+}
+
+/// `perf record -a -e cpu-clock` (hardware counters may be missing in a VM): the whole machine, as
+/// ganesha, the bench and the kernel threads carrying their traffic (softirqs, podman's NAT) share it.
+struct Profiler(std::process::Child);
+
+impl Profiler {
+    async fn start(out: &Path) -> Result<Profiler> {
+        let child = Command::new("perf")
+            .args(["record", "-q", "-a", "-e", "cpu-clock", "-F", "1000"])
+            .arg("-o")
+            .arg(out)
+            .stdout(Stdio::null())
+            .spawn()
+            .context("starting perf record")?;
+        // perf attaches asynchronously: give it time, so that the delete is profiled from its start.
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        Ok(Profiler(child))
+    }
+
+    /// SIGINT makes perf write its data and exit.
+    fn stop(mut self) -> Result<()> {
+        let ok = Command::new("kill")
+            .args(["-INT", &self.0.id().to_string()])
+            .status()?
+            .success();
+        ensure!(ok, "could not stop perf record");
+        self.0.wait()?;
+        Ok(())
+    }
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -880,18 +1020,21 @@ fn table(opts: &Options, samples: &BTreeMap<Case, Samples>, rtts: &BTreeMap<Dura
          with an added RTT, the delay proxy's threads (median, min–max):\n\n",
     );
     out.push_str(&grid(opts, samples, &plain, &|_, s| cell(&s.client_cpu, 2)));
+    out.push_str("\nOf which the delay proxy's threads (median, min–max):\n\n");
+    out.push_str(&grid(opts, samples, &plain, &|_, s| cell(&s.proxy_cpu, 2)));
     out.push_str(&format!(
         "\nOne RPC at a time ({RTT_SAMPLES} FSSTATs on one connection, at the start): round trip \
          (median) and CPU time per call.\n\n| added RTT | round trip | ganesha CPU per call | bench \
-         CPU per call (client and proxy) |\n|---|---|---|---|\n"
+         CPU per call (client and proxy) | of which proxy |\n|---|---|---|---|---|\n"
     ));
     for (rtt, r) in rtts {
         out.push_str(&format!(
-            "| {} | {:.3} ms | {} µs | {} µs |\n",
+            "| {} | {:.3} ms | {} µs | {} µs | {} µs |\n",
             plain(*rtt),
             ms(r.median),
             r.ganesha_cpu.as_micros(),
-            r.bench_cpu.as_micros()
+            r.bench_cpu.as_micros(),
+            r.proxy_cpu.as_micros()
         ));
     }
     out.push_str(&format!(

@@ -20,6 +20,7 @@ use tokio::sync::Mutex;
 
 pub use client::{DEFAULT_CONNECTIONS, DirectExport};
 pub use error::NfsError;
+pub use rpc::MAX_CONNECTIONS;
 
 use crate::core::export::{ClientOptions, Export};
 use crate::storage::{Archived, Backend, Capacity, Created, DirAttrs, OpFuture, Removed, StorageFailure};

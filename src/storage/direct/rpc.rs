@@ -1,6 +1,8 @@
 //! Connections: a pool of N TCP connections to the NFS port, one RPC in flight on each (nfs3_client's
 //! clients are `&mut self`), AUTH_UNIX uid 0 gid 0, a deadline on every RPC, reconnect on failure.
 //!
+//! * N only grows ([`Pool::grow`]: a delete asks for as many as the RPCs it wants in flight), up to
+//!   [`MAX_CONNECTIONS`]; connections are opened on first use.
 //! * A call takes a permit (at most N calls in flight; waiting for one is not counted), then an idle
 //!   connection or a new one, and the connect plus the call run under one `timeo` deadline
 //!   (`tokio::time::timeout_at`). On success the connection goes back to the idle list.
@@ -17,7 +19,7 @@ use std::collections::hash_map::RandomState;
 use std::hash::{BuildHasher, Hasher};
 use std::io;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
-use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicUsize, Ordering};
 use std::sync::{Mutex, PoisonError};
 use std::time::Duration;
 
@@ -33,27 +35,75 @@ pub(crate) type Io = Stream;
 /// The TCP stream as nfs3_client's I/O. Not `nfs3_client::tokio::TokioIo`: its `async_read_exact` loops on
 /// 0-byte reads, so a connection the server closed (restart, idle timeout) spins at 100% CPU until the
 /// deadline instead of failing. Here a 0-byte read is an `UnexpectedEof` error.
-pub(crate) struct Stream(TcpStream);
+///
+/// Reads are buffered: nfs3_client reads a reply's 4-byte record mark, then its body, and a small reply
+/// (most are under 300 bytes) arrives whole, so one `recv` serves both instead of one each. Only bytes
+/// already received are buffered, and one call is in flight per connection, so the buffer never holds
+/// anything past the reply being read.
+pub(crate) struct Stream {
+    tcp: TcpStream,
+    /// Received, not yet consumed: `buf[pos..len]`.
+    buf: Box<[u8]>,
+    pos: usize,
+    len: usize,
+}
+
+/// Read-ahead buffer of a connection (4 KiB each): room for a whole small reply.
+const READ_BUFFER: usize = 4096;
+
+impl Stream {
+    pub fn new(tcp: TcpStream) -> Self {
+        Self {
+            tcp,
+            buf: vec![0; READ_BUFFER].into_boxed_slice(),
+            pos: 0,
+            len: 0,
+        }
+    }
+}
+
+/// One read; 0 bytes (the server closed the connection) is an error.
+async fn read_some(tcp: &mut TcpStream, buf: &mut [u8]) -> io::Result<usize> {
+    let n = tokio::io::AsyncReadExt::read(tcp, buf).await?;
+    if n == 0 {
+        return Err(io::Error::new(
+            io::ErrorKind::UnexpectedEof,
+            "the server closed the connection",
+        ));
+    }
+    Ok(n)
+}
 
 impl nfs3_client::io::AsyncRead for Stream {
-    async fn async_read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
-        let n = tokio::io::AsyncReadExt::read(&mut self.0, buf).await?;
-        if n == 0 && !buf.is_empty() {
-            return Err(io::Error::new(
-                io::ErrorKind::UnexpectedEof,
-                "the server closed the connection",
-            ));
+    async fn async_read(&mut self, out: &mut [u8]) -> io::Result<usize> {
+        if out.is_empty() {
+            return Ok(0);
         }
+        if self.pos == self.len {
+            // A large body (a READDIRPLUS page) goes straight into the caller's buffer.
+            if out.len() >= self.buf.len() {
+                return read_some(&mut self.tcp, out).await;
+            }
+            self.len = read_some(&mut self.tcp, &mut self.buf).await?;
+            self.pos = 0;
+        }
+        let n = out.len().min(self.len - self.pos);
+        out[..n].copy_from_slice(&self.buf[self.pos..self.pos + n]);
+        self.pos += n;
         Ok(n)
     }
 }
 
 impl nfs3_client::io::AsyncWrite for Stream {
     async fn async_write(&mut self, buf: &[u8]) -> io::Result<usize> {
-        tokio::io::AsyncWriteExt::write(&mut self.0, buf).await
+        tokio::io::AsyncWriteExt::write(&mut self.tcp, buf).await
     }
 }
 pub(crate) type Client = Nfs3Client<Io>;
+
+/// Most connections a pool grows to: as many as the largest configuration of benches/nfs_delete.rs, where
+/// more RPCs in flight no longer made deletes faster, only the server busier.
+pub const MAX_CONNECTIONS: usize = 64;
 
 /// Range of reserved source ports tried for `resvport`, as the Linux client (665..=1023).
 const RESV_PORT_MIN: u16 = 665;
@@ -195,7 +245,7 @@ impl Connector {
             .connect(addr)
             .await
             .map_err(|e| format!("portmapper {addr}: {e}"))?;
-        let mut pm = PortmapperClient::new(Stream(stream));
+        let mut pm = PortmapperClient::new(Stream::new(stream));
         match tokio::time::timeout(
             self.timeo,
             pm.getport(prog, vers, nfs3_client::nfs3_types::portmap::IPPROTO_TCP),
@@ -209,7 +259,7 @@ impl Connector {
     }
 
     pub fn mount_client(&self, stream: TcpStream) -> MountClient<Io> {
-        MountClient::new_with_auth(Stream(stream), credential(), opaque_auth::default())
+        MountClient::new_with_auth(Stream::new(stream), credential(), opaque_auth::default())
     }
 }
 
@@ -220,7 +270,7 @@ pub(crate) struct Pool {
     retrans: u32,
     idle: Mutex<Vec<Client>>,
     permits: Semaphore,
-    size: usize,
+    size: AtomicUsize,
 }
 
 impl Pool {
@@ -233,12 +283,32 @@ impl Pool {
             retrans,
             idle: Mutex::new(Vec::with_capacity(size)),
             permits: Semaphore::new(size),
-            size,
+            size: AtomicUsize::new(size),
         }
     }
 
     pub fn size(&self) -> usize {
-        self.size
+        self.size.load(Ordering::Relaxed)
+    }
+
+    /// Raises the number of connections (and so of calls in flight) to `to`, at most
+    /// [`MAX_CONNECTIONS`]; never lowers it. The new connections are opened when first needed and then
+    /// stay in the pool like the others.
+    pub fn grow(&self, to: usize) {
+        let to = to.min(MAX_CONNECTIONS);
+        let mut size = self.size.load(Ordering::Relaxed);
+        while size < to {
+            match self
+                .size
+                .compare_exchange(size, to, Ordering::Relaxed, Ordering::Relaxed)
+            {
+                Ok(_) => {
+                    self.permits.add_permits(to - size);
+                    return;
+                }
+                Err(now) => size = now,
+            }
+        }
     }
 
     pub fn uses_resvport(&self) -> bool {
@@ -261,7 +331,7 @@ impl Pool {
             Err(_) => return Err(Failure::TimedOut(self.timeo)),
         };
         Ok(Nfs3Client::new_with_auth(
-            Stream(stream),
+            Stream::new(stream),
             credential(),
             opaque_auth::default(),
         ))
@@ -487,6 +557,22 @@ mod tests {
         assert!(matches!(&err, Failure::Rpc(m) if m.contains("closed")), "{err:?}");
         assert!(start.elapsed() < Duration::from_secs(1), "{:?}", start.elapsed());
         assert_eq!(accepted.load(Ordering::Relaxed), 2); // first send + one resend
+    }
+
+    #[test]
+    fn the_pool_grows_on_request_up_to_the_maximum_and_never_shrinks() {
+        let addr = SocketAddr::from(([127, 0, 0, 1], 9));
+        let timeo = Duration::from_secs(1);
+        let pool = Pool::new(addr, Connector::new(false, timeo), timeo, 0, 16);
+        pool.grow(8);
+        assert_eq!((pool.size(), pool.permits.available_permits()), (16, 16));
+        pool.grow(32);
+        assert_eq!((pool.size(), pool.permits.available_permits()), (32, 32));
+        pool.grow(10_000);
+        assert_eq!(
+            (pool.size(), pool.permits.available_permits()),
+            (MAX_CONNECTIONS, MAX_CONNECTIONS)
+        );
     }
 
     #[tokio::test]
