@@ -3,6 +3,7 @@
 
 use std::sync::Arc;
 
+use futures::StreamExt;
 use k8s_openapi::api::core::v1::{Event as CoreEvent, EventSource, ObjectReference, PersistentVolume};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, Time};
 use k8s_openapi::jiff::Timestamp;
@@ -65,7 +66,8 @@ pub fn own_namespace(config: &Config, client: &Client) -> String {
 /// with nothing else, which proves they suffice).
 pub const ACCESS: &[(&str, &str, &str, bool)] = &[
     // Caches of PVs (for release and overlap checks), claims and classes; PV create and delete;
-    // one live PV read before provisioning, because the cache can lag a PV made moments ago.
+    // a live PV read when provisioning finds its directory finished, because the cache can lag a
+    // PV made moments ago.
     ("", "persistentvolumes", "get", false),
     ("", "persistentvolumes", "list", false),
     ("", "persistentvolumes", "watch", false),
@@ -132,34 +134,72 @@ pub async fn delete_pv(
 
 const REPORTER: &str = "nfs-subdir-provisioner";
 
-/// Publishes Events without holding up the reconcile that caused them.
+/// Events being sent at once.
+const EVENTS_IN_FLIGHT: usize = 8;
+
+/// Events waiting to be sent; more are dropped with a log line, as client-go's recorder does (its
+/// queue is 1000 long too): Events are for people, and a burst of claims must not grow memory.
+const EVENTS_QUEUED: usize = 1000;
+
+type Queued = (UserEvent, ObjectReference);
+
+/// Publishes Events without holding up the reconcile that caused them: a bounded queue drained by
+/// [`EVENTS_IN_FLIGHT`] concurrent sends. A task per Event held each one's whole send state while
+/// it waited, 4 MiB for a burst of 1000 claims.
 #[derive(Clone)]
 pub struct Events {
-    recorder: Arc<Recorder>,
+    queue: tokio::sync::mpsc::Sender<Queued>,
+}
+
+/// Sends what [`Events`] queued.
+struct Sender {
+    /// Remembers recent Events to count repeats into one series: worth it for warnings, which
+    /// repeat on every retry, not for the one-off Normal Events of each claim (the cache holds an
+    /// Event for six minutes; 1000 claims made it 5.6 MiB).
+    warnings: Recorder,
+    reporter: Reporter,
     client: Client,
     instance: String,
 }
 
 impl Events {
+    /// Starts the sender on the current Tokio runtime.
     pub fn new(client: Client, instance: &str) -> Self {
         let reporter = Reporter {
             controller: REPORTER.into(),
             instance: Some(instance.to_owned()),
         };
-        Events {
-            recorder: Arc::new(Recorder::new(client.clone(), reporter)),
+        let sender = Arc::new(Sender {
+            warnings: Recorder::new(client.clone(), reporter.clone()),
+            reporter,
             client,
             instance: instance.to_owned(),
-        }
+        });
+        let (queue, mut queued) = tokio::sync::mpsc::channel::<Queued>(EVENTS_QUEUED);
+        let sends = futures::stream::poll_fn(move |cx| queued.poll_recv(cx));
+        tokio::spawn(
+            sends.for_each_concurrent(EVENTS_IN_FLIGHT, move |(event, regarding)| {
+                let sender = Arc::clone(&sender);
+                async move { sender.send(event, regarding).await }
+            }),
+        );
+        Events { queue }
     }
 
     pub fn publish(&self, event: UserEvent, regarding: ObjectReference) {
-        if regarding.namespace.is_none() {
-            self.publish_core(event, regarding);
-            return;
+        if let Err(error) = self.queue.try_send((event, regarding)) {
+            let (event, regarding) = error.into_inner();
+            warn!(reason = event.reason, object = ?regarding.name, "dropped event: too many waiting to be sent");
         }
-        let recorder = Arc::clone(&self.recorder);
-        tokio::spawn(async move {
+    }
+}
+
+impl Sender {
+    async fn send(&self, event: UserEvent, regarding: ObjectReference) {
+        let (reason, object) = (event.reason, regarding.name.clone());
+        let result = if regarding.namespace.is_none() {
+            self.send_core(event, regarding).await
+        } else {
             let ev = Event {
                 type_: if event.warning {
                     EventType::Warning
@@ -171,18 +211,25 @@ impl Events {
                 action: event.action.into(),
                 secondary: None,
             };
-            if let Err(error) = recorder.publish(&ev, &regarding).await {
-                warn!(reason = event.reason, object = ?regarding.name, %error, "could not publish event");
+            if event.warning {
+                self.warnings.publish(&ev, &regarding).await
+            } else {
+                Recorder::new(self.client.clone(), self.reporter.clone())
+                    .publish(&ev, &regarding)
+                    .await
             }
-        });
+        };
+        if let Err(error) = result {
+            warn!(reason, ?object, %error, "could not publish event");
+        }
     }
 }
 
-impl Events {
+impl Sender {
     /// Events about cluster-scoped objects (PVs) go through the core/v1 API into "default":
     /// Kubernetes before 1.22 refuses events.k8s.io/v1 Events whose regarding object has no
     /// namespace, and every version accepts this form (client-go's recorder writes it).
-    fn publish_core(&self, event: UserEvent, regarding: ObjectReference) {
+    async fn send_core(&self, event: UserEvent, regarding: ObjectReference) -> Result<(), kube::Error> {
         let api: Api<CoreEvent> = Api::namespaced(self.client.clone(), "default");
         let now = Time(Timestamp::now());
         let core = CoreEvent {
@@ -207,11 +254,6 @@ impl Events {
             count: Some(1),
             ..Default::default()
         };
-        tokio::spawn(async move {
-            if let Err(error) = api.create(&PostParams::default(), &core).await {
-                let object = core.involved_object.name;
-                warn!(reason = event.reason, ?object, %error, "could not publish event");
-            }
-        });
+        api.create(&PostParams::default(), &core).await.map(drop)
     }
 }

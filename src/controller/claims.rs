@@ -14,7 +14,7 @@ use super::{Ctx, Error, lock};
 use crate::core::claim::{self, ClaimDecision, ProvisionPlan, Skip};
 use crate::core::events;
 use crate::k8s;
-use crate::storage::Created;
+use crate::storage::{Created, Storage, StorageFailure};
 
 /// A refused claim is looked at again after this long even without a change to it. A fixed
 /// StorageClass triggers a recheck at once, but through a different watch than the cache the
@@ -144,28 +144,16 @@ async fn make_volume(
     let storage = ctx.shared.exports.get(&plan.export, &plan.access)?;
     let started = std::time::Instant::now();
     ctx.ensure_leader(pv)?;
-    let exists = k8s::pv_exists(&ctx.pv_api, pv)
-        .await
-        .map_err(|source| Error::Api {
-            op: "get",
-            name: pv.to_owned(),
-            source,
-        })?;
-    if exists {
-        // Made already; the cache has not seen it yet. Keep the reservation until it has (the
-        // next reconcile then skips the claim and drops it), so no overlapping claim slips in.
-        debug!(pv, "PersistentVolume exists; waiting for the cache to see it");
-        if let Err(error) = storage.finish_volume(pv).await {
-            warn!(pv, %error, "could not clear staging record");
-        }
-        return Ok(Action::requeue(CACHE_RECHECK));
-    }
     let claim_key = format!("{}/{}", claim.namespace().unwrap_or_default(), claim.name_any());
     ctx.shared
         .events
         .publish(events::provisioning(&claim_key), claim.object_ref(&()));
 
-    let created = storage.create_volume(pv, &plan.path, plan.dir).await?;
+    let created = match storage.create_volume(pv, &plan.path, plan.dir).await {
+        Ok(created) => created,
+        Err(error) if error.is_taken() => return taken(pv, error, storage, ctx).await,
+        Err(error) => return Err(error.into()),
+    };
     if created == Created::Adopted {
         info!(pv, export = %plan.export, directory = %plan.path, "adopted directory of an earlier interrupted attempt");
     }
@@ -192,6 +180,29 @@ async fn make_volume(
         .publish(events::provisioned(pv, &plan.path), claim.object_ref(&()));
     ctx.succeeded(&key(claim));
     Ok(Action::await_change())
+}
+
+/// The directory is there but not as this volume's attempt in progress: either a stranger's, or
+/// our own finished one whose PV the cache has not seen yet (it lags after an API server restart).
+/// Only the API server can tell, and only this rare path asks it.
+async fn taken(pv: &str, error: StorageFailure, storage: Storage, ctx: &Ctx) -> Result<Action, Error> {
+    let exists = k8s::pv_exists(&ctx.pv_api, pv)
+        .await
+        .map_err(|source| Error::Api {
+            op: "get",
+            name: pv.to_owned(),
+            source,
+        })?;
+    if !exists {
+        return Err(error.into());
+    }
+    // Keep the reservation until the cache sees the PV (the next reconcile then skips the claim
+    // and drops it), so no overlapping claim slips in meanwhile.
+    debug!(pv, "PersistentVolume exists; waiting for the cache to see it");
+    if let Err(error) = storage.finish_volume(pv).await {
+        warn!(pv, %error, "could not clear staging record");
+    }
+    Ok(Action::requeue(CACHE_RECHECK))
 }
 
 pub fn error_policy(claim: Arc<PersistentVolumeClaim>, _error: &Error, ctx: Arc<Ctx>) -> Action {

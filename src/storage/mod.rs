@@ -55,6 +55,18 @@ pub enum StorageFailure {
     NoMountedExport,
 }
 
+impl StorageFailure {
+    /// A directory not made for this volume is at its path. Also what provisioning sees of its own
+    /// finished directory when a lagging cache hides the PV made for it.
+    pub fn is_taken(&self) -> bool {
+        matches!(
+            self,
+            StorageFailure::Op(StorageError::Exists { .. })
+                | StorageFailure::Nfs(direct::NfsError::Exists { .. })
+        )
+    }
+}
+
 /// The result of one backend operation.
 pub type OpFuture<'a, T> = BoxFuture<'a, Result<T, StorageFailure>>;
 
