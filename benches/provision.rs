@@ -26,7 +26,7 @@
 //! run, and `uptime` before and after (other work on the machine shows there). `BENCH_KEEP=1` keeps
 //! the working directory (logs of every component and provisioner); `BENCH_PROVISIONER_WRAPPER`
 //! (e.g. `valgrind --tool=massif`) runs each run's provisioning-phase provisioner under a
-//! profiler. Without the `--bench` argument that `cargo bench` passes (e.g. under
+//! profiler; `BENCH_PROVISIONER_BIN` measures another build of the provisioner (the image's). Without the `--bench` argument that `cargo bench` passes (e.g. under
 //! `cargo test --all-targets`) it does nothing.
 
 #[path = "../tests/e2e/support/mod.rs"]
@@ -52,7 +52,15 @@ use tokio::time::Instant;
 
 use support::{ControlPlane, ManagedChild, Suite, TrialCtx, poll_until};
 
-const BINARY: &str = env!("CARGO_BIN_EXE_nfs-subdir-provisioner");
+/// The provisioner measured: `BENCH_PROVISIONER_BIN`, e.g. the image's static musl build (`cargo
+/// build --profile dist --target x86_64-unknown-linux-musl`), else this build's binary.
+fn binary() -> &'static str {
+    static BINARY: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+    BINARY.get_or_init(|| {
+        std::env::var("BENCH_PROVISIONER_BIN")
+            .unwrap_or_else(|_| env!("CARGO_BIN_EXE_nfs-subdir-provisioner").to_owned())
+    })
+}
 const SERVER: &str = "127.0.0.1";
 /// Claim creations and deletions in flight at once.
 const CONCURRENCY: usize = 64;
@@ -161,8 +169,11 @@ fn run_all() -> Result<()> {
     let ticks = clock_ticks();
     let load_before = uptime();
     eprintln!(
-        "bench: N = {:?}, {} run(s) each, idle window {:?}, provisioner {BINARY}, {load_before}",
-        opts.sizes, opts.runs, opts.idle,
+        "bench: N = {:?}, {} run(s) each, idle window {:?}, provisioner {}, {load_before}",
+        opts.sizes,
+        opts.runs,
+        opts.idle,
+        binary(),
     );
     let cp = ControlPlane::start(&assets, &workdir.join("control-plane"))?;
     eprintln!(
@@ -863,12 +874,12 @@ impl Run {
             Some((program, args)) => self.t.spawn(
                 &name,
                 Path::new(program),
-                args.iter().map(String::as_str).chain([BINARY]),
+                args.iter().map(String::as_str).chain([binary()]),
                 env,
             )?,
             None => self
                 .t
-                .spawn(&name, Path::new(BINARY), std::iter::empty::<&str>(), env)?,
+                .spawn(&name, Path::new(binary()), std::iter::empty::<&str>(), env)?,
         };
         let provisioner = Provisioner { child };
         let log = provisioner.child.log_path().to_owned();
@@ -1318,6 +1329,16 @@ async fn one_run(
             rss_provisioning,
         ));
         metrics.extend(memory);
+        metrics.push(metric(
+            "peak RSS (VmHWM) of the idle process (started with N claims and PVs; every request logged)",
+            Unit::MiB,
+            rss_idle,
+        ));
+        metrics.push(metric(
+            "peak RSS (VmHWM) of the release process (started with N claims and PVs; released N, provisioned N)",
+            Unit::MiB,
+            rss_second,
+        ));
         metrics.push(metric(
             "peak RSS (VmHWM), any process of the run",
             Unit::MiB,
