@@ -160,11 +160,7 @@ async fn make_volume(
     ctx.ensure_leader(pv)?;
     k8s::create_pv(&ctx.pv_api, &plan.pv)
         .await
-        .map_err(|source| Error::Api {
-            op: "create",
-            name: pv.to_owned(),
-            source,
-        })?;
+        .map_err(Error::api("create", pv))?;
     // The PV is now the durable record; the staging record is no longer needed. A failure here
     // only leaves an empty record that the next term's sweep clears.
     if let Err(error) = storage.finish_volume(pv).await {
@@ -188,11 +184,7 @@ async fn make_volume(
 async fn taken(pv: &str, error: StorageFailure, storage: Storage, ctx: &Ctx) -> Result<Action, Error> {
     let exists = k8s::pv_exists(&ctx.pv_api, pv)
         .await
-        .map_err(|source| Error::Api {
-            op: "get",
-            name: pv.to_owned(),
-            source,
-        })?;
+        .map_err(Error::api("get", pv))?;
     if !exists {
         return Err(error.into());
     }

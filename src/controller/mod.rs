@@ -46,6 +46,14 @@ pub enum Error {
     NotLeader(String),
 }
 
+impl Error {
+    /// For `map_err`: a failed `op` on the PersistentVolume `name`.
+    fn api(op: &'static str, name: &str) -> impl FnOnce(kube::Error) -> Error {
+        let name = name.to_owned();
+        move |source| Error::Api { op, name, source }
+    }
+}
+
 /// What lives for the whole process, across leadership terms.
 #[derive(Clone)]
 pub struct Shared {

@@ -99,11 +99,7 @@ async fn release(pv: &PersistentVolume, plan: &ReleasePlan, ctx: &Ctx) -> Result
     ctx.ensure_leader(&name)?;
     k8s::delete_pv(&ctx.pv_api, &name, pv.uid().as_deref())
         .await
-        .map_err(|source| Error::Api {
-            op: "delete",
-            name: name.clone(),
-            source,
-        })?;
+        .map_err(Error::api("delete", &name))?;
     ctx.shared
         .health
         .metrics()
