@@ -44,6 +44,8 @@
 //! Without the `--bench` argument that `cargo bench` passes (e.g. under `cargo test
 //! --all-targets`) it does nothing.
 
+mod common;
+
 use std::collections::BTreeMap;
 use std::io::Write;
 use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream};
@@ -55,6 +57,7 @@ use std::thread;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail, ensure};
+use common::{clock_ticks, env_number, median_range, parse_count, parse_list, proc_stat, uptime};
 use futures::{StreamExt, TryStreamExt, stream};
 use nfs_subdir_provisioner::storage::Removed;
 use nfs_subdir_provisioner::storage::direct::{
@@ -147,28 +150,6 @@ struct Options {
     keep: bool,
     /// Where to write a CPU profile of every delete.
     perf_dir: Option<PathBuf>,
-}
-
-fn parse_list<T>(text: &str, what: &str, parse: impl Fn(&str) -> Option<T>) -> Result<Vec<T>> {
-    text.split(',')
-        .map(str::trim)
-        .filter(|s| !s.is_empty())
-        .map(|s| parse(s).with_context(|| format!("{what} {s:?} is not valid")))
-        .collect()
-}
-
-fn parse_count(s: &str) -> Option<usize> {
-    s.replace('_', "").parse().ok().filter(|&n| n > 0)
-}
-
-fn env_number(name: &str, default: usize) -> Result<usize> {
-    match std::env::var(name) {
-        Ok(v) => v
-            .trim()
-            .parse()
-            .with_context(|| format!("{name}={v:?} is not a number")),
-        Err(_) => Ok(default),
-    }
 }
 
 fn options() -> Result<Options> {
@@ -319,7 +300,9 @@ impl Ganesha {
 
     /// ganesha's CPU seconds so far (utime + stime).
     fn cpu(&self, ticks: f64) -> f64 {
-        proc_cpu_ticks(self.pid).map_or(f64::NAN, |t| t as f64 / ticks)
+        proc_stat(self.pid)
+            .map(|s| s.cpu_ticks)
+            .map_or(f64::NAN, |t| t as f64 / ticks)
     }
 
     fn version(&self) -> String {
@@ -538,27 +521,6 @@ fn write_all(to: &TcpStream, mut bytes: &[u8]) -> std::io::Result<()> {
 // ---------------------------------------------------------------------------------------------
 // /proc
 
-fn clock_ticks() -> f64 {
-    Command::new("getconf")
-        .arg("CLK_TCK")
-        .output()
-        .ok()
-        .and_then(|o| String::from_utf8(o.stdout).ok())
-        .and_then(|s| s.trim().parse::<f64>().ok())
-        .filter(|&t| t > 0.0)
-        .unwrap_or(100.0)
-}
-
-/// utime + stime of a process, in clock ticks.
-fn proc_cpu_ticks(pid: u32) -> Option<u64> {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-    let fields: Vec<&str> = stat.get(stat.rfind(')')? + 1..)?.split_whitespace().collect();
-    // Fields after the command: state(3) … utime(14) stime(15).
-    let utime: u64 = fields.get(11)?.parse().ok()?;
-    let stime: u64 = fields.get(12)?.parse().ok()?;
-    Some(utime + stime)
-}
-
 /// CPU seconds of this process's delay proxy threads so far (`/proc/self/task/*/schedstat`: run
 /// time in ns, not tick-sampled).
 fn proxy_cpu() -> f64 {
@@ -579,16 +541,6 @@ fn proxy_cpu() -> f64 {
             .unwrap_or(0);
     }
     ns as f64 / 1e9
-}
-
-fn uptime() -> String {
-    Command::new("uptime")
-        .output()
-        .ok()
-        .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_owned())
-        .filter(|s| !s.is_empty())
-        .or_else(|| std::fs::read_to_string("/proc/loadavg").ok())
-        .unwrap_or_else(|| "unknown".into())
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -622,7 +574,7 @@ async fn round_trip(export: &DirectExport, ganesha: &Ganesha, ticks: f64) -> Res
         export.capacity().await?;
     }
     let me = std::process::id();
-    let bench_before = proc_cpu_ticks(me).unwrap_or(0);
+    let bench_before = proc_stat(me).map_or(0, |s| s.cpu_ticks);
     let proxy_before = proxy_cpu();
     let ganesha_before = ganesha.cpu(ticks);
     let mut samples = Vec::with_capacity(RTT_SAMPLES);
@@ -633,7 +585,12 @@ async fn round_trip(export: &DirectExport, ganesha: &Ganesha, ticks: f64) -> Res
     }
     let per_call = |seconds: f64| Duration::from_secs_f64((seconds / RTT_SAMPLES as f64).max(0.0));
     let ganesha_cpu = per_call(ganesha.cpu(ticks) - ganesha_before);
-    let bench_cpu = per_call(proc_cpu_ticks(me).unwrap_or(0).saturating_sub(bench_before) as f64 / ticks);
+    let bench_cpu = per_call(
+        proc_stat(me)
+            .map_or(0, |s| s.cpu_ticks)
+            .saturating_sub(bench_before) as f64
+            / ticks,
+    );
     let proxy_cpu = per_call(proxy_cpu() - proxy_before);
     samples.sort();
     Ok(RoundTrip {
@@ -862,7 +819,11 @@ async fn one_delete(
         Some(dir) => Some(Profiler::start(&dir.join(format!("{top}.data"))).await?),
         None => None,
     };
-    let own_cpu = || proc_cpu_ticks(me).map_or(f64::NAN, |t| t as f64 / ticks);
+    let own_cpu = || {
+        proc_stat(me)
+            .map(|s| s.cpu_ticks)
+            .map_or(f64::NAN, |t| t as f64 / ticks)
+    };
     let cpu_before = ganesha.cpu(ticks);
     let client_before = own_cpu();
     let proxy_before = proxy_cpu();
@@ -940,24 +901,8 @@ impl Profiler {
 // ---------------------------------------------------------------------------------------------
 // Results
 
-/// (median, min, max) of the values.
-fn stats(values: &[f64]) -> (f64, f64, f64) {
-    let mut v = values.to_vec();
-    v.sort_by(f64::total_cmp);
-    let n = v.len();
-    if n == 0 {
-        return (f64::NAN, f64::NAN, f64::NAN);
-    }
-    let median = if n % 2 == 1 {
-        v[n / 2]
-    } else {
-        (v[n / 2 - 1] + v[n / 2]) / 2.0
-    };
-    (median, v[0], v[n - 1])
-}
-
 fn cell(values: &[f64], precision: usize) -> String {
-    let (med, min, max) = stats(values);
+    let (med, min, max) = median_range(values);
     match values.len() {
         0 => "–".into(),
         1 => format!("{med:.precision$} (1 run)"),
@@ -1011,7 +956,7 @@ fn table(opts: &Options, samples: &BTreeMap<Case, Samples>, rtts: &BTreeMap<Dura
     out.push_str("\nEntries removed per second (median run):\n\n");
     out.push_str(&grid(opts, samples, &plain, &|files, s| {
         let entries = (files + files.div_ceil(FILES_PER_DIR) + 1) as f64;
-        format!("{:.0}", entries / stats(&s.delete).0)
+        format!("{:.0}", entries / median_range(&s.delete).0)
     }));
     out.push_str("\nganesha CPU seconds during the delete (median, min–max):\n\n");
     out.push_str(&grid(opts, samples, &plain, &|_, s| cell(&s.ganesha_cpu, 2)));

@@ -29,6 +29,7 @@
 //! profiler; `BENCH_PROVISIONER_BIN` measures another build of the provisioner (the image's). Without the `--bench` argument that `cargo bench` passes (e.g. under
 //! `cargo test --all-targets`) it does nothing.
 
+mod common;
 #[path = "../tests/e2e/support/mod.rs"]
 mod support;
 
@@ -50,6 +51,9 @@ use serde_json::json;
 use tokio::task::JoinHandle;
 use tokio::time::Instant;
 
+use common::{
+    ProcStat, clock_ticks, env_number, loadavg, median_range, parse_count, parse_list, proc_stat, uptime,
+};
 use support::{ControlPlane, ManagedChild, Suite, TrialCtx, poll_until};
 
 /// The provisioner measured: `BENCH_PROVISIONER_BIN`, e.g. the image's static musl build (`cargo
@@ -115,38 +119,15 @@ struct Options {
     keep: bool,
 }
 
-fn parse_sizes(text: &str) -> Result<Vec<usize>> {
-    text.split(',')
-        .map(str::trim)
-        .filter(|s| !s.is_empty())
-        .map(|s| {
-            s.parse::<usize>()
-                .ok()
-                .filter(|&n| n > 0)
-                .with_context(|| format!("claim count {s:?} is not a positive number"))
-        })
-        .collect()
-}
-
-fn env_number(name: &str, default: u64) -> Result<u64> {
-    match std::env::var(name) {
-        Ok(v) => v
-            .trim()
-            .parse()
-            .with_context(|| format!("{name}={v:?} is not a number")),
-        Err(_) => Ok(default),
-    }
-}
-
 fn options() -> Result<Options> {
     // `cargo bench` passes `--bench`; flags are ignored, every other argument is a claim count.
     let mut sizes = Vec::new();
     for arg in std::env::args().skip(1).filter(|a| !a.starts_with('-')) {
-        sizes.extend(parse_sizes(&arg)?);
+        sizes.extend(parse_list(&arg, "claim count", parse_count)?);
     }
     if sizes.is_empty() {
         sizes = match std::env::var("BENCH_N") {
-            Ok(v) => parse_sizes(&v)?,
+            Ok(v) => parse_list(&v, "claim count", parse_count)?,
             Err(_) => vec![100, 1000],
         };
     }
@@ -274,18 +255,6 @@ fn metric(name: impl Into<String>, unit: Unit, value: f64) -> Metric {
     }
 }
 
-fn median(values: &mut [f64]) -> f64 {
-    values.sort_by(f64::total_cmp);
-    let n = values.len();
-    if n == 0 {
-        f64::NAN
-    } else if n % 2 == 1 {
-        values[n / 2]
-    } else {
-        (values[n / 2 - 1] + values[n / 2]) / 2.0
-    }
-}
-
 /// Nearest-rank percentile of sorted values.
 fn percentile(sorted: &[f64], p: f64) -> f64 {
     if sorted.is_empty() {
@@ -321,7 +290,7 @@ fn table(results: &BTreeMap<usize, Vec<Vec<Metric>>>, runs: usize) -> String {
         };
         out.push_str(&format!("| {label} |"));
         for runs in results.values() {
-            let mut values: Vec<f64> = runs
+            let values: Vec<f64> = runs
                 .iter()
                 .flat_map(|metrics| metrics.iter().filter(|m| m.name == name).map(|m| m.value))
                 .collect();
@@ -329,8 +298,7 @@ fn table(results: &BTreeMap<usize, Vec<Vec<Metric>>>, runs: usize) -> String {
                 out.push_str(" – |");
                 continue;
             }
-            let med = median(&mut values);
-            let (min, max) = (values[0], values[values.len() - 1]);
+            let (med, min, max) = median_range(&values);
             if values.len() == 1 {
                 out.push_str(&format!(" {} |", unit.bare(med)));
             } else {
@@ -389,47 +357,6 @@ fn per_run_table(results: &BTreeMap<usize, Vec<Vec<Metric>>>) -> String {
 
 // ---------------------------------------------------------------------------------------------
 // /proc
-
-fn clock_ticks() -> f64 {
-    std::process::Command::new("getconf")
-        .arg("CLK_TCK")
-        .output()
-        .ok()
-        .and_then(|o| String::from_utf8(o.stdout).ok())
-        .and_then(|s| s.trim().parse::<f64>().ok())
-        .filter(|&t| t > 0.0)
-        .unwrap_or(100.0)
-}
-
-/// `uptime`'s line (time and load averages), else `/proc/loadavg`.
-fn uptime() -> String {
-    std::process::Command::new("uptime")
-        .output()
-        .ok()
-        .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_owned())
-        .filter(|s| !s.is_empty())
-        .unwrap_or_else(|| format!("load average {}", loadavg()))
-}
-
-fn loadavg() -> String {
-    std::fs::read_to_string("/proc/loadavg")
-        .map(|s| s.split_whitespace().take(3).collect::<Vec<_>>().join(" "))
-        .unwrap_or_else(|_| "unknown".into())
-}
-
-/// (comm, ppid, utime + stime in ticks) of a process.
-fn proc_stat(pid: u32) -> Option<(String, u32, u64)> {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-    let open = stat.find('(')?;
-    let close = stat.rfind(')')?;
-    let comm = stat.get(open + 1..close)?.to_owned();
-    // Fields after the command: state(3) ppid(4) … utime(14) stime(15).
-    let fields: Vec<&str> = stat.get(close + 1..)?.split_whitespace().collect();
-    let ppid = fields.get(1)?.parse().ok()?;
-    let utime: u64 = fields.get(11)?.parse().ok()?;
-    let stime: u64 = fields.get(12)?.parse().ok()?;
-    Some((comm, ppid, utime + stime))
-}
 
 /// A `kB` line of `/proc/<pid>/status` in MiB.
 fn status_mib(pid: u32, key: &str) -> Option<f64> {
@@ -545,7 +472,7 @@ impl Watched {
             let Some(pid) = entry.file_name().to_str().and_then(|s| s.parse::<u32>().ok()) else {
                 continue;
             };
-            if let Some((comm, ppid, _)) = proc_stat(pid)
+            if let Some(ProcStat { comm, ppid, .. }) = proc_stat(pid)
                 && ppid == me
             {
                 children.push((comm, pid));
@@ -568,7 +495,7 @@ impl Watched {
     fn sample(&self) -> Vec<u64> {
         self.pids
             .iter()
-            .map(|(_, pid)| proc_stat(*pid).map_or(0, |(_, _, t)| t))
+            .map(|(_, pid)| proc_stat(*pid).map_or(0, |s| s.cpu_ticks))
             .collect()
     }
 
