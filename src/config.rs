@@ -12,6 +12,7 @@ use crate::core::export::Export;
 use crate::core::lease::LeaseTimings;
 use crate::core::naming::normalize_export_path;
 use crate::core::params::parse_go_bool;
+use crate::health::WatchBounds;
 
 /// Flags as given; [`Args::into_config`] validates them.
 ///
@@ -88,6 +89,18 @@ pub struct Args {
     /// Upper bound of the exponential retry backoff of a failing claim or volume.
     #[arg(long, global = true, env = "RETRY_MAX_INTERVAL", default_value = "5m")]
     retry_max: String,
+    /// Pending claims and released volumes of ours are looked at again this often even without an
+    /// event, so a lost event delays them by at most this long.
+    #[arg(long, global = true, env = "RESYNC_PERIOD", default_value = "1m")]
+    resync_period: String,
+    /// A watch of claims, volumes or classes that has failed for this long makes /readyz fail,
+    /// and a leader hands its Lease to a standby (watches retry every few seconds until then).
+    #[arg(long, global = true, env = "WATCH_UNREADY_AFTER", default_value = "60s")]
+    watch_unready_after: String,
+    /// A watch that has failed for this long makes /healthz fail, so the kubelet restarts the
+    /// pod. Longer than WATCH_UNREADY_AFTER.
+    #[arg(long, global = true, env = "WATCH_UNHEALTHY_AFTER", default_value = "5m")]
+    watch_unhealthy_after: String,
     /// Log format: text, json, or auto (text on a terminal, json otherwise).
     #[arg(long, global = true, env = "LOG_FORMAT", default_value = "auto")]
     log_format: String,
@@ -123,6 +136,8 @@ pub struct Config {
     pub delete_timeout: Duration,
     pub delete_concurrency: usize,
     pub retry_max: Duration,
+    pub resync: Duration,
+    pub watch_bounds: WatchBounds,
     pub log_format: LogFormat,
     pub http_addr: SocketAddr,
 }
@@ -227,6 +242,16 @@ impl Args {
         if self.delete_concurrency == 0 {
             return Err(bad("DELETE_CONCURRENCY", "must be at least 1"));
         }
+        let watch_bounds = WatchBounds {
+            unready_after: duration("WATCH_UNREADY_AFTER", &self.watch_unready_after)?,
+            unhealthy_after: duration("WATCH_UNHEALTHY_AFTER", &self.watch_unhealthy_after)?,
+        };
+        if watch_bounds.unhealthy_after <= watch_bounds.unready_after {
+            return Err(bad(
+                "WATCH_UNHEALTHY_AFTER",
+                "must be longer than WATCH_UNREADY_AFTER, so a leader hands over before it is restarted",
+            ));
+        }
         let log_format = match self.log_format.trim() {
             "text" => LogFormat::Text,
             "json" => LogFormat::Json,
@@ -247,6 +272,8 @@ impl Args {
             delete_timeout: duration("DELETE_TIMEOUT", &self.delete_timeout)?,
             delete_concurrency: self.delete_concurrency,
             retry_max: duration("RETRY_MAX_INTERVAL", &self.retry_max)?,
+            resync: duration("RESYNC_PERIOD", &self.resync_period)?,
+            watch_bounds,
             log_format,
             http_addr: self.http_addr.trim().parse().map_err(|_| {
                 bad(
@@ -335,6 +362,19 @@ mod tests {
         let mut args = BASE.to_vec();
         args.extend(["--enable-leader-election", "yes"]);
         assert_eq!(parse(&args).unwrap_err().var, "ENABLE_LEADER_ELECTION");
+    }
+
+    #[test]
+    fn watch_bounds_and_resync_have_defaults_and_an_order() {
+        let c = parse(&BASE).expect("valid");
+        assert_eq!(c.resync, Duration::from_secs(60));
+        assert_eq!(c.watch_bounds, WatchBounds::default());
+        let mut args = BASE.to_vec();
+        args.extend(["--watch-unready-after", "2m", "--watch-unhealthy-after", "2m"]);
+        assert_eq!(
+            parse(&args).expect_err("equal bounds").var,
+            "WATCH_UNHEALTHY_AFTER"
+        );
     }
 
     #[test]

@@ -65,6 +65,18 @@ pub enum LeaseError {
     },
 }
 
+/// Why [`Elector::hold`] returned.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum TermEnd {
+    /// Shutdown.
+    Cancelled,
+    /// Another replica took the Lease, or it could not be renewed in time.
+    Lost,
+    /// This leader's watches stayed broken past the readiness bound: it released the Lease so a
+    /// standby with working watches can lead.
+    SteppedDown(String),
+}
+
 pub struct Elector {
     api: Api<Lease>,
     namespace: String,
@@ -140,14 +152,21 @@ impl Elector {
         }
     }
 
-    /// Renews every retry period until a renewal has not succeeded within the renew deadline
-    /// (returns; this replica must stop acting) or `cancel` fires.
-    pub async fn hold(&mut self, cancel: &CancellationToken) {
+    /// Renews every retry period until a renewal has not succeeded within the renew deadline,
+    /// another replica holds the Lease, this leader's watches stay broken past the readiness bound
+    /// (it releases the Lease then), or `cancel` fires. This replica must stop acting afterwards.
+    pub async fn hold(&mut self, cancel: &CancellationToken) -> TermEnd {
         let mut last_renewal = Instant::now();
-        loop {
+        let end = loop {
             tokio::select! {
-                () = cancel.cancelled() => return,
+                () = cancel.cancelled() => break TermEnd::Cancelled,
                 () = tokio::time::sleep(self.timings.retry_period) => {}
+            }
+            // A leader that hears nothing must not keep the Lease from a standby that could.
+            if let Some(reason) = self.health.watch_broken_past_readiness() {
+                warn!(lease = %self.name, %reason, "stepping down: releasing the lease to a standby");
+                self.release().await;
+                break TermEnd::SteppedDown(reason);
             }
             let remaining = self.timings.renew_deadline.saturating_sub(last_renewal.elapsed());
             let attempt_started = Instant::now();
@@ -164,17 +183,18 @@ impl Elector {
                 }
                 Ok(Ok(false)) => {
                     warn!(lease = %self.name, "lease was taken by another replica");
-                    break;
+                    break TermEnd::Lost;
                 }
                 Ok(Err(error)) => warn!(%error, "lease renewal failed"),
                 Err(_) => warn!(lease = %self.name, "lease renewal timed out"),
             }
             if !lease::may_act(last_renewal.elapsed(), &self.timings) {
                 warn!(lease = %self.name, deadline = ?self.timings.renew_deadline, "could not renew lease in time");
-                break;
+                break TermEnd::Lost;
             }
-        }
+        };
         self.leadership.renewed(None);
+        end
     }
 
     /// Hands the Lease over at once: holder cleared, as client-go's ReleaseOnCancel does.

@@ -7,10 +7,11 @@
 //! ```text
 //! main.rs ─► run (tasks, shutdown, leadership terms)
 //!              ├─► controller::{claims, volumes}   load → decide → execute → report
+//!              │      ├─► watch (list-and-watch loops behind the caches: recovery, freshness)
 //!              │      ├─► core::{claim, volume, pv, params, naming, events}   pure decisions
 //!              │      ├─► storage (directory operations on the export, off the async runtime)
 //!              │      └─► k8s (API effects: AlreadyExists / NotFound are success)
-//!              ├─► lease (Lease-based leader election; core::lease decides)
+//!              ├─► lease (Lease-based leader election; core::lease decides; steps down on stale watches)
 //!              └─► http (/healthz, /readyz, /metrics from health and metrics)
 //! check (the preflight `nfs-subdir-provisioner check`: API, RBAC, exports, classes)
 //! ```
@@ -29,3 +30,4 @@ pub mod run;
 pub mod shutdown;
 pub mod storage;
 pub mod telemetry;
+pub mod watch;

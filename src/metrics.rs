@@ -1,8 +1,8 @@
 //! Prometheus metrics for operators. The provision and delete families carry the names and labels
 //! of sig-storage-lib-external-provisioner (`controller_persistentvolumeclaim_provision_total`
 //! and friends), so dashboards built for provisioners on that library work unchanged; the
-//! `nfs_subdir_provisioner_*` families add what that library never had: leadership and the health
-//! of each export.
+//! `nfs_subdir_provisioner_*` families add what that library never had: leadership, the health
+//! of each export, and the freshness of each watch.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -35,6 +35,13 @@ struct ExportLabels {
     export: String,
 }
 
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct WatchLabels {
+    resource: String,
+}
+
+type TimestampGauge = Gauge<f64, std::sync::atomic::AtomicU64>;
+
 type HistogramFamily<L> = Family<L, Histogram, fn() -> Histogram>;
 
 fn duration_histogram() -> Histogram {
@@ -54,6 +61,10 @@ pub struct Metrics {
     leader: Gauge,
     export_healthy: Family<ExportLabels, Gauge>,
     export_timeouts: Family<ExportLabels, Counter>,
+    watch_healthy: Family<WatchLabels, Gauge>,
+    watch_confirmed: Family<WatchLabels, TimestampGauge>,
+    watch_failures: Family<WatchLabels, Counter>,
+    watch_relists: Family<WatchLabels, Counter>,
 }
 
 impl Default for Metrics {
@@ -75,6 +86,10 @@ impl Metrics {
         let leader = Gauge::default();
         let export_healthy = Family::default();
         let export_timeouts = Family::default();
+        let watch_healthy = Family::default();
+        let watch_confirmed = Family::default();
+        let watch_failures = Family::default();
+        let watch_relists = Family::default();
         // Counters get their `_total` suffix from the encoder.
         registry.register(
             "controller_persistentvolumeclaim_provision",
@@ -121,6 +136,26 @@ impl Metrics {
             "Operations on the export that did not finish within their deadline.",
             export_timeouts.clone(),
         );
+        registry.register(
+            "nfs_subdir_provisioner_watch_healthy",
+            "1 while the leader's list and watch of the resource work, 0 from a failed attempt until one succeeds.",
+            watch_healthy.clone(),
+        );
+        registry.register(
+            "nfs_subdir_provisioner_watch_last_confirmed_timestamp_seconds",
+            "When the API server last proved the leader's watch of the resource current (list completed, watch started, event or bookmark), as Unix time. A working watch is confirmed at least once a minute.",
+            watch_confirmed.clone(),
+        );
+        registry.register(
+            "nfs_subdir_provisioner_watch_failures",
+            "Failed list or watch attempts of the resource (refused, errors, streams that stalled); each is retried within seconds.",
+            watch_failures.clone(),
+        );
+        registry.register(
+            "nfs_subdir_provisioner_watch_relists",
+            "Full lists of the resource after the first, because the API server no longer had the watch's resourceVersion (410 Gone).",
+            watch_relists.clone(),
+        );
         Metrics {
             registry: Arc::new(registry),
             provisioned,
@@ -132,7 +167,41 @@ impl Metrics {
             leader,
             export_healthy,
             export_timeouts,
+            watch_healthy,
+            watch_confirmed,
+            watch_failures,
+            watch_relists,
         }
+    }
+
+    fn watch(resource: &str) -> WatchLabels {
+        WatchLabels {
+            resource: resource.to_owned(),
+        }
+    }
+
+    pub fn watch_confirmed(&self, resource: &str) {
+        let labels = Self::watch(resource);
+        self.watch_healthy.get_or_create(&labels).set(1);
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap_or_default();
+        self.watch_confirmed.get_or_create(&labels).set(now.as_secs_f64());
+    }
+
+    pub fn watch_failed(&self, resource: &str) {
+        let labels = Self::watch(resource);
+        self.watch_healthy.get_or_create(&labels).set(0);
+        self.watch_failures.get_or_create(&labels).inc();
+    }
+
+    /// A term ended: its watches' health says nothing about the next one.
+    pub fn forget_watch_health(&self) {
+        self.watch_healthy.clear();
+    }
+
+    pub fn watch_relisted(&self, resource: &str) {
+        self.watch_relists.get_or_create(&Self::watch(resource)).inc();
     }
 
     fn claim(class: &str) -> ClaimLabels {

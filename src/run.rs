@@ -15,7 +15,7 @@ use crate::controller::{self, Shared};
 use crate::health::{self, Health, Role};
 use crate::http;
 use crate::k8s::{self, Events};
-use crate::lease::{Elector, Leadership, lease_name};
+use crate::lease::{Elector, Leadership, TermEnd, lease_name};
 use crate::metrics::Metrics;
 use crate::shutdown;
 use crate::storage::{Exports, Limits};
@@ -39,7 +39,7 @@ fn identity(config: &Config) -> String {
 
 pub async fn run(config: Config) -> anyhow::Result<()> {
     let shutdown = shutdown::on_signals().map_err(|e| anyhow!("install signal handlers: {e}"))?;
-    let health = Health::new(Metrics::new());
+    let health = Health::with_watch_bounds(Metrics::new(), config.watch_bounds);
     let listener = http::bind(config.http_addr).await?;
     let stop_serving = CancellationToken::new();
     let heartbeat = tokio::spawn(health::heartbeat(health.clone()));
@@ -128,14 +128,27 @@ async fn provision(config: Config, health: Health, shutdown: CancellationToken) 
         health.set_role(Role::Leader);
         let term = shutdown.child_token();
         let controllers = tokio::spawn(controller::run(shared.clone(), term.clone()));
-        elector.hold(&shutdown).await;
-        health.set_role(Role::Follower);
+        let end = elector.hold(&shutdown).await;
+        // After a step-down the broken watches stay on record: if this process never gets them
+        // working, liveness fails and the kubelet restarts it.
+        health.end_term(matches!(end, TermEnd::SteppedDown(_)));
         term.cancel();
         drain(controllers).await;
         if shutdown.is_cancelled() {
             break;
         }
-        warn!("lost leadership; campaigning again");
+        match end {
+            TermEnd::SteppedDown(_) => {
+                // Give a standby one lease duration to take over before campaigning again (with
+                // no standby, this replica leads again, with new watches).
+                info!(wait = ?shared.config.lease.duration, "stepped down; standing by before campaigning again");
+                tokio::select! {
+                    () = shutdown.cancelled() => break,
+                    () = tokio::time::sleep(shared.config.lease.duration) => {}
+                }
+            }
+            TermEnd::Lost | TermEnd::Cancelled => warn!("lost leadership; campaigning again"),
+        }
     }
     elector.release().await;
     info!("stopped");

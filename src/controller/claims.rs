@@ -52,6 +52,16 @@ pub fn pending_claims_of_class(
         .collect()
 }
 
+/// Claims handed to us and still unbound, without a retry already scheduled: for the resync.
+pub fn pending_for_us(ctx: &Ctx) -> Vec<ObjectRef<PersistentVolumeClaim>> {
+    ctx.claims
+        .state()
+        .iter()
+        .filter(|c| claim::awaits_provisioner(c, ctx.provisioner()) && !ctx.backing_off(&key(c)))
+        .map(|c| ObjectRef::from_obj(c.as_ref()))
+        .collect()
+}
+
 #[tracing::instrument(skip_all, fields(namespace = %claim.namespace().unwrap_or_default(), claim = %claim.name_any(), class))]
 pub async fn reconcile(claim: Arc<PersistentVolumeClaim>, ctx: Arc<Ctx>) -> Result<Action, Error> {
     ctx.caches_ready().await;
@@ -197,6 +207,6 @@ async fn taken(pv: &str, error: StorageFailure, storage: Storage, ctx: &Ctx) -> 
     Ok(Action::requeue(CACHE_RECHECK))
 }
 
-pub fn error_policy(claim: Arc<PersistentVolumeClaim>, _error: &Error, ctx: Arc<Ctx>) -> Action {
-    ctx.backoff(&key(&claim))
+pub fn error_policy(claim: Arc<PersistentVolumeClaim>, error: &Error, ctx: Arc<Ctx>) -> Action {
+    ctx.backoff(&key(&claim), error)
 }

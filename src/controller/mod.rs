@@ -18,9 +18,9 @@ use kube::runtime::controller::{self, Action};
 use kube::runtime::reflector::{self, ObjectRef, Store};
 use kube::runtime::{Controller, WatchStreamExt, watcher};
 use kube::{Api, Client, Resource};
-use tokio::sync::watch;
+use tokio::sync::watch as channel_watch;
 use tokio_util::sync::CancellationToken;
-use tracing::{info, warn};
+use tracing::{debug, info, warn};
 
 use crate::config::Config;
 use crate::core::export::{Access, Export, client_options};
@@ -31,6 +31,7 @@ use crate::health::Health;
 use crate::k8s::Events;
 use crate::lease::Leadership;
 use crate::storage::{Exports, Storage, StorageFailure};
+use crate::watch;
 
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
@@ -47,6 +48,20 @@ pub enum Error {
 }
 
 impl Error {
+    /// The API server could not be reached or could not answer yet (connection refused or reset,
+    /// 429, 5xx, or 401/403 while a restarted API server warms its caches): nothing is wrong with
+    /// the object, so it is retried as soon as the API server may be back, not after minutes.
+    fn api_unavailable(&self) -> bool {
+        match self {
+            Error::Api {
+                source: kube::Error::Api(status),
+                ..
+            } => matches!(status.code, 401 | 403 | 429) || status.code >= 500,
+            Error::Api { .. } => true,
+            Error::Storage(_) | Error::NotLeader(_) => false,
+        }
+    }
+
     /// For `map_err`: a failed `op` on the PersistentVolume `name`.
     fn api(op: &'static str, name: &str) -> impl FnOnce(kube::Error) -> Error {
         let name = name.to_owned();
@@ -71,6 +86,7 @@ pub struct Ctx {
     pub pv_api: Api<PersistentVolume>,
     pub classes: Store<StorageClass>,
     pub pvs: Store<PersistentVolume>,
+    pub claims: Store<PersistentVolumeClaim>,
     /// Directories being provisioned whose PV is not in the cache yet, so two claims racing for
     /// overlapping directories cannot both pass the overlap check.
     reservations: Mutex<HashMap<String, (Export, VolumePath)>>,
@@ -78,7 +94,7 @@ pub struct Ctx {
     /// object is retried until it succeeds or changes.
     failures: Mutex<HashMap<String, u32>>,
     /// True once the StorageClass and PV caches hold a full list.
-    ready: watch::Receiver<bool>,
+    ready: channel_watch::Receiver<bool>,
 }
 
 impl Ctx {
@@ -167,17 +183,27 @@ impl Ctx {
             .collect()
     }
 
+    /// Whether `key` is waiting out a failure's backoff (its retry is scheduled already).
+    fn backing_off(&self, key: &str) -> bool {
+        lock(&self.failures).contains_key(key)
+    }
+
     fn succeeded(&self, key: &str) {
         lock(&self.failures).remove(key);
     }
 
-    /// 1 s, 2 s, 4 s … capped at RETRY_MAX_INTERVAL.
-    fn backoff(&self, key: &str) -> Action {
+    /// After a failed reconcile of `key`: 1 s, 2 s, 4 s … capped at RETRY_MAX_INTERVAL, or at
+    /// [`watch::BACKOFF_MAX`] when the API server was what failed (as for the watches).
+    fn backoff(&self, key: &str, error: &Error) -> Action {
         let mut failures = lock(&self.failures);
         let n = failures.entry(key.to_owned()).or_insert(0);
         *n = n.saturating_add(1);
-        let delay = Duration::from_secs(1u64 << (*n - 1).min(20)).min(self.shared.config.retry_max);
-        Action::requeue(delay)
+        let cap = if error.api_unavailable() {
+            watch::BACKOFF_MAX
+        } else {
+            self.shared.config.retry_max
+        };
+        Action::requeue(Duration::from_secs(1u64 << (*n - 1).min(20)).min(cap))
     }
 }
 
@@ -189,11 +215,6 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 /// of buffers; unbounded, a burst of 1000 claims opened about 300). 8 keep ahead of
 /// kube-controller-manager, which hands claims over one at a time (~100/s here; BENCHMARKS.md).
 const RECONCILE_CONCURRENCY: u16 = 8;
-
-/// Objects per page of a watch's initial list. Each page is read whole and decoded before it is
-/// slimmed, so the page bounds the transient memory of a start with many objects (kube's default
-/// of 500 PVs is a few MiB).
-const LIST_PAGE: u32 = 100;
 
 const LAST_APPLIED: &str = "kubectl.kubernetes.io/last-applied-configuration";
 
@@ -235,9 +256,11 @@ impl Slim for PersistentVolumeClaim {
     }
 }
 
-/// A watch of every `K`, slimmed and mirrored into a new cache; yields each changed object.
+/// A watch of every `K` (`crate::watch`: it recovers by itself and reports its freshness),
+/// slimmed and mirrored into a new cache; yields each changed object.
 fn cached<K>(
     client: &Client,
+    health: &Health,
 ) -> (
     Store<K>,
     impl futures::Stream<Item = Result<K, watcher::Error>> + Send + 'static,
@@ -253,14 +276,40 @@ where
         + 'static,
 {
     let (store, writer) = reflector::store::<K>();
-    let changes = watcher(
-        Api::<K>::all(client.clone()),
-        watcher::Config::default().page_size(LIST_PAGE),
-    )
-    .modify(K::slim)
-    .reflect(writer)
-    .applied_objects();
+    let changes = watch::watch(Api::<K>::all(client.clone()), health.clone())
+        .modify(K::slim)
+        .reflect(writer)
+        .applied_objects();
     (store, changes)
+}
+
+/// Every cached resource, as `crate::watch` names them in health and metrics.
+const WATCHED: [&str; 3] = ["storageclasses", "persistentvolumes", "persistentvolumeclaims"];
+
+/// Every [`Config::resync`], the objects that may be waiting for us, re-examined from the caches,
+/// so that an event lost anywhere between the API server and a reconcile delays a claim or a
+/// release by at most that period. Skipped while any watch is not proven current (a stale cache
+/// would only repeat its stale answer), and objects already waiting out a failure's backoff are
+/// left to it.
+fn resync<K, F>(ctx: Arc<Ctx>, pick: F) -> impl futures::Stream<Item = ObjectRef<K>> + Send + 'static
+where
+    K: Resource<DynamicType = ()> + 'static,
+    F: Fn(&Ctx) -> Vec<ObjectRef<K>> + Send + 'static,
+{
+    let period = ctx.shared.config.resync;
+    let mut tick = tokio::time::interval_at(tokio::time::Instant::now() + period, period);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    futures::stream::unfold((tick, ctx, pick), |(mut tick, ctx, pick)| async move {
+        tick.tick().await;
+        let due = if ctx.shared.health.watches_current(&WATCHED) {
+            pick(&ctx)
+        } else {
+            debug!("periodic resync skipped: a watch is not current");
+            Vec::new()
+        };
+        Some((futures::stream::iter(due), (tick, ctx, pick)))
+    })
+    .flatten()
 }
 
 /// Runs both controllers until `term` is cancelled (shutdown or lost leadership); in-flight
@@ -269,20 +318,12 @@ pub async fn run(shared: Shared, term: CancellationToken) {
     let client = shared.client.clone();
     let config = controller::Config::default().concurrency(RECONCILE_CONCURRENCY);
 
-    let (classes, class_changes) = cached::<StorageClass>(&client);
-    let (pvs, pv_changes) = cached::<PersistentVolume>(&client);
-    let volume_controller = Controller::for_stream(pv_changes, pvs.clone()).with_config(config.clone());
-    let (claims, claim_changes) = cached::<PersistentVolumeClaim>(&client);
-    // A new or fixed StorageClass re-evaluates the pending claims that name it. This watch also
-    // fills the class cache, so it runs for as long as the claim controller does.
-    let claim_controller = Controller::for_stream(claim_changes, claims.clone())
-        .watches_stream(class_changes, move |class| {
-            claims::pending_claims_of_class(&claims, &class)
-        })
-        .with_config(config);
+    let (classes, class_changes) = cached::<StorageClass>(&client, &shared.health);
+    let (pvs, pv_changes) = cached::<PersistentVolume>(&client, &shared.health);
+    let (claims, claim_changes) = cached::<PersistentVolumeClaim>(&client, &shared.health);
 
     // The one waiter on the stores' readiness; reconciles wait on the watch channel instead.
-    let (ready_tx, ready) = watch::channel(false);
+    let (ready_tx, ready) = channel_watch::channel(false);
     let readiness = {
         let (classes, pvs, health) = (classes.clone(), pvs.clone(), shared.health.clone());
         async move {
@@ -297,11 +338,26 @@ pub async fn run(shared: Shared, term: CancellationToken) {
         ready,
         pv_api: Api::all(client),
         classes,
-        pvs,
+        pvs: pvs.clone(),
+        claims: claims.clone(),
         shared,
         reservations: Mutex::default(),
         failures: Mutex::default(),
     });
+
+    // Errors never reach these streams (`crate::watch` handles them), so the controllers' own
+    // trigger backoff, which would pause every watch of a controller at once, never applies.
+    let volume_controller = Controller::for_stream(pv_changes, pvs)
+        .reconcile_on(resync(Arc::clone(&ctx), volumes::released_of_ours))
+        .with_config(config.clone());
+    // A new or fixed StorageClass re-evaluates the pending claims that name it. This watch also
+    // fills the class cache, so it runs for as long as the claim controller does.
+    let claim_controller = Controller::for_stream(claim_changes, claims.clone())
+        .watches_stream(class_changes, move |class| {
+            claims::pending_claims_of_class(&claims, &class)
+        })
+        .reconcile_on(resync(Arc::clone(&ctx), claims::pending_for_us))
+        .with_config(config);
 
     let volumes = volume_controller
         .graceful_shutdown_on(term.clone().cancelled_owned())
@@ -376,6 +432,26 @@ async fn sweep_staging(ctx: Arc<Ctx>) {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use kube::core::Status;
+
+    fn api_error(code: u16) -> Error {
+        Error::Api {
+            op: "create",
+            name: "pvc-1".into(),
+            source: kube::Error::Api(Status::failure("x", "y").with_code(code).boxed()),
+        }
+    }
+
+    #[test]
+    fn api_trouble_is_retried_soon_and_other_failures_back_off() {
+        for code in [401, 403, 429, 500, 503] {
+            assert!(api_error(code).api_unavailable(), "{code}");
+        }
+        for code in [400, 404, 409, 422] {
+            assert!(!api_error(code).api_unavailable(), "{code}");
+        }
+        assert!(!Error::NotLeader("pvc-1".into()).api_unavailable());
+    }
     use k8s_openapi::api::core::v1::{
         PersistentVolumeClaimStatus, PersistentVolumeSpec, PersistentVolumeStatus,
     };

@@ -5,6 +5,7 @@ use std::sync::Arc;
 
 use k8s_openapi::api::core::v1::PersistentVolume;
 use kube::runtime::controller::Action;
+use kube::runtime::reflector::ObjectRef;
 use kube::{Resource, ResourceExt};
 use tracing::{debug, info, warn};
 
@@ -27,6 +28,16 @@ fn class_of(pv: &PersistentVolume) -> &str {
 
 fn key(pv: &PersistentVolume) -> String {
     format!("volume/{}", pv.name_any())
+}
+
+/// Released PVs of ours without a retry already scheduled: for the resync.
+pub fn released_of_ours(ctx: &Ctx) -> Vec<ObjectRef<PersistentVolume>> {
+    ctx.pvs
+        .state()
+        .iter()
+        .filter(|pv| volume::awaits_release(pv, ctx.provisioner()) && !ctx.backing_off(&key(pv)))
+        .map(|pv| ObjectRef::from_obj(pv.as_ref()))
+        .collect()
 }
 
 #[tracing::instrument(skip_all, fields(pv = %pv.name_any(), class = class_of(&pv)))]
@@ -108,6 +119,6 @@ async fn release(pv: &PersistentVolume, plan: &ReleasePlan, ctx: &Ctx) -> Result
     Ok(Action::await_change())
 }
 
-pub fn error_policy(pv: Arc<PersistentVolume>, _error: &Error, ctx: Arc<Ctx>) -> Action {
-    ctx.backoff(&key(&pv))
+pub fn error_policy(pv: Arc<PersistentVolume>, error: &Error, ctx: Arc<Ctx>) -> Action {
+    ctx.backoff(&key(&pv), error)
 }

@@ -110,6 +110,18 @@ fn requested_provisioner(claim: &PersistentVolumeClaim) -> Option<&str> {
         .map(String::as_str)
 }
 
+/// A claim handed to `provisioner` and not yet bound or being deleted: it waits for us. What the
+/// periodic resync re-examines.
+pub fn awaits_provisioner(claim: &PersistentVolumeClaim, provisioner: &str) -> bool {
+    claim.metadata.deletion_timestamp.is_none()
+        && claim
+            .spec
+            .as_ref()
+            .and_then(|s| s.volume_name.as_deref())
+            .is_none_or(str::is_empty)
+        && requested_provisioner(claim) == Some(provisioner)
+}
+
 /// `mounted` is the export of `NFS_SERVER`/`NFS_PATH`, if configured; a class naming the same
 /// server and share is served through that mount too.
 pub fn decide(

@@ -65,6 +65,14 @@ pub fn is_ours(pv: &PersistentVolume, provisioner: &str) -> bool {
         .is_some_and(|p| p == provisioner)
 }
 
+/// A PV of ours that its claim has released and that is not being deleted: the release
+/// controller has work on it. What the periodic resync re-examines.
+pub fn awaits_release(pv: &PersistentVolume, provisioner: &str) -> bool {
+    is_ours(pv, provisioner)
+        && pv.metadata.deletion_timestamp.is_none()
+        && pv.status.as_ref().and_then(|s| s.phase.as_deref()) == Some("Released")
+}
+
 /// The directory of a PV in our export, whoever made it; `None` for PVs elsewhere.
 pub fn directory_in_export(pv: &PersistentVolume, export: &Export) -> Option<VolumePath> {
     let nfs = pv.spec.as_ref()?.nfs.as_ref()?;
