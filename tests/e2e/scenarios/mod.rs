@@ -7,6 +7,7 @@ pub mod operations;
 pub mod provisioning;
 pub mod release;
 pub mod resilience;
+pub mod watches;
 
 use crate::support::E2eTrial;
 
@@ -16,5 +17,6 @@ pub fn trials() -> Vec<E2eTrial> {
     all.extend(resilience::trials());
     all.extend(operations::trials());
     all.extend(direct::trials());
+    all.extend(watches::trials());
     all
 }

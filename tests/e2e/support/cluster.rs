@@ -334,7 +334,18 @@ impl ControlPlane {
     /// same log) and waits for `/readyz` and for its RBAC authorizer (see `wait_apiserver_ready`).
     /// etcd and kube-controller-manager keep running.
     pub async fn restart_apiserver(&mut self) -> anyhow::Result<()> {
+        self.stop_apiserver();
+        self.start_apiserver().await
+    }
+
+    /// SIGKILLs kube-apiserver (an outage as a crash or a node loss makes one).
+    pub fn stop_apiserver(&self) {
         self.apiserver.kill9();
+    }
+
+    /// Starts kube-apiserver again after [`ControlPlane::stop_apiserver`] and waits until it
+    /// answers, as [`ControlPlane::restart_apiserver`] does.
+    pub async fn start_apiserver(&mut self) -> anyhow::Result<()> {
         let log = self.apiserver.log_path().to_owned();
         self.apiserver = ManagedChild::spawn(
             "kube-apiserver",
