@@ -18,10 +18,25 @@ use libtest_mimic::{Arguments, Completion, Failed, Trial};
 
 use support::{E2eTrial, Suite, TrialCtx};
 
-/// Every trial of the suite.
+/// Every trial of the suite; `E2E_REPEAT=N` registers each N times (`<name>::run_01` …), so that
+/// a trial can be run in a loop against one shared control plane (`scripts/restart-trial-loop.sh`).
 fn all_trials() -> Vec<E2eTrial> {
-    let mut trials = smoke::trials();
-    trials.extend(scenarios::trials());
+    let repeat = std::env::var("E2E_REPEAT")
+        .ok()
+        .and_then(|n| n.parse::<usize>().ok())
+        .unwrap_or(1)
+        .max(1);
+    let mut trials = Vec::new();
+    for round in 1..=repeat {
+        let mut batch = smoke::trials();
+        batch.extend(scenarios::trials());
+        if repeat > 1 {
+            for trial in &mut batch {
+                trial.name = format!("{}::run_{round:02}", trial.name);
+            }
+        }
+        trials.extend(batch);
+    }
     trials.sort_by(|a, b| a.name.cmp(&b.name));
     trials
 }
