@@ -18,6 +18,7 @@ if [ -z "${KUBEBUILDER_ASSETS:-}" ]; then
 fi
 export E2E_REQUIRE=1 E2E_KEEP=1
 OUT=${OUT:-$(mktemp -d /tmp/trial-loop-XXXXXX)}
+mkdir -p "$OUT"
 echo "trial loop: $runs runs of $trial; logs in $OUT" >&2
 cargo test --locked --test e2e --no-run 2>"$OUT/build.log" || { cat "$OUT/build.log" >&2; exit 1; }
 
