@@ -286,30 +286,49 @@ where
 /// Every cached resource, as `crate::watch` names them in health and metrics.
 const WATCHED: [&str; 3] = ["storageclasses", "persistentvolumes", "persistentvolumeclaims"];
 
-/// Every [`Config::resync`], the objects that may be waiting for us, re-examined from the caches,
+/// Every `period`, the objects that may be waiting for us (`pick`), re-examined from the caches,
 /// so that an event lost anywhere between the API server and a reconcile delays a claim or a
-/// release by at most that period. Skipped while any watch is not proven current (a stale cache
-/// would only repeat its stale answer), and objects already waiting out a failure's backoff are
-/// left to it.
-fn resync<K, F>(ctx: Arc<Ctx>, pick: F) -> impl futures::Stream<Item = ObjectRef<K>> + Send + 'static
+/// release by at most that period. Skipped while a watch is not proven current (`current`: a
+/// stale cache would only repeat its stale answer); `pick` leaves out objects already waiting
+/// out a failure's backoff.
+fn resync<K>(
+    period: Duration,
+    current: impl Fn() -> bool + Send + 'static,
+    pick: impl Fn() -> Vec<ObjectRef<K>> + Send + 'static,
+) -> impl futures::Stream<Item = ObjectRef<K>> + Send + 'static
 where
     K: Resource<DynamicType = ()> + 'static,
-    F: Fn(&Ctx) -> Vec<ObjectRef<K>> + Send + 'static,
 {
-    let period = ctx.shared.config.resync;
     let mut tick = tokio::time::interval_at(tokio::time::Instant::now() + period, period);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    futures::stream::unfold((tick, ctx, pick), |(mut tick, ctx, pick)| async move {
+    futures::stream::unfold((tick, current, pick), |(mut tick, current, pick)| async move {
         tick.tick().await;
-        let due = if ctx.shared.health.watches_current(&WATCHED) {
-            pick(&ctx)
+        let due = if current() {
+            pick()
         } else {
             debug!("periodic resync skipped: a watch is not current");
             Vec::new()
         };
-        Some((futures::stream::iter(due), (tick, ctx, pick)))
+        Some((futures::stream::iter(due), (tick, current, pick)))
     })
     .flatten()
+}
+
+/// [`resync`] of `K` for this term: the configured period, the term's watches, `pick` over `ctx`.
+fn resync_of<K>(
+    ctx: &Arc<Ctx>,
+    pick: fn(&Ctx) -> Vec<ObjectRef<K>>,
+) -> impl futures::Stream<Item = ObjectRef<K>> + Send + 'static
+where
+    K: Resource<DynamicType = ()> + 'static,
+{
+    let health = ctx.shared.health.clone();
+    let ctx = Arc::clone(ctx);
+    resync(
+        ctx.shared.config.resync,
+        move || health.watches_current(&WATCHED),
+        move || pick(&ctx),
+    )
 }
 
 /// Runs both controllers until `term` is cancelled (shutdown or lost leadership); in-flight
@@ -348,7 +367,7 @@ pub async fn run(shared: Shared, term: CancellationToken) {
     // Errors never reach these streams (`crate::watch` handles them), so the controllers' own
     // trigger backoff, which would pause every watch of a controller at once, never applies.
     let volume_controller = Controller::for_stream(pv_changes, pvs)
-        .reconcile_on(resync(Arc::clone(&ctx), volumes::released_of_ours))
+        .reconcile_on(resync_of(&ctx, volumes::released_of_ours))
         .with_config(config.clone());
     // A new or fixed StorageClass re-evaluates the pending claims that name it. This watch also
     // fills the class cache, so it runs for as long as the claim controller does.
@@ -356,7 +375,7 @@ pub async fn run(shared: Shared, term: CancellationToken) {
         .watches_stream(class_changes, move |class| {
             claims::pending_claims_of_class(&claims, &class)
         })
-        .reconcile_on(resync(Arc::clone(&ctx), claims::pending_for_us))
+        .reconcile_on(resync_of(&ctx, claims::pending_for_us))
         .with_config(config);
 
     let volumes = volume_controller
@@ -440,6 +459,30 @@ mod tests {
             name: "pvc-1".into(),
             source: kube::Error::Api(Status::failure("x", "y").with_code(code).boxed()),
         }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn resync_offers_what_waits_once_a_period_and_only_from_current_caches() {
+        use std::sync::atomic::{AtomicBool, Ordering};
+        let current = Arc::new(AtomicBool::new(true));
+        let is_current = Arc::clone(&current);
+        let period = Duration::from_secs(60);
+        let mut due = Box::pin(resync::<PersistentVolume>(
+            period,
+            move || is_current.load(Ordering::Relaxed),
+            || vec![ObjectRef::new("pvc-1"), ObjectRef::new("pvc-2")],
+        ));
+        let t0 = tokio::time::Instant::now();
+        assert_eq!(due.next().await, Some(ObjectRef::new("pvc-1")));
+        assert_eq!(t0.elapsed(), period, "a lost event waits at most one period");
+        assert_eq!(due.next().await, Some(ObjectRef::new("pvc-2")));
+        // A period whose caches are not proven current offers nothing.
+        current.store(false, Ordering::Relaxed);
+        let skipped = tokio::time::timeout(period + Duration::from_secs(1), due.next()).await;
+        assert!(skipped.is_err(), "resynced from a stale cache: {skipped:?}");
+        current.store(true, Ordering::Relaxed);
+        assert_eq!(due.next().await, Some(ObjectRef::new("pvc-1")));
+        assert_eq!(t0.elapsed(), period * 3);
     }
 
     #[test]

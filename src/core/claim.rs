@@ -303,6 +303,21 @@ mod tests {
         }
     }
 
+    #[test]
+    fn the_resync_looks_at_unbound_claims_handed_to_us_only() {
+        assert!(awaits_provisioner(&claim(), ME));
+        assert!(!awaits_provisioner(&claim(), "other.example.com/nfs"));
+        let mut bound = claim();
+        bound.spec.as_mut().unwrap().volume_name = Some("pvc-1234".into());
+        assert!(!awaits_provisioner(&bound, ME));
+        let mut deleting = claim();
+        deleting.metadata.deletion_timestamp = Some(Time(Default::default()));
+        assert!(!awaits_provisioner(&deleting, ME));
+        let mut not_handed_over = claim();
+        not_handed_over.metadata.annotations = None;
+        assert!(!awaits_provisioner(&not_handed_over, ME));
+    }
+
     fn decide_with(claim: &PersistentVolumeClaim, class: Option<&StorageClass>) -> ClaimDecision {
         decide(claim, class, ME, Some(&export()), false)
     }

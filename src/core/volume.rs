@@ -265,6 +265,22 @@ mod tests {
     }
 
     #[test]
+    fn the_resync_looks_at_released_volumes_of_ours_only() {
+        assert!(awaits_release(&ours("delete"), ME));
+        assert!(
+            awaits_release(&legacy_pv(), ME),
+            "the Go provisioner's volumes too"
+        );
+        assert!(!awaits_release(&ours("delete"), "other.example.com/nfs"));
+        let mut bound = ours("delete");
+        bound.status.as_mut().unwrap().phase = Some("Bound".into());
+        assert!(!awaits_release(&bound, ME));
+        let mut deleting = ours("delete");
+        deleting.metadata.deletion_timestamp = Some(Time(Default::default()));
+        assert!(!awaits_release(&deleting, ME));
+    }
+
+    #[test]
     fn delete_released_volume_with_recorded_policy_even_without_class() {
         let plan = release(&ours("delete"), None);
         assert_eq!(plan.action, OnDelete::Delete);
