@@ -41,7 +41,7 @@ const RESOURCES: [&str; 3] = ["persistentvolumeclaims", "persistentvolumes", "st
 
 /// When each claim of the Env's namespace was first seen handed over, and when its PV of ours
 /// was first seen, by polling both lists every 100 ms (errors while the API server is away are
-/// retried).
+/// retried). Each is stamped when the list that showed it arrived.
 struct Timeline {
     seen: Arc<Mutex<BTreeMap<String, Seen>>>,
     task: tokio::task::JoinHandle<()>,
@@ -62,8 +62,10 @@ impl Timeline {
         let record = Arc::clone(&seen);
         let task = tokio::spawn(async move {
             loop {
-                let now = Instant::now();
+                // Stamped when the answer arrives: a request sent while the API server starts up
+                // is held until it is ready, and then answers with what is true by then.
                 if let Ok(list) = claims.list(&ListParams::default()).await {
+                    let now = Instant::now();
                     let mut seen = record.lock().unwrap_or_else(|e| e.into_inner());
                     for claim in list.items {
                         if claim.annotations().get(HANDOVER) == Some(&provisioner) {
@@ -75,6 +77,7 @@ impl Timeline {
                     }
                 }
                 if let Ok(list) = volumes.list(&ListParams::default()).await {
+                    let now = Instant::now();
                     let mut seen = record.lock().unwrap_or_else(|e| e.into_inner());
                     for pv in list.items {
                         let ours =
@@ -214,6 +217,14 @@ fn our_delays(
     }
     ours.sort();
     let (max, worst) = ours.last().copied().context("no claims")?;
+    let at = |i: Option<Instant>| i.map(|i| format!("{:+.2?}", i.saturating_duration_since(down)));
+    let s = seen.get(worst).copied().unwrap_or_default();
+    eprintln!(
+        "{what}: worst claim {worst}: handed over at {:?}, PV at {:?}, API server answered at {:?} (from when it went away)",
+        at(s.handed_over),
+        at(s.pv),
+        at(Some(back))
+    );
     let median = ours[ours.len() / 2].0;
     eprintln!(
         "{what}: our PV after the hand-over (seen by a 100 ms poll): median {median:.2?}, max {max:.2?} ({worst}); \
