@@ -157,13 +157,18 @@ impl Elector {
     /// (it releases the Lease then), or `cancel` fires. This replica must stop acting afterwards.
     pub async fn hold(&mut self, cancel: &CancellationToken) -> TermEnd {
         let mut last_renewal = Instant::now();
+        let term_started = last_renewal;
         let end = loop {
             tokio::select! {
                 () = cancel.cancelled() => break TermEnd::Cancelled,
                 () = tokio::time::sleep(self.timings.retry_period) => {}
             }
-            // A leader that hears nothing must not keep the Lease from a standby that could.
-            if let Some(reason) = self.health.watch_broken_past_readiness() {
+            // A leader that hears nothing must not keep the Lease from a standby that could. A
+            // new term (with new watches) first gets the same bound to make them work: the record
+            // of a step-down is kept for liveness, not held against the next term.
+            if term_started.elapsed() > self.health.watch_bounds().unready_after
+                && let Some(reason) = self.health.watch_broken_past_readiness()
+            {
                 warn!(lease = %self.name, %reason, "stepping down: releasing the lease to a standby");
                 self.release().await;
                 break TermEnd::SteppedDown(reason);
