@@ -99,6 +99,24 @@ impl Timeline {
     fn get(&self) -> BTreeMap<String, Seen> {
         self.seen.lock().unwrap_or_else(|e| e.into_inner()).clone()
     }
+
+    /// Waits until the poller has seen the hand-over and the PV of every claim in `names`: the
+    /// claims can be Bound a moment before its next list arrives.
+    async fn seen_all(&self, names: &[String]) -> Result<BTreeMap<String, Seen>> {
+        poll_until(
+            "the poller to see every hand-over and PV",
+            Duration::from_secs(30),
+            || async {
+                let seen = self.get();
+                let complete = names.iter().all(|n| {
+                    seen.get(n)
+                        .is_some_and(|s| s.handed_over.is_some() && s.pv.is_some())
+                });
+                Ok(complete.then_some(seen))
+            },
+        )
+        .await
+    }
 }
 
 impl Drop for Timeline {
@@ -194,14 +212,14 @@ async fn wait_all_bound(env: &Env, names: &[String], deadline: Duration) -> Resu
 /// before the API server answered the provisioner again (`back`) whose PV was not seen before the
 /// outage (`down`) counts from `back`. Prints our delays and the binder's, and returns the
 /// largest of ours.
-fn our_delays(
+async fn our_delays(
     what: &str,
     timeline: &Timeline,
     names: &[String],
     down: Instant,
     back: Instant,
 ) -> Result<Duration> {
-    let seen = timeline.get();
+    let seen = timeline.seen_all(names).await?;
     let mut ours = Vec::new();
     let mut last_handover = Duration::ZERO;
     for name in names {
@@ -329,7 +347,7 @@ impl Outage {
         eprintln!("{what}: every watch current {fresh:.2?} after the API server answered");
         let all: Vec<String> = self.before.into_iter().chain(after).collect();
         wait_all_bound(&self.env, &all, BINDER_DEADLINE).await?;
-        our_delays(what, &self.timeline, &all, self.down.0, back)?;
+        our_delays(what, &self.timeline, &all, self.down.0, back).await?;
         let dirs = self.env.entries()?;
         ensure!(
             dirs.len() == all.len(),
@@ -409,7 +427,7 @@ pub fn trials() -> Vec<E2eTrial> {
             let second = names("second", 3);
             claims(&env, &class, &second).await?;
             wait_all_bound(&env, &second, BINDER_DEADLINE).await?;
-            our_delays("rbac trial", &timeline, &second, restored, restored)?;
+            our_delays("rbac trial", &timeline, &second, restored, restored).await?;
             Ok(())
         })
         .with_timeout(Duration::from_secs(420)),
