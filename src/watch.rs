@@ -257,9 +257,15 @@ where
                     ));
                 }
             };
-            let event = match item {
-                Ok(WatchEvent::Added(object) | WatchEvent::Modified(object)) => Event::Apply(object),
-                Ok(WatchEvent::Deleted(object)) => Event::Delete(object),
+            let (event, object_version) = match item {
+                Ok(WatchEvent::Added(object) | WatchEvent::Modified(object)) => {
+                    let v = object.resource_version();
+                    (Event::Apply(object), v)
+                }
+                Ok(WatchEvent::Deleted(object)) => {
+                    let v = object.resource_version();
+                    (Event::Delete(object), v)
+                }
                 Ok(WatchEvent::Bookmark(bookmark)) => {
                     *version = bookmark.metadata.resource_version;
                     self.delivered(&mut delivered);
@@ -271,11 +277,7 @@ where
                 }
                 Err(error) => return Ended::Failed(format!("watch stream: {}", describe(&error))),
             };
-            let object = match &event {
-                Event::Apply(o) | Event::Delete(o) => o,
-                _ => unreachable!("only Apply and Delete are built above"),
-            };
-            match object.resource_version().filter(|v| !v.is_empty()) {
+            match object_version.filter(|v| !v.is_empty()) {
                 Some(v) => *version = v,
                 // Without it the next watch could not resume here; a list can.
                 None => return Ended::Gone,
