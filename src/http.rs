@@ -12,6 +12,7 @@ use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
 use crate::health::{self, Health};
+use crate::metrics::Metrics;
 
 const OPENMETRICS: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
 
@@ -22,23 +23,31 @@ pub struct BindError {
     source: std::io::Error,
 }
 
-pub fn router(health: Health) -> Router {
+/// The probes answer from the health record; `/metrics` encodes the process's one registry, which
+/// the health record writes its gauges to as well.
+#[derive(Clone)]
+struct Served {
+    health: Health,
+    metrics: Metrics,
+}
+
+pub fn router(health: Health, metrics: Metrics) -> Router {
     Router::new()
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
-        .route("/metrics", get(metrics))
-        .with_state(health)
+        .route("/metrics", get(encode_metrics))
+        .with_state(Served { health, metrics })
 }
 
-async fn healthz(State(health): State<Health>) -> Response {
-    match health.alive() {
+async fn healthz(State(served): State<Served>) -> Response {
+    match served.health.alive() {
         Ok(()) => (StatusCode::OK, "ok\n").into_response(),
         Err(why) => (StatusCode::SERVICE_UNAVAILABLE, format!("{why}\n")).into_response(),
     }
 }
 
-async fn readyz(State(health): State<Health>) -> Response {
-    let checks = health.readiness();
+async fn readyz(State(served): State<Served>) -> Response {
+    let checks = served.health.readiness();
     let status = if checks.iter().all(|c| c.ok) {
         StatusCode::OK
     } else {
@@ -47,8 +56,8 @@ async fn readyz(State(health): State<Health>) -> Response {
     (status, health::render(&checks)).into_response()
 }
 
-async fn metrics(State(health): State<Health>) -> Response {
-    ([(header::CONTENT_TYPE, OPENMETRICS)], health.metrics().encode()).into_response()
+async fn encode_metrics(State(served): State<Served>) -> Response {
+    ([(header::CONTENT_TYPE, OPENMETRICS)], served.metrics.encode()).into_response()
 }
 
 /// Binds now (so a taken port fails start-up with a clear message), then serves until `stop`.
@@ -58,10 +67,11 @@ pub async fn bind(addr: SocketAddr) -> Result<TcpListener, BindError> {
         .map_err(|source| BindError { addr, source })
 }
 
-pub async fn serve(listener: TcpListener, health: Health, stop: CancellationToken) {
+pub async fn serve(listener: TcpListener, health: Health, metrics: Metrics, stop: CancellationToken) {
     let addr = listener.local_addr().ok();
     tracing::info!(addr = ?addr, "serving /healthz, /readyz and /metrics");
-    let server = axum::serve(listener, router(health)).with_graceful_shutdown(stop.cancelled_owned());
+    let server =
+        axum::serve(listener, router(health, metrics)).with_graceful_shutdown(stop.cancelled_owned());
     if let Err(error) = server.await {
         tracing::warn!(%error, "probe and metrics server stopped");
     }
@@ -71,13 +81,12 @@ pub async fn serve(listener: TcpListener, health: Health, stop: CancellationToke
 mod tests {
     use super::*;
     use crate::health::{ExportStatus, Role};
-    use crate::metrics::Metrics;
     use axum::body::Body;
     use axum::http::Request;
     use tower::ServiceExt;
 
-    async fn get_path(health: &Health, path: &str) -> (StatusCode, String) {
-        let response = router(health.clone())
+    async fn get_path(health: &Health, metrics: &Metrics, path: &str) -> (StatusCode, String) {
+        let response = router(health.clone(), metrics.clone())
             .oneshot(Request::get(path).body(Body::empty()).expect("request"))
             .await
             .expect("infallible");
@@ -90,35 +99,37 @@ mod tests {
 
     #[tokio::test]
     async fn readyz_follows_role_caches_and_exports() {
-        let health = Health::new(Metrics::new());
+        let metrics = Metrics::new();
+        let health = Health::new(metrics.clone());
         assert_eq!(
-            get_path(&health, "/readyz").await.0,
+            get_path(&health, &metrics, "/readyz").await.0,
             StatusCode::SERVICE_UNAVAILABLE
         );
         health.set_role(Role::Follower);
-        assert_eq!(get_path(&health, "/readyz").await.0, StatusCode::OK);
+        assert_eq!(get_path(&health, &metrics, "/readyz").await.0, StatusCode::OK);
         health.set_role(Role::Leader);
-        let (status, body) = get_path(&health, "/readyz").await;
+        let (status, body) = get_path(&health, &metrics, "/readyz").await;
         assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE, "{body}");
         health.set_caches_synced(true);
         health.export_status("127.0.0.1:/export", ExportStatus::Failing("timed out".into()));
-        let (status, body) = get_path(&health, "/readyz").await;
+        let (status, body) = get_path(&health, &metrics, "/readyz").await;
         assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE);
         assert!(body.contains("[-]export 127.0.0.1:/export: timed out"), "{body}");
         health.export_status("127.0.0.1:/export", ExportStatus::Healthy);
-        assert_eq!(get_path(&health, "/readyz").await.0, StatusCode::OK);
+        assert_eq!(get_path(&health, &metrics, "/readyz").await.0, StatusCode::OK);
     }
 
     #[tokio::test]
     async fn healthz_and_metrics_answer() {
-        let health = Health::new(Metrics::new());
+        let metrics = Metrics::new();
+        let health = Health::new(metrics.clone());
         health.beat();
         assert_eq!(
-            get_path(&health, "/healthz").await,
+            get_path(&health, &metrics, "/healthz").await,
             (StatusCode::OK, "ok\n".into())
         );
         health.set_role(Role::Leader);
-        let (status, body) = get_path(&health, "/metrics").await;
+        let (status, body) = get_path(&health, &metrics, "/metrics").await;
         assert_eq!(status, StatusCode::OK);
         assert!(body.contains("nfs_subdir_provisioner_leader 1"), "{body}");
         assert!(body.ends_with("# EOF\n"), "{body}");

@@ -39,13 +39,20 @@ fn identity(config: &Config) -> String {
 
 pub async fn run(config: Config) -> anyhow::Result<()> {
     let shutdown = shutdown::on_signals().map_err(|e| anyhow!("install signal handlers: {e}"))?;
-    let health = Health::with_watch_bounds(Metrics::new(), config.watch_bounds);
+    // One registry: /metrics encodes what Health records and what the controllers and watches do.
+    let metrics = Metrics::new();
+    let health = Health::with_watch_bounds(metrics.clone(), config.watch_bounds);
     let listener = http::bind(config.http_addr).await?;
     let stop_serving = CancellationToken::new();
     let heartbeat = tokio::spawn(health::heartbeat(health.clone()));
-    let server = tokio::spawn(http::serve(listener, health.clone(), stop_serving.clone()));
+    let server = tokio::spawn(http::serve(
+        listener,
+        health.clone(),
+        metrics.clone(),
+        stop_serving.clone(),
+    ));
 
-    let result = provision(config, health, shutdown).await;
+    let result = provision(config, health, metrics, shutdown).await;
 
     stop_serving.cancel();
     let _ = server.await;
@@ -53,7 +60,12 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     result
 }
 
-async fn provision(config: Config, health: Health, shutdown: CancellationToken) -> anyhow::Result<()> {
+async fn provision(
+    config: Config,
+    health: Health,
+    metrics: Metrics,
+    shutdown: CancellationToken,
+) -> anyhow::Result<()> {
     let client = k8s::client(&config).await?;
     let identity = identity(&config);
     let exports = exports(&config, health.clone());
@@ -94,6 +106,7 @@ async fn provision(config: Config, health: Health, shutdown: CancellationToken) 
             events,
             leadership: Leadership::always(),
             health: health.clone(),
+            metrics,
         };
         health.set_role(Role::Leader);
         let mut controllers = tokio::spawn(controller::run(shared, shutdown.clone()));
@@ -122,6 +135,7 @@ async fn provision(config: Config, health: Health, shutdown: CancellationToken) 
         events,
         leadership: elector.leadership(),
         health: health.clone(),
+        metrics,
     };
 
     while elector.acquire(&shutdown).await {

@@ -30,6 +30,7 @@ use tokio::sync::mpsc;
 use tracing::{debug, info, warn};
 
 use crate::health::Health;
+use crate::metrics::Metrics;
 
 /// The API server ends each watch after this long and the loop starts the next one from the last
 /// resourceVersion seen. The new watch's acceptance proves the loop current, so this is how
@@ -104,10 +105,15 @@ where
     }
 }
 
-/// Lists and watches `K` through `source` until the returned stream is dropped, reporting to
-/// `health`. The stream yields the events a kube reflector expects (a list is `Init`,
-/// `InitApply`…, `InitDone`) and never an error; the `Result` is only the reflector's signature.
-pub fn watch<K, S>(source: S, health: Health) -> impl Stream<Item = Result<Event<K>, watcher::Error>> + Send
+/// Lists and watches `K` through `source` until the returned stream is dropped, reporting its
+/// freshness to `health` and its relists to `metrics`. The stream yields the events a kube
+/// reflector expects (a list is `Init`, `InitApply`…, `InitDone`) and never an error; the
+/// `Result` is only the reflector's signature.
+pub fn watch<K, S>(
+    source: S,
+    health: Health,
+    metrics: Metrics,
+) -> impl Stream<Item = Result<Event<K>, watcher::Error>> + Send
 where
     K: Resource<DynamicType = ()> + Clone + Debug + Send + Sync + 'static,
     S: Source<K>,
@@ -119,6 +125,7 @@ where
         resource: K::plural(&()).into_owned(),
         source,
         health,
+        metrics,
         tx,
         failures: 0,
     };
@@ -138,6 +145,7 @@ struct Loop<K, S> {
     resource: String,
     source: S,
     health: Health,
+    metrics: Metrics,
     tx: mpsc::Sender<Event<K>>,
     /// Consecutive failed attempts; reset once the API server delivers again.
     failures: u32,
@@ -167,7 +175,7 @@ where
                 continue;
             };
             if listed_before {
-                self.health.metrics().watch_relisted(&self.resource);
+                self.metrics.watch_relisted(&self.resource);
             }
             listed_before = true;
             // Watch from `version` until the API server no longer has it.
@@ -335,7 +343,6 @@ mod tests {
     use kube::core::Status;
 
     use super::*;
-    use crate::metrics::Metrics;
 
     #[test]
     fn backoff_doubles_to_a_few_seconds_and_stays_there() {
@@ -464,8 +471,13 @@ mod tests {
             Ok(WatchEvent::Added(object("b", "11"))),
             Ok(WatchEvent::Deleted(object("a", "12"))),
         ]));
-        let health = Health::new(Metrics::new());
-        let mut stream = Box::pin(watch::<ConfigMap, _>(source.clone(), health.clone()));
+        let metrics = Metrics::new();
+        let health = Health::new(metrics.clone());
+        let mut stream = Box::pin(watch::<ConfigMap, _>(
+            source.clone(),
+            health.clone(),
+            metrics.clone(),
+        ));
 
         let t0 = tokio::time::Instant::now();
         let events = take(&mut stream, 11).await;
@@ -507,8 +519,13 @@ mod tests {
             watches.push_back(Err(gone()));
             // After the relist: one that stalls (never ends) comes last, from the script's end.
         }
-        let health = Health::new(Metrics::new());
-        let mut stream = Box::pin(watch::<ConfigMap, _>(source.clone(), health.clone()));
+        let metrics = Metrics::new();
+        let health = Health::new(metrics.clone());
+        let mut stream = Box::pin(watch::<ConfigMap, _>(
+            source.clone(),
+            health.clone(),
+            metrics.clone(),
+        ));
         let events = take(&mut stream, 7).await;
         assert_eq!(
             events,
@@ -523,8 +540,7 @@ mod tests {
             ]
         );
         assert!(
-            health
-                .metrics()
+            metrics
                 .encode()
                 .contains(r#"nfs_subdir_provisioner_watch_relists_total{resource="configmaps"} 1"#)
         );
@@ -547,7 +563,8 @@ mod tests {
     async fn the_loop_ends_with_its_stream() {
         let source = Scripted::default();
         source.lists.lock().unwrap().push_back(page(&[], "1"));
-        let stream = watch::<ConfigMap, _>(source.clone(), Health::new(Metrics::new()));
+        let metrics = Metrics::new();
+        let stream = watch::<ConfigMap, _>(source.clone(), Health::new(metrics.clone()), metrics);
         drop(stream);
         tokio::time::sleep(Duration::from_secs(600)).await;
         let calls = source.calls.lock().unwrap().len();

@@ -94,8 +94,7 @@ pub async fn reconcile(claim: Arc<PersistentVolumeClaim>, ctx: Arc<Ctx>) -> Resu
             warn!(%refusal, "claim refused");
             // Counted like the library counts a Provision error, so stuck claims show in alerts.
             ctx.shared
-                .health
-                .metrics()
+                .metrics
                 .provision_failed(class_name.unwrap_or_default());
             let event = events::provisioning_failed(&refusal, false);
             ctx.shared.events.publish(event, claim.object_ref(&()));
@@ -107,8 +106,7 @@ pub async fn reconcile(claim: Arc<PersistentVolumeClaim>, ctx: Arc<Ctx>) -> Resu
                 warn!(%error, "provisioning failed; will retry");
                 if !matches!(error, Error::NotLeader(_)) {
                     ctx.shared
-                        .health
-                        .metrics()
+                        .metrics
                         .provision_failed(class_name.unwrap_or_default());
                     let event = events::provisioning_failed(error, true);
                     ctx.shared.events.publish(event, claim.object_ref(&()));
@@ -127,8 +125,7 @@ async fn provision(claim: &PersistentVolumeClaim, plan: ProvisionPlan, ctx: &Ctx
             drop(reservations);
             warn!(%refusal, "claim refused");
             ctx.shared
-                .health
-                .metrics()
+                .metrics
                 .provision_failed(claim::class_name(claim).unwrap_or_default());
             ctx.shared.events.publish(
                 events::provisioning_failed(&refusal, false),
@@ -178,8 +175,7 @@ async fn make_volume(
     }
     info!(pv, export = %plan.export, directory = %plan.path, "provisioned");
     ctx.shared
-        .health
-        .metrics()
+        .metrics
         .provisioned(claim::class_name(claim).unwrap_or_default(), started.elapsed());
     ctx.shared
         .events

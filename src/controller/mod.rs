@@ -30,6 +30,7 @@ use crate::core::volume::directory_in_export;
 use crate::health::Health;
 use crate::k8s::Events;
 use crate::lease::Leadership;
+use crate::metrics::Metrics;
 use crate::storage::{Exports, Storage, StorageFailure};
 use crate::watch;
 
@@ -78,6 +79,7 @@ pub struct Shared {
     pub events: Events,
     pub leadership: Leadership,
     pub health: Health,
+    pub metrics: Metrics,
 }
 
 /// What a reconcile sees.
@@ -261,6 +263,7 @@ impl Slim for PersistentVolumeClaim {
 fn cached<K>(
     client: &Client,
     health: &Health,
+    metrics: &Metrics,
 ) -> (
     Store<K>,
     impl futures::Stream<Item = Result<K, watcher::Error>> + Send + 'static,
@@ -276,7 +279,7 @@ where
         + 'static,
 {
     let (store, writer) = reflector::store::<K>();
-    let changes = watch::watch(Api::<K>::all(client.clone()), health.clone())
+    let changes = watch::watch(Api::<K>::all(client.clone()), health.clone(), metrics.clone())
         .modify(K::slim)
         .reflect(writer)
         .applied_objects();
@@ -337,9 +340,9 @@ pub async fn run(shared: Shared, term: CancellationToken) {
     let client = shared.client.clone();
     let config = controller::Config::default().concurrency(RECONCILE_CONCURRENCY);
 
-    let (classes, class_changes) = cached::<StorageClass>(&client, &shared.health);
-    let (pvs, pv_changes) = cached::<PersistentVolume>(&client, &shared.health);
-    let (claims, claim_changes) = cached::<PersistentVolumeClaim>(&client, &shared.health);
+    let (classes, class_changes) = cached::<StorageClass>(&client, &shared.health, &shared.metrics);
+    let (pvs, pv_changes) = cached::<PersistentVolume>(&client, &shared.health, &shared.metrics);
+    let (claims, claim_changes) = cached::<PersistentVolumeClaim>(&client, &shared.health, &shared.metrics);
 
     // The one waiter on the stores' readiness; reconciles wait on the watch channel instead.
     let (ready_tx, ready) = channel_watch::channel(false);

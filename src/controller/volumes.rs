@@ -75,7 +75,7 @@ pub async fn reconcile(pv: Arc<PersistentVolume>, ctx: Arc<Ctx>) -> Result<Actio
             if let Err(error) = &result {
                 warn!(%error, "release failed; will retry");
                 if !matches!(error, Error::NotLeader(_)) {
-                    ctx.shared.health.metrics().release_failed(class_of(&pv));
+                    ctx.shared.metrics.release_failed(class_of(&pv));
                     ctx.shared
                         .events
                         .publish(events::delete_failed(error), pv.object_ref(&()));
@@ -111,10 +111,7 @@ async fn release(pv: &PersistentVolume, plan: &ReleasePlan, ctx: &Ctx) -> Result
     k8s::delete_pv(&ctx.pv_api, &name, pv.uid().as_deref())
         .await
         .map_err(Error::api("delete", &name))?;
-    ctx.shared
-        .health
-        .metrics()
-        .released(class_of(pv), started.elapsed());
+    ctx.shared.metrics.released(class_of(pv), started.elapsed());
     ctx.succeeded(&key(pv));
     Ok(Action::await_change())
 }
