@@ -21,6 +21,7 @@ pub mod lease;
 pub mod naming;
 pub mod params;
 pub mod pv;
+pub mod staging;
 pub mod volume;
 
 #[cfg(test)]
