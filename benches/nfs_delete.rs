@@ -1,4 +1,5 @@
-//! Deleting big trees over NFS with the provisioner's own code (`DirectExport::delete_volume`).
+//! Deleting big trees over NFS with the provisioner's own code (`Backend::delete_volume` of
+//! `Volumes<Nfs3Transport>`, the volume protocol over the NFSv3 transport).
 //!
 //! `cargo bench --bench nfs_delete [-- 10000 100000]`
 //!
@@ -59,13 +60,12 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, Result, bail, ensure};
 use common::{clock_ticks, env_number, median_range, parse_count, parse_list, proc_stat, uptime};
 use futures::{StreamExt, TryStreamExt, stream};
-use nfs_subdir_provisioner::storage::Removed;
-use nfs_subdir_provisioner::storage::direct::{
-    DEFAULT_CONNECTIONS, DirectExport, MAX_CONNECTIONS, MountOptions,
-};
+use nfs_subdir_provisioner::core::export::{ClientOptions, Export};
+use nfs_subdir_provisioner::storage::nfs3::{DEFAULT_CONNECTIONS, MAX_CONNECTIONS, Nfs3Transport};
+use nfs_subdir_provisioner::storage::{Backend, Removed, Volumes};
 
 const SERVER: &str = "127.0.0.1";
-/// The test server's No_Root_Squash export (test/nfs-server/ganesha.conf).
+/// The test server's No_Root_Squash export (tests/nfs/server/ganesha.conf).
 const SHARE: &str = "/export";
 const FILES_PER_DIR: usize = 1000;
 /// Building a tree: directories filled at once, files created at once in each.
@@ -546,14 +546,27 @@ fn proxy_cpu() -> f64 {
 // ---------------------------------------------------------------------------------------------
 // Measuring
 
-fn mount_options(port: u16, mount_port: u16) -> MountOptions {
-    MountOptions {
+/// One export's volume operations over the NFSv3 transport, as the provisioner has them.
+type Client = Volumes<Nfs3Transport>;
+
+/// A client of [`SHARE`] with `connections` connections, its NFS requests to `port`.
+async fn connect(port: u16, mount_port: u16, connections: usize) -> Result<Client> {
+    let export = Export {
+        server: SERVER.to_owned(),
+        path: SHARE.to_owned(),
+    };
+    let transport = Nfs3Transport::connect(export, client_options(port, mount_port), connections).await?;
+    Ok(Volumes::new(transport))
+}
+
+fn client_options(port: u16, mount_port: u16) -> ClientOptions {
+    ClientOptions {
         port: Some(port),
-        mountport: Some(mount_port),
+        mount_port: Some(mount_port),
         // The provisioner's defaults (timeo=100, retrans=2). `noresvport`: the bench opens and
         // closes hundreds of connections, more than the 359 reserved ports a TIME_WAIT minute
         // allows; the port does not change the timing.
-        timeo: Duration::from_secs(10),
+        timeout: Duration::from_secs(10),
         retrans: 2,
         resvport: false,
     }
@@ -561,7 +574,7 @@ fn mount_options(port: u16, mount_port: u16) -> MountOptions {
 
 /// Opens the pool's connections (a connection is made on first use; the provisioner's pool is
 /// warm after its first operations), so that connect time is not part of a delete.
-async fn warm_up(export: &DirectExport, connections: usize) -> Result<()> {
+async fn warm_up(export: &Client, connections: usize) -> Result<()> {
     for _ in 0..3 {
         futures::future::try_join_all((0..connections).map(|_| export.capacity())).await?;
     }
@@ -569,7 +582,7 @@ async fn warm_up(export: &DirectExport, connections: usize) -> Result<()> {
 }
 
 /// FSSTAT sent one at a time: median duration, and CPU per call.
-async fn round_trip(export: &DirectExport, ganesha: &Ganesha, ticks: f64) -> Result<RoundTrip> {
+async fn round_trip(export: &Client, ganesha: &Ganesha, ticks: f64) -> Result<RoundTrip> {
     for _ in 0..20 {
         export.capacity().await?;
     }
@@ -602,7 +615,8 @@ async fn round_trip(export: &DirectExport, ganesha: &Ganesha, ticks: f64) -> Res
 }
 
 /// Makes `top/dNNN/file-NNNN.dat`: `files` empty files, [`FILES_PER_DIR`] per directory.
-async fn build(export: &DirectExport, top: &str, files: usize) -> Result<()> {
+async fn build(export: &Client, top: &str, files: usize) -> Result<()> {
+    let export = export.transport();
     export.mkdir_p(&[top]).await?;
     let dirs = files.div_ceil(FILES_PER_DIR);
     stream::iter(0..dirs)
@@ -704,8 +718,7 @@ async fn measure(opts: &Options, ganesha: &mut Ganesha, ticks: f64) -> Result<Re
             delay_proxy(upstream, Arc::clone(&delay))?
         };
         ports.insert(rtt, port);
-        let serial =
-            DirectExport::connect(SERVER, SHARE, &mount_options(port, ganesha.mount_port), 1).await?;
+        let serial = connect(port, ganesha.mount_port, 1).await?;
         let mut measured = round_trip(&serial, ganesha, ticks).await?;
         // Calibration: waking the proxy's threads takes time too (0.1–0.2 ms here), so shorten its
         // sleep until the round trip exceeds the one without proxy by `rtt`.
@@ -793,26 +806,16 @@ async fn one_delete(
         config.concurrency,
         config.connections
     );
-    let builder = DirectExport::connect(
-        SERVER,
-        SHARE,
-        &mount_options(ganesha.nfs_port, ganesha.mount_port),
-        BUILD_CONNECTIONS,
-    )
-    .await
-    .context("connecting the tree builder")?;
+    let builder = connect(ganesha.nfs_port, ganesha.mount_port, BUILD_CONNECTIONS)
+        .await
+        .context("connecting the tree builder")?;
     let started = Instant::now();
     build(&builder, &top, files).await?;
     let built = started.elapsed().as_secs_f64();
     drop(builder);
-    let client = DirectExport::connect(
-        SERVER,
-        SHARE,
-        &mount_options(port, ganesha.mount_port),
-        config.connections,
-    )
-    .await
-    .with_context(|| format!("connecting {}", config.label()))?;
+    let client = connect(port, ganesha.mount_port, config.connections)
+        .await
+        .with_context(|| format!("connecting {}", config.label()))?;
     warm_up(&client, config.connections).await?;
     let me = std::process::id();
     let profiler = match perf_dir {
@@ -947,7 +950,7 @@ fn table(opts: &Options, samples: &BTreeMap<Case, Samples>, rtts: &BTreeMap<Dura
     };
     let plain = |rtt: Duration| format!("{:.1} ms", ms(rtt));
     let mut out = format!(
-        "\nSeconds to delete the tree with `DirectExport::delete_volume`: median of {} run(s), \
+        "\nSeconds to delete the tree with `Volumes<Nfs3Transport>::delete_volume`: median of {} run(s), \
          min–max in parentheses; \"(1 run)\": a case of over a minute per run, run {} time(s) \
          (`BENCH_SLOW_RUNS`). FSSTAT: the measured time of one serial round trip.\n\n",
         opts.runs, opts.slow_runs

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
-# The tests' NFS server: nfs-ganesha in a podman container (test/nfs-server/), serving two
-# bind-mounted host directories on 127.0.0.1 only. See test/nfs-server/README.md.
+# The tests' NFS server: nfs-ganesha in a podman container (tests/nfs/server/), serving two
+# bind-mounted host directories on 127.0.0.1 only. See tests/nfs/server/README.md.
 #
 #   scripts/nfs-server.sh start NAME HOSTDIR NFS_PORT MOUNT_PORT
 #       Build the image if missing or stale, (re)create container NAME serving HOSTDIR/export and
@@ -34,7 +34,7 @@ set -euo pipefail
 exec 3>&1 1>&2
 
 REPO=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
-SRC=$REPO/test/nfs-server
+SRC=$REPO/tests/nfs/server
 IMAGE=localhost/nfs-subdir-provisioner-test-nfs:latest
 BASE=${NFS_SERVER_BASE_IMAGE:-debian:bookworm}
 LABEL=org.nfs-subdir-provisioner.test-nfs

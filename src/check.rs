@@ -66,7 +66,8 @@ fn gib(bytes: u64) -> String {
 
 /// Runs every check; the caller prints [`render`] and exits non-zero unless all passed.
 pub async fn run(config: &Config) -> Vec<Item> {
-    let exports = crate::run::exports(config, Health::new(Metrics::new()));
+    let metrics = Metrics::new();
+    let exports = Exports::from_config(config, Health::new(metrics.clone()), metrics);
     let mut items = Vec::new();
     match exports.mounted() {
         Some(mounted) => {

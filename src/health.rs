@@ -252,10 +252,6 @@ impl Health {
         }
     }
 
-    pub fn metrics(&self) -> &Metrics {
-        &self.inner.metrics
-    }
-
     fn state(&self) -> std::sync::MutexGuard<'_, State> {
         self.inner
             .state

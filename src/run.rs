@@ -18,7 +18,7 @@ use crate::k8s::{self, Events};
 use crate::lease::{Elector, Leadership, TermEnd, lease_name};
 use crate::metrics::Metrics;
 use crate::shutdown;
-use crate::storage::{Exports, Limits};
+use crate::storage::Exports;
 
 /// Upper bound for in-flight reconciles to finish after a term ends.
 const DRAIN: Duration = Duration::from_secs(30);
@@ -68,7 +68,7 @@ async fn provision(
 ) -> anyhow::Result<()> {
     let client = k8s::client(&config).await?;
     let identity = identity(&config);
-    let exports = exports(&config, health.clone());
+    let exports = Exports::from_config(&config, health.clone(), metrics.clone());
     // Refuse to start on an export that is not there, rather than fail every claim later.
     match (exports.mounted(), &config.mounted) {
         (Some(mounted), Some(export)) => {
@@ -175,21 +175,4 @@ async fn drain(controllers: tokio::task::JoinHandle<()>) {
     if tokio::time::timeout(DRAIN, controllers).await.is_err() {
         warn!(after = ?DRAIN, "in-flight work did not finish in time; leaving it to the next leader");
     }
-}
-
-pub fn limits(config: &Config) -> Limits {
-    Limits {
-        timeout: config.fs_timeout,
-        delete_timeout: config.delete_timeout,
-        delete_concurrency: config.delete_concurrency,
-    }
-}
-
-/// The mounted export (if NFS_SERVER/NFS_PATH are set) and room for the direct ones.
-pub fn exports(config: &Config, health: Health) -> Exports {
-    let mounted = config
-        .mounted
-        .clone()
-        .map(|export| (export, config.mount_path.clone()));
-    Exports::new(mounted, limits(config), health)
 }

@@ -1,605 +1,73 @@
-//! The direct NFSv3 client (`storage::direct::DirectExport`) against a real NFS server
-//! (nfs-ganesha, scripts/nfs-server.sh); see tests/nfs/mod.rs for the environment. Every test works
-//! below its own unique top-level directory and with its own PV names, so they can run in parallel
-//! on one export (and alongside tests/conformance.rs). The tests that stop or restart the server
-//! are in tests/direct_nfs_stall.rs, on a server of their own.
+//! What only the NFSv3 transport (`storage::nfs3::Nfs3Transport`) has, against a real NFS server
+//! (nfs-ganesha, scripts/nfs-server.sh; see tests/nfs/mod.rs for the environment): connecting
+//! (source ports, a missing export, what the connection reports), requests resent after a lost
+//! reply, the pool growing for a delete, MKDIR dropping setgid, root_squash. The volume
+//! behaviour both transports share is tested over both in tests/conformance.rs; the tests that
+//! stop or restart the server are in tests/direct_nfs_stall.rs, on a server of their own.
+//!
+//! Every test works below its own unique top-level directory and with its own PV names, so they
+//! can run in parallel on one export (and alongside tests/conformance.rs).
 #![allow(clippy::unwrap_used)] // a test: a failed call is a failed test
 
 mod nfs;
 
+use std::collections::HashMap;
 use std::fs;
+use std::net::SocketAddr;
 use std::os::unix::fs::MetadataExt;
-use std::path::PathBuf;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::{Duration, Instant};
 
 use nfs::{EXPORT, EXPORT_ROOTSQUASH, EXPORT_SECURE, p, unique};
-use nfs_subdir_provisioner::core::naming::STAGING_DIR;
-use nfs_subdir_provisioner::storage::direct::{DirectExport, NfsError};
-use nfs_subdir_provisioner::storage::{Archived, Created, DirAttrs, Removed};
+use nfs_subdir_provisioner::core::params::DirMode;
+use nfs_subdir_provisioner::storage::nfs3::{MAX_CONNECTIONS, Nfs3Transport, NfsError};
+use nfs_subdir_provisioner::storage::transport::{Made, Opened, Transport, at};
+use nfs_subdir_provisioner::storage::{Created, Removed, StorageFailure, Volumes};
 use nfs3_client::nfs3_types::mount::mountstat3;
 use nfs3_client::nfs3_types::nfs3::nfsstat3;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
 
 const SUITE: &str = "direct_nfs";
 
-/// A client of the main export (No_Root_Squash) and the host path of its backing directory, or
-/// `None` (suite skipped).
-async fn export() -> Option<(DirectExport, PathBuf)> {
-    let env = nfs::env(SUITE)?;
-    let e = env.connect(EXPORT, &[], 16).await;
-    Some((e, env.export_dir))
-}
-
-/// Removes the test's top-level directory over NFS (ignores errors: this is only tidying up).
-async fn cleanup(e: &DirectExport, top: &str) {
-    let _ = e.delete_volume(&p(&[top]), 16).await;
-}
-
-const RWX: DirAttrs = DirAttrs {
-    mode: 0o777,
-    uid: None,
-    gid: None,
+/// What a StorageClass with `uid: 1000`, `gid: 2000`, `mode: 2770` asks for.
+const OWNED: DirMode = DirMode {
+    mode: 0o2770,
+    uid: Some(1000),
+    gid: Some(2000),
 };
 
-#[tokio::test]
-async fn create_gives_the_exact_mode_and_owner_and_a_staging_record_until_finished() {
-    let Some((e, backing)) = export().await else {
-        return;
-    };
-    let top = unique("create");
-    let pv = unique("pv");
-    let attrs = DirAttrs {
-        mode: 0o2770,
-        uid: Some(1000),
-        gid: Some(2000),
-    };
-    let created = e
-        .create_volume(&pv, &p(&[&top, "ns-a", "vol"]), &attrs)
-        .await
-        .unwrap();
-    assert_eq!(created, Created::New);
-    let md = fs::symlink_metadata(backing.join(&top).join("ns-a/vol")).unwrap();
-    assert!(md.is_dir());
-    // Exactly 02770 although v3 MKDIR drops setgid: the chmod after chown restored it.
-    assert_eq!((md.uid(), md.gid(), md.mode() & 0o7777), (1000, 2000, 0o2770));
-    // Missing parents were made with 0755.
-    let parent = fs::metadata(backing.join(&top).join("ns-a")).unwrap();
-    assert_eq!(parent.mode() & 0o7777, 0o755);
-    assert_eq!(
-        fs::metadata(backing.join(STAGING_DIR)).unwrap().mode() & 0o7777,
-        0o700
-    );
-    assert!(e.staged_volumes().await.unwrap().contains(&pv));
-    assert_eq!(
-        e.staged_target(&pv).await.unwrap(),
-        Some(p(&[&top, "ns-a", "vol"]))
-    );
-    // The record has the mounted backend's layout: the target line and the inode of the volume.
-    let record = backing.join(STAGING_DIR).join(&pv);
-    assert_eq!(
-        fs::read_to_string(record.join("target")).unwrap(),
-        format!("{top}/ns-a/vol\n")
-    );
-    assert_eq!(
-        fs::read_to_string(record.join("inode")).unwrap(),
-        format!("{}\n", md.ino())
-    );
-    assert!(!record.join("vol").exists());
-
-    e.finish_volume(&pv).await.unwrap();
-    e.finish_volume(&pv).await.unwrap();
-    assert!(!e.staged_volumes().await.unwrap().contains(&pv));
-    assert!(!record.exists());
-    assert!(backing.join(&top).join("ns-a/vol").is_dir());
-
-    // A plain mode with no owner: 0777 exactly (the server applies no umask), owner root.
-    let pv2 = unique("pv");
-    e.create_volume(&pv2, &p(&[&top, "plain"]), &RWX).await.unwrap();
-    let md = fs::metadata(backing.join(&top).join("plain")).unwrap();
-    assert_eq!((md.uid(), md.gid(), md.mode() & 0o7777), (0, 0, 0o777));
-    e.finish_volume(&pv2).await.unwrap();
-    cleanup(&e, &top).await;
-}
-
-#[tokio::test]
-async fn a_setgid_parent_passes_its_group_on_when_no_gid_is_given() {
-    let Some((e, backing)) = export().await else {
-        return;
-    };
-    let top = unique("sgid");
-    e.mkdir_p(&[&top, "grp"]).await.unwrap();
-    e.chown(&[&top, "grp"], None, Some(3000)).await.unwrap();
-    e.chmod(&[&top, "grp"], 0o2775).await.unwrap();
-    let pv = unique("pv");
-    e.create_volume(&pv, &p(&[&top, "grp", "a"]), &RWX).await.unwrap();
-    let md = fs::metadata(backing.join(&top).join("grp/a")).unwrap();
-    assert_eq!((md.gid(), md.mode() & 0o7777), (3000, 0o777));
-    e.finish_volume(&pv).await.unwrap();
-    cleanup(&e, &top).await;
-}
-
-#[tokio::test]
-async fn exclusive_create_refuses_a_foreign_directory_and_leaves_it_untouched() {
-    let Some((e, backing)) = export().await else {
-        return;
-    };
-    let top = unique("foreign");
-    e.mkdir_p(&[&top, "taken"]).await.unwrap();
-    e.write_file(&[&top, "taken", "data"], b"someone else's", 0o644)
-        .await
-        .unwrap();
-    e.chmod(&[&top, "taken"], 0o750).await.unwrap();
-    let pv = unique("pv");
-    let err = e
-        .create_volume(&pv, &p(&[&top, "taken"]), &RWX)
-        .await
-        .unwrap_err();
-    assert!(matches!(&err, NfsError::Exists { .. }), "{err}");
-    assert_eq!(
-        err.to_string(),
-        format!("create directory {top}/taken: a directory not made for this volume already exists")
-    );
-    let dir = backing.join(&top).join("taken");
-    assert_eq!(fs::read(dir.join("data")).unwrap(), b"someone else's");
-    assert_eq!(fs::metadata(&dir).unwrap().mode() & 0o7777, 0o750);
-    assert!(!e.staged_volumes().await.unwrap().contains(&pv));
-    // A file at the path is a non-directory in the way.
-    e.write_file(&[&top, "file"], b"x", 0o644).await.unwrap();
-    let err = e.create_volume(&pv, &p(&[&top, "file"]), &RWX).await.unwrap_err();
-    assert!(matches!(err, NfsError::Symlink { .. }), "{err}");
-    cleanup(&e, &top).await;
-}
-
-#[tokio::test]
-async fn a_symlinked_parent_is_refused_and_nothing_is_created_at_its_target() {
-    let Some((e, backing)) = export().await else {
-        return;
-    };
-    let top = unique("link");
-    e.mkdir_p(&[&top]).await.unwrap();
-    let outside = backing.parent().unwrap().join(unique("outside"));
-    fs::create_dir(&outside).unwrap();
-    e.symlink(&[&top, "link"], outside.to_str().unwrap())
-        .await
-        .unwrap();
-    let pv = unique("pv");
-    let err = e
-        .create_volume(&pv, &p(&[&top, "link", "vol"]), &RWX)
-        .await
-        .unwrap_err();
-    assert!(
-        matches!(&err, NfsError::Symlink { path, .. } if *path == format!("{top}/link")),
-        "{err}"
-    );
-    let err = e.create_volume(&pv, &p(&[&top, "link"]), &RWX).await.unwrap_err();
-    assert!(matches!(err, NfsError::Symlink { .. }), "{err}");
-    let err = e.archive_volume(&p(&[&top, "link", "vol"])).await.unwrap_err();
-    assert!(matches!(err, NfsError::Symlink { .. }), "{err}");
-    assert_eq!(fs::read_dir(&outside).unwrap().count(), 0);
-    assert!(!e.staged_volumes().await.unwrap().contains(&pv));
-    fs::remove_dir(&outside).unwrap();
-    cleanup(&e, &top).await;
-}
-
-#[tokio::test]
-async fn a_retry_adopts_its_own_attempt_only() {
-    let Some((e, backing)) = export().await else {
-        return;
-    };
-    let top = unique("adopt");
-    let pv = unique("pv");
-    let path = p(&[&top, "a"]);
-    assert_eq!(e.create_volume(&pv, &path, &RWX).await.unwrap(), Created::New);
-    e.write_file(&[&top, "a", "written-meanwhile"], b"x", 0o644)
-        .await
-        .unwrap();
-    // finish_volume never ran (crash): the retry adopts, keeping the data.
-    assert_eq!(e.create_volume(&pv, &path, &RWX).await.unwrap(), Created::Adopted);
-    assert!(backing.join(&top).join("a/written-meanwhile").exists());
-    // Another volume may not adopt it.
-    let other = unique("pv");
-    let err = e.create_volume(&other, &path, &RWX).await.unwrap_err();
-    assert!(matches!(err, NfsError::Exists { .. }), "{err}");
-    // The same volume asking for another path is told where its attempt went.
-    let err = e.create_volume(&pv, &p(&[&top, "b"]), &RWX).await.unwrap_err();
-    assert!(matches!(err, NfsError::StagedElsewhere { .. }), "{err}");
-    e.finish_volume(&pv).await.unwrap();
-    // After finishing there is no proof any more.
-    let err = e.create_volume(&pv, &path, &RWX).await.unwrap_err();
-    assert!(matches!(err, NfsError::Exists { .. }), "{err}");
-    cleanup(&e, &top).await;
-}
-
-#[tokio::test]
-async fn interrupted_attempts_resume_from_their_staging_record() {
-    let Some((e, backing)) = export().await else {
-        return;
-    };
-    let top = unique("resume");
-    e.mkdir_p(&[&top]).await.unwrap();
-    let attrs = DirAttrs {
-        mode: 0o2770,
-        uid: Some(1000),
-        gid: Some(2000),
-    };
-
-    // 1. Crash after the record was published, before placement: the retry places it.
-    let pv = unique("pv");
-    let target = format!("{top}/a\n");
-    e.mkdir_p(&[STAGING_DIR, &pv, "vol"]).await.unwrap();
-    e.write_file(&[STAGING_DIR, &pv, "target"], target.as_bytes(), 0o600)
-        .await
-        .unwrap();
-    assert_eq!(
-        e.create_volume(&pv, &p(&[&top, "a"]), &attrs).await.unwrap(),
-        Created::New
-    );
-    let md = fs::metadata(backing.join(&top).join("a")).unwrap();
-    assert_eq!((md.uid(), md.gid(), md.mode() & 0o7777), (1000, 2000, 0o2770));
-    e.finish_volume(&pv).await.unwrap();
-
-    // 2. Crash after the target name was claimed (placing marker + empty mode-000 dir): the claim is
-    //    reused.
-    let pv = unique("pv");
-    e.mkdir_p(&[STAGING_DIR, &pv, "vol"]).await.unwrap();
-    e.write_file(
-        &[STAGING_DIR, &pv, "target"],
-        format!("{top}/b\n").as_bytes(),
-        0o600,
-    )
-    .await
-    .unwrap();
-    e.write_file(&[STAGING_DIR, &pv, "placing"], b"", 0o600)
-        .await
-        .unwrap();
-    e.mkdir_p(&[&top, "b"]).await.unwrap();
-    e.chmod(&[&top, "b"], 0).await.unwrap();
-    assert_eq!(
-        e.create_volume(&pv, &p(&[&top, "b"]), &attrs).await.unwrap(),
-        Created::New
-    );
-    assert_eq!(
-        fs::metadata(backing.join(&top).join("b")).unwrap().mode() & 0o7777,
-        0o2770
-    );
-    e.finish_volume(&pv).await.unwrap();
-
-    // 3. The same empty mode-000 directory without the marker is not ours.
-    let pv = unique("pv");
-    e.mkdir_p(&[STAGING_DIR, &pv, "vol"]).await.unwrap();
-    e.write_file(
-        &[STAGING_DIR, &pv, "target"],
-        format!("{top}/c\n").as_bytes(),
-        0o600,
-    )
-    .await
-    .unwrap();
-    e.mkdir_p(&[&top, "c"]).await.unwrap();
-    e.chmod(&[&top, "c"], 0).await.unwrap();
-    let err = e.create_volume(&pv, &p(&[&top, "c"]), &attrs).await.unwrap_err();
-    assert!(matches!(err, NfsError::Exists { .. }), "{err}");
-    e.finish_volume(&pv).await.unwrap();
-
-    // 4. A leftover unpublished `<pv>.tmp` is removed and never published.
-    let pv = unique("pv");
-    let tmp = format!("{pv}.tmp");
-    e.mkdir_p(&[STAGING_DIR, &tmp, "vol"]).await.unwrap();
-    e.write_file(&[STAGING_DIR, &tmp, "vol", "junk"], b"x", 0o600)
-        .await
-        .unwrap();
-    assert!(e.staged_volumes().await.unwrap().contains(&pv));
-    assert_eq!(
-        e.create_volume(&pv, &p(&[&top, "d"]), &RWX).await.unwrap(),
-        Created::New
-    );
-    assert!(!backing.join(STAGING_DIR).join(&tmp).exists());
-    assert!(!backing.join(&top).join("d/junk").exists());
-    e.finish_volume(&pv).await.unwrap();
-    cleanup(&e, &top).await;
-}
-
-#[tokio::test]
-async fn archive_never_overwrites_and_counts_up_from_2() {
-    let Some((e, backing)) = export().await else {
-        return;
-    };
-    let top = unique("archive");
-    let dir = backing.join(&top);
-    for (i, expected) in ["archived-x", "archived-x-2", "archived-x-3"].iter().enumerate() {
-        e.mkdir_p(&[&top, "x"]).await.unwrap();
-        e.write_file(&[&top, "x", "data"], format!("gen{i}").as_bytes(), 0o644)
-            .await
-            .unwrap();
-        assert_eq!(
-            e.archive_volume(&p(&[&top, "x"])).await.unwrap(),
-            Archived::To((*expected).to_owned())
-        );
+fn nfs_err(err: &StorageFailure) -> &NfsError {
+    match err {
+        StorageFailure::Nfs(e) => e,
+        other => panic!("not an NFS failure: {other:?}"),
     }
-    // An *empty* directory where the next archive would go (NFSv3 RENAME would replace it) is kept.
-    e.mkdir_p(&[&top, "archived-x-4"]).await.unwrap();
-    // A leftover claim (empty, mode 000) of an interrupted archive is reused.
-    e.mkdir_p(&[&top, "archived-x-5"]).await.unwrap();
-    e.chmod(&[&top, "archived-x-5"], 0).await.unwrap();
-    e.mkdir_p(&[&top, "x"]).await.unwrap();
-    e.write_file(&[&top, "x", "data"], b"gen3", 0o644).await.unwrap();
-    assert_eq!(
-        e.archive_volume(&p(&[&top, "x"])).await.unwrap(),
-        Archived::To("archived-x-5".to_owned())
-    );
-    // A non-empty claim-looking directory is never replaced.
-    e.mkdir_p(&[&top, "archived-x-6"]).await.unwrap();
-    e.write_file(&[&top, "archived-x-6", "keep"], b"k", 0o644)
-        .await
-        .unwrap();
-    e.chmod(&[&top, "archived-x-6"], 0).await.unwrap();
-    e.mkdir_p(&[&top, "x"]).await.unwrap();
-    assert_eq!(
-        e.archive_volume(&p(&[&top, "x"])).await.unwrap(),
-        Archived::To("archived-x-7".to_owned())
-    );
-    for (name, content) in [
-        ("archived-x", "gen0"),
-        ("archived-x-2", "gen1"),
-        ("archived-x-3", "gen2"),
-        ("archived-x-5", "gen3"),
-    ] {
-        assert_eq!(fs::read_to_string(dir.join(name).join("data")).unwrap(), content);
-    }
-    assert_eq!(fs::read_dir(dir.join("archived-x-4")).unwrap().count(), 0);
-    assert!(dir.join("archived-x-6/keep").exists());
-    assert!(!dir.join("x").exists());
-    // Retry after a rename that succeeded: Missing.
-    assert_eq!(
-        e.archive_volume(&p(&[&top, "x"])).await.unwrap(),
-        Archived::Missing
-    );
-    assert_eq!(
-        e.archive_volume(&p(&[&top, "no-ns", "x"])).await.unwrap(),
-        Archived::Missing
-    );
-    cleanup(&e, &top).await;
 }
 
+// ---- connecting ----
+
+/// The connection reports where it went (the ports given as `port=` and `mountport=`), how
+/// many connections its pool starts with, and the deadline of one RPC.
 #[tokio::test]
-async fn delete_removes_files_subdirs_and_symlinks_without_touching_link_targets() {
-    let Some((e, backing)) = export().await else {
-        return;
-    };
-    let top = unique("delete");
-    let outside = backing.parent().unwrap().join(unique("outside"));
-    fs::create_dir_all(outside.join("dir")).unwrap();
-    fs::write(outside.join("dir/data"), b"precious").unwrap();
-    fs::write(outside.join("file"), b"precious").unwrap();
-
-    let mut entries = 1; // vol itself
-    e.mkdir_p(&[&top, "vol"]).await.unwrap();
-    for d in 0..5 {
-        let d = format!("d{d}");
-        e.mkdir_p(&[&top, "vol", &d, "e"]).await.unwrap();
-        entries += 2;
-        let names: Vec<String> = (0..40).map(|f| format!("f{f}")).collect();
-        entries += 2 * names.len() as u64;
-        e.create_files(&[&top, "vol", &d], names.clone(), 8)
-            .await
-            .unwrap();
-        e.create_files(&[&top, "vol", &d, "e"], names, 8).await.unwrap();
-    }
-    e.symlink(&[&top, "vol", "to-dir"], outside.join("dir").to_str().unwrap())
-        .await
-        .unwrap();
-    e.symlink(
-        &[&top, "vol", "d0", "e", "to-file"],
-        outside.join("file").to_str().unwrap(),
-    )
-    .await
-    .unwrap();
-    // A relative link that would climb out of the export.
-    e.symlink(&[&top, "vol", "up"], "../../../..").await.unwrap();
-    entries += 3;
-
-    assert_eq!(
-        e.delete_volume(&p(&[&top, "vol"]), 16).await.unwrap(),
-        Removed::Removed { entries }
-    );
-    assert!(!backing.join(&top).join("vol").exists());
-    assert!(backing.join(&top).is_dir());
-    assert_eq!(fs::read(outside.join("dir/data")).unwrap(), b"precious");
-    assert_eq!(fs::read(outside.join("file")).unwrap(), b"precious");
-    assert_eq!(
-        e.delete_volume(&p(&[&top, "vol"]), 16).await.unwrap(),
-        Removed::Missing
-    );
-    assert_eq!(
-        e.delete_volume(&p(&[&top, "no-ns", "vol"]), 16).await.unwrap(),
-        Removed::Missing
-    );
-
-    // A volume that is itself a symlink: only the link goes.
-    e.symlink(&[&top, "linkvol"], outside.to_str().unwrap())
-        .await
-        .unwrap();
-    assert_eq!(
-        e.delete_volume(&p(&[&top, "linkvol"]), 4).await.unwrap(),
-        Removed::Removed { entries: 1 }
-    );
-    assert!(fs::symlink_metadata(backing.join(&top).join("linkvol")).is_err());
-    assert_eq!(fs::read(outside.join("file")).unwrap(), b"precious");
-    // A symlinked parent is refused.
-    e.symlink(&[&top, "ns"], outside.to_str().unwrap()).await.unwrap();
-    let err = e.delete_volume(&p(&[&top, "ns", "dir"]), 4).await.unwrap_err();
-    assert!(matches!(err, NfsError::Symlink { .. }), "{err}");
-    assert!(outside.join("dir/data").exists());
-    fs::remove_dir_all(&outside).unwrap();
-    cleanup(&e, &top).await;
-}
-
-#[tokio::test]
-async fn serial_delete_counts_the_same_entries() {
-    let Some((e, backing)) = export().await else {
-        return;
-    };
-    let top = unique("serial");
-    e.mkdir_p(&[&top, "vol", "sub"]).await.unwrap();
-    let names: Vec<String> = (0..300).map(|f| format!("file-{f}")).collect();
-    e.create_files(&[&top, "vol"], names.clone(), 16).await.unwrap();
-    e.create_files(&[&top, "vol", "sub"], names, 16).await.unwrap();
-    assert_eq!(
-        e.delete_volume(&p(&[&top, "vol"]), 1).await.unwrap(),
-        Removed::Removed { entries: 602 }
-    );
-    assert!(!backing.join(&top).join("vol").exists());
-    cleanup(&e, &top).await;
-}
-
-#[tokio::test]
-async fn delete_errors_name_the_entry_and_status() {
-    let Some((e, backing)) = export().await else {
-        return;
-    };
-    // A directory the server cannot empty: immutable on the host (`chattr +i`; ext4, XFS, btrfs;
-    // the error half is skipped where the flag is not available, e.g. tmpfs).
-    let top = unique("delerr");
-    e.mkdir_p(&[&top, "vol", "locked"]).await.unwrap();
-    e.write_file(&[&top, "vol", "locked", "f"], b"x", 0o644)
-        .await
-        .unwrap();
-    let locked = backing.join(&top).join("vol/locked");
-    let chattr = std::process::Command::new("chattr")
-        .arg("+i")
-        .arg(&locked)
-        .status();
-    if !chattr.is_ok_and(|s| s.success()) {
-        eprintln!("chattr +i not available; skipping the error half of this test");
-        cleanup(&e, &top).await;
-        return;
-    }
-    let err = e.delete_volume(&p(&[&top, "vol"]), 4).await.unwrap_err();
-    let _ = std::process::Command::new("chattr")
-        .arg("-i")
-        .arg(&locked)
-        .status();
-    assert_eq!(err.status(), Some(nfsstat3::NFS3ERR_PERM), "{err}");
-    assert_eq!(
-        err.to_string(),
-        format!("unlink {top}/vol/locked/f: NFS3ERR_PERM")
-    );
-    // A retry resumes and finishes.
-    assert!(matches!(
-        e.delete_volume(&p(&[&top, "vol"]), 4).await.unwrap(),
-        Removed::Removed { .. }
-    ));
-    assert!(!backing.join(&top).join("vol").exists());
-    cleanup(&e, &top).await;
-}
-
-#[tokio::test]
-async fn capacity_reports_the_backing_filesystem() {
-    let Some((e, _backing)) = export().await else {
-        return;
-    };
-    let c = e.capacity().await.unwrap();
-    assert!(c.total_bytes > 0);
-    assert!(
-        c.free_bytes <= c.total_bytes && c.available_bytes <= c.free_bytes,
-        "{c:?}"
-    );
-}
-
-#[tokio::test]
-async fn invalid_paths_and_names_are_refused_before_any_rpc() {
-    let Some((e, _backing)) = export().await else {
-        return;
-    };
-    for path in [vec![], p(&[".."]), p(&["a", "."]), p(&["a/b"]), p(&[STAGING_DIR])] {
-        let err = e.create_volume("pv-x", &path, &RWX).await.unwrap_err();
-        assert!(matches!(err, NfsError::InvalidPath { .. }), "{path:?}: {err}");
-        assert!(matches!(
-            e.archive_volume(&path).await,
-            Err(NfsError::InvalidPath { .. })
-        ));
-        assert!(matches!(
-            e.delete_volume(&path, 1).await,
-            Err(NfsError::InvalidPath { .. })
-        ));
-    }
-    for pv in ["", "..", "a/b", "pv.tmp"] {
-        let err = e.create_volume(pv, &p(&["a"]), &RWX).await.unwrap_err();
-        assert!(matches!(err, NfsError::InvalidPath { .. }), "{pv:?}: {err}");
-    }
-    let bad = DirAttrs {
-        mode: 0o10777,
-        uid: None,
-        gid: None,
-    };
-    assert!(matches!(
-        e.create_volume("pv-x", &p(&["a"]), &bad).await,
-        Err(NfsError::InvalidMode { .. })
-    ));
-}
-
-#[tokio::test]
-async fn root_squash_refuses_chown_with_an_error_naming_the_export_option() {
+async fn the_connection_reports_its_addresses_pool_and_deadline() {
     let Some(env) = nfs::env(SUITE) else {
         return;
     };
-    let backing = env.rootsquash_dir.clone();
-    let e = env.connect(EXPORT_ROOTSQUASH, &[], 4).await;
-    let top = unique("squash");
-    let pv = unique("pv");
-    let attrs = DirAttrs {
-        mode: 0o2770,
-        uid: Some(1000),
-        gid: Some(2000),
-    };
-    let err = e
-        .create_volume(&pv, &p(&[&top, "vol"]), &attrs)
-        .await
-        .unwrap_err();
-    assert!(
-        matches!(
-            &err,
-            NfsError::RootSquashed {
-                status: nfsstat3::NFS3ERR_PERM,
-                anon_uid: 65534,
-                anon_gid: 65534,
-                ..
-            }
-        ),
-        "{err}"
-    );
-    let msg = err.to_string();
-    assert!(
-        msg.contains("root_squash") && msg.contains("no_root_squash"),
-        "{msg}"
-    );
-    assert!(
-        msg.starts_with(&format!("change owner of {top}/vol: NFS3ERR_PERM")),
-        "{msg}"
-    );
-    // Nothing was placed; the record stays for the retry.
-    assert!(!backing.join(&top).join("vol").exists());
-    e.finish_volume(&pv).await.unwrap();
-    // Without an owner the squashed provisioner still creates volumes, with the exact mode.
-    let pv = unique("pv");
-    assert_eq!(
-        e.create_volume(
-            &pv,
-            &p(&[&top, "plain"]),
-            &DirAttrs {
-                mode: 0o2770,
-                uid: None,
-                gid: None
-            }
-        )
-        .await
-        .unwrap(),
-        Created::New
-    );
-    let md = fs::metadata(backing.join(&top).join("plain")).unwrap();
-    assert_eq!((md.uid(), md.gid(), md.mode() & 0o7777), (65534, 65534, 0o2770));
-    e.finish_volume(&pv).await.unwrap();
-    assert_eq!(
-        e.delete_volume(&p(&[&top]), 4).await.unwrap(),
-        Removed::Removed { entries: 2 }
-    );
+    let t = env.connect(EXPORT, &["timeo=7", "retrans=2"], 3).await;
+    let c = t.connection().await.unwrap();
+    let info = c.info();
+    let host: std::net::IpAddr = env.server.parse().unwrap();
+    assert_eq!(info.nfs_addr, SocketAddr::new(host, env.nfs_port));
+    assert_eq!(info.mount_addr, SocketAddr::new(host, env.mount_port));
+    assert_eq!(info.connections, 3);
+    // timeo x (retrans + 1).
+    assert_eq!(c.rpc_deadline(), Duration::from_millis(2100));
+    // The connection is made once and kept.
+    assert!(std::ptr::eq(c, t.connection().await.unwrap()));
+    // A pool has at least one connection.
+    let t = env.connect(EXPORT, &[], 0).await;
+    assert_eq!(t.connection().await.unwrap().info().connections, 1);
 }
 
 #[tokio::test]
@@ -607,13 +75,13 @@ async fn unprivileged_source_ports_work_unless_the_export_requires_privileged_on
     let Some(env) = nfs::env(SUITE) else {
         return;
     };
-    let e = env.connect(EXPORT, &["noresvport"], 2).await;
-    assert!(!e.info().reserved_port);
-    e.capacity().await.unwrap();
-    let e = env.connect(EXPORT, &[], 2).await;
+    let v = env.volumes(EXPORT, &["noresvport"], 2).await;
+    assert!(!v.transport().connection().await.unwrap().info().reserved_port);
+    v.capacity().await.unwrap();
+    let v = env.volumes(EXPORT, &[], 2).await;
     let root = nix::unistd::Uid::effective().is_root();
     assert_eq!(
-        e.info().reserved_port,
+        v.transport().connection().await.unwrap().info().reserved_port,
         root,
         "resvport binds below 1024 when permitted (root), else falls back"
     );
@@ -623,9 +91,9 @@ async fn unprivileged_source_ports_work_unless_the_export_requires_privileged_on
     }
 
     // /export-secure: the same directory, PrivilegedPort = true.
-    let e = env.connect(EXPORT_SECURE, &[], 2).await;
-    assert!(e.info().reserved_port);
-    e.capacity().await.unwrap();
+    let v = env.volumes(EXPORT_SECURE, &[], 2).await;
+    assert!(v.transport().connection().await.unwrap().info().reserved_port);
+    v.capacity().await.unwrap();
     let err = env
         .try_connect(EXPORT_SECURE, &["noresvport"], 2)
         .await
@@ -663,50 +131,392 @@ async fn mounting_a_missing_export_is_refused_with_a_hint() {
         other => panic!("unexpected {other:?}: {err}"),
     };
     assert!(err.to_string().contains(hint), "{err}");
+    // A lazily connecting transport reports the same on its first operation.
+    let lazy = env.lazy_volumes("/no-such-export", &[]);
+    let err = lazy.capacity().await.unwrap_err();
+    assert!(matches!(nfs_err(&err), NfsError::Mount { .. }), "{err}");
+
     // Nothing listens: a connect error naming the address, well within the deadline.
     let port = std::net::TcpListener::bind("127.0.0.1:0")
         .unwrap()
         .local_addr()
         .unwrap()
         .port();
-    let options = nfs_subdir_provisioner::storage::direct::MountOptions::from(env.options(&[
-        &format!("mountport={port}"),
-        "timeo=20",
-        "retrans=0",
-    ]));
-    let start = std::time::Instant::now();
-    let err = DirectExport::connect(&env.server, EXPORT, &options, 1)
+    let start = Instant::now();
+    let err = env
+        .try_connect(
+            EXPORT,
+            &[&format!("mountport={port}"), "timeo=20", "retrans=0"],
+            1,
+        )
         .await
         .err()
         .expect("nothing listens there");
     assert!(matches!(err, NfsError::Connect { .. }), "{err}");
     assert!(err.is_transport());
     assert!(err.to_string().contains(&port.to_string()), "{err}");
+    assert!(start.elapsed() < Duration::from_secs(2), "{:?}", start.elapsed());
+}
+
+// ---- what the server does differently ----
+
+/// NFSv3 MKDIR on a Linux server drops the setgid bit it is asked for (why the protocol always
+/// sets the mode after MKDIR); the volume still gets exactly 02770.
+#[tokio::test]
+async fn mkdir_drops_setgid_and_the_volume_gets_it_back() {
+    let Some(env) = nfs::env(SUITE) else {
+        return;
+    };
+    let top = unique("sgid-mkdir");
+    let volumes = env.volumes(EXPORT, &[], 2).await;
+    let t = volumes.transport();
+    t.mkdir_p(&[&top]).await.unwrap();
+    let root = t.root().await.unwrap();
+    let Opened::Dir(dir) = t
+        .open_dir(&root, top.as_bytes(), at("open directory", &top))
+        .await
+        .unwrap()
+    else {
+        panic!("{top} is not a directory");
+    };
+    let raw = format!("{top}/raw");
+    let Made::New(_) = t
+        .mkdir(&dir, b"raw", 0o2770, at("create directory", &raw))
+        .await
+        .unwrap()
+    else {
+        panic!("{raw} existed");
+    };
+    let backing = env.export_dir.join(&top);
+    assert_eq!(
+        fs::metadata(backing.join("raw")).unwrap().mode() & 0o7777,
+        0o770,
+        "MKDIR kept setgid: the server differs from the one the protocol was written for"
+    );
+    let pv = unique("pv");
+    assert_eq!(
+        volumes.create(&pv, &p(&[&top, "vol"]), OWNED).await.unwrap(),
+        Created::New
+    );
+    let md = fs::metadata(backing.join("vol")).unwrap();
+    assert_eq!((md.uid(), md.gid(), md.mode() & 0o7777), (1000, 2000, 0o2770));
+    volumes.finish(&pv).await.unwrap();
+    cleanup(&env, &top).await;
+}
+
+/// On a root_squash export chown is refused (root is squashed to 65534), with an error that
+/// names root_squash and what to change; nothing is placed, the record stays for the retry until
+/// finished. Without an owner the volume is made, owned by the anonymous user, mode exact.
+#[tokio::test]
+async fn root_squash_refuses_chown_with_an_error_naming_the_export_option() {
+    let Some(env) = nfs::env(SUITE) else {
+        return;
+    };
+    let backing = env.rootsquash_dir.clone();
+    let v = env.lazy_volumes(EXPORT_ROOTSQUASH, &[]);
+    let top = unique("squash");
+    let pv = unique("pv");
+    let err = v.create(&pv, &p(&[&top, "vol"]), OWNED).await.unwrap_err();
     assert!(
-        start.elapsed() < std::time::Duration::from_secs(2),
-        "{:?}",
-        start.elapsed()
+        matches!(
+            nfs_err(&err),
+            NfsError::RootSquashed {
+                status: nfsstat3::NFS3ERR_PERM,
+                anon_uid: 65534,
+                anon_gid: 65534,
+                ..
+            }
+        ),
+        "{err}"
+    );
+    assert_eq!(nfs_err(&err).status(), Some(nfsstat3::NFS3ERR_PERM));
+    let msg = err.to_string();
+    assert!(
+        msg.contains("root_squash") && msg.contains("no_root_squash"),
+        "{msg}"
+    );
+    assert!(
+        msg.starts_with(&format!("change owner of {top}/vol: NFS3ERR_PERM")),
+        "{msg}"
+    );
+    assert!(!backing.join(&top).join("vol").exists());
+    assert!(v.staged().await.unwrap().contains(&pv));
+    v.finish(&pv).await.unwrap();
+    assert!(!v.staged().await.unwrap().contains(&pv));
+
+    let pv = unique("pv");
+    let no_owner = DirMode {
+        uid: None,
+        gid: None,
+        ..OWNED
+    };
+    assert_eq!(
+        v.create(&pv, &p(&[&top, "plain"]), no_owner).await.unwrap(),
+        Created::New
+    );
+    let md = fs::metadata(backing.join(&top).join("plain")).unwrap();
+    assert_eq!((md.uid(), md.gid(), md.mode() & 0o7777), (65534, 65534, 0o2770));
+    v.finish(&pv).await.unwrap();
+    assert_eq!(
+        v.delete(&p(&[&top]), 4).await.unwrap(),
+        Removed::Removed { entries: 2 }
     );
 }
 
+// ---- a proxy in front of the NFS port ----
+
+/// NFSv3 procedure numbers (RFC 1813).
+const MKDIR: u32 = 9;
+const CREATE: u32 = 8;
+const REMOVE: u32 = 12;
+const RMDIR: u32 = 13;
+const RENAME: u32 = 14;
+
+/// A TCP proxy in front of the server's NFS port that counts the connections made through it
+/// and can swallow replies: for the procedures in `swallow`, every other reply (the first, the
+/// third, ...) is read from the server and never delivered, so the client's request times out
+/// and is resent on a fresh connection, after the server has executed it once.
+struct Proxy {
+    port: u16,
+    accepted: Arc<AtomicUsize>,
+    /// Per procedure: replies seen, and of those swallowed.
+    seen: Arc<Mutex<HashMap<u32, (usize, usize)>>>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Drop for Proxy {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+/// One RPC record (all its fragments, headers included) and its payload.
+async fn read_record(from: &mut (impl AsyncReadExt + Unpin)) -> std::io::Result<(Vec<u8>, Vec<u8>)> {
+    let (mut raw, mut payload) = (Vec::new(), Vec::new());
+    loop {
+        let mut header = [0u8; 4];
+        from.read_exact(&mut header).await?;
+        let mark = u32::from_be_bytes(header);
+        let mut fragment = vec![0u8; (mark & 0x7fff_ffff) as usize];
+        from.read_exact(&mut fragment).await?;
+        raw.extend_from_slice(&header);
+        raw.extend_from_slice(&fragment);
+        payload.extend_from_slice(&fragment);
+        if mark & 0x8000_0000 != 0 {
+            return Ok((raw, payload));
+        }
+    }
+}
+
+fn word(payload: &[u8], at: usize) -> Option<u32> {
+    payload
+        .get(at..at + 4)
+        .map(|b| u32::from_be_bytes([b[0], b[1], b[2], b[3]]))
+}
+
+impl Proxy {
+    async fn start(upstream: SocketAddr, swallow: &[u32]) -> Proxy {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let accepted = Arc::new(AtomicUsize::new(0));
+        let seen: Arc<Mutex<HashMap<u32, (usize, usize)>>> = Arc::default();
+        let swallow: Arc<Vec<u32>> = Arc::new(swallow.to_vec());
+        let task = tokio::spawn({
+            let (accepted, seen) = (Arc::clone(&accepted), Arc::clone(&seen));
+            async move {
+                while let Ok((client, _)) = listener.accept().await {
+                    accepted.fetch_add(1, Ordering::Relaxed);
+                    let Ok(server) = TcpStream::connect(upstream).await else {
+                        continue;
+                    };
+                    let (seen, swallow) = (Arc::clone(&seen), Arc::clone(&swallow));
+                    tokio::spawn(Self::link(client, server, seen, swallow));
+                }
+            }
+        });
+        Proxy {
+            port,
+            accepted,
+            seen,
+            task,
+        }
+    }
+
+    async fn link(
+        client: TcpStream,
+        server: TcpStream,
+        seen: Arc<Mutex<HashMap<u32, (usize, usize)>>>,
+        swallow: Arc<Vec<u32>>,
+    ) {
+        let (mut client_rx, mut client_tx) = client.into_split();
+        let (mut server_rx, mut server_tx) = server.into_split();
+        // xid -> procedure of the calls on this connection.
+        let calls: Arc<Mutex<HashMap<u32, u32>>> = Arc::default();
+        let requests = {
+            let calls = Arc::clone(&calls);
+            async move {
+                while let Ok((raw, payload)) = read_record(&mut client_rx).await {
+                    // xid, msg_type, rpcvers, prog, vers, proc.
+                    if let (Some(xid), Some(procedure)) = (word(&payload, 0), word(&payload, 20)) {
+                        calls
+                            .lock()
+                            .unwrap_or_else(PoisonError::into_inner)
+                            .insert(xid, procedure);
+                    }
+                    if server_tx.write_all(&raw).await.is_err() {
+                        break;
+                    }
+                }
+                let _ = server_tx.shutdown().await;
+            }
+        };
+        let replies = async move {
+            while let Ok((raw, payload)) = read_record(&mut server_rx).await {
+                let procedure = word(&payload, 0)
+                    .and_then(|xid| calls.lock().unwrap_or_else(PoisonError::into_inner).remove(&xid));
+                let drop_it = procedure.is_some_and(|procedure| {
+                    let mut seen = seen.lock().unwrap_or_else(PoisonError::into_inner);
+                    let (replies, swallowed) = seen.entry(procedure).or_default();
+                    *replies += 1;
+                    let drop_it = swallow.contains(&procedure) && *replies % 2 == 1;
+                    *swallowed += usize::from(drop_it);
+                    drop_it
+                });
+                if !drop_it && client_tx.write_all(&raw).await.is_err() {
+                    break;
+                }
+            }
+            let _ = client_tx.shutdown().await;
+        };
+        tokio::join!(requests, replies);
+    }
+
+    fn accepted(&self) -> usize {
+        self.accepted.load(Ordering::Relaxed)
+    }
+
+    fn swallowed(&self, procedure: u32) -> usize {
+        self.seen
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .get(&procedure)
+            .map_or(0, |s| s.1)
+    }
+}
+
+/// `share` reached through `proxy` for NFS (MOUNT goes to the server directly), connected now.
+async fn through(
+    env: &nfs::Env,
+    proxy: &Proxy,
+    extra: &[&str],
+    connections: usize,
+) -> Volumes<Nfs3Transport> {
+    let port = format!("port={}", proxy.port);
+    let mut options = vec![port.as_str()];
+    options.extend_from_slice(extra);
+    env.volumes(EXPORT, &options, connections).await
+}
+
+/// A request resent after its reply was lost (timeout, fresh connection) was executed already,
+/// and the server's duplicate request cache does not span connections: the resend's EXIST
+/// (MKDIR, CREATE) and NOENT (RENAME, REMOVE, RMDIR) are read as the first send's success.
+/// Create, finish and delete with the first reply of each such request swallowed all succeed,
+/// with exactly the outcome and count of an undisturbed run.
 #[tokio::test]
-async fn symlinks_in_the_staging_area_are_refused() {
-    let Some((e, backing)) = export().await else {
+async fn resent_requests_are_read_as_the_first_send_succeeding() {
+    let Some(env) = nfs::env(SUITE) else {
         return;
     };
+    let upstream = SocketAddr::new(env.server.parse().unwrap(), env.nfs_port);
+    let proxy = Proxy::start(upstream, &[MKDIR, CREATE, RENAME, REMOVE, RMDIR]).await;
+    // A lost reply costs one timeo (0.3 s); retrans=2 leaves room for the resend.
+    let v = through(&env, &proxy, &["timeo=3", "retrans=2"], 1).await;
+    let backing = env.export_dir.clone();
+    let top = unique("resent");
     let pv = unique("pv");
-    let outside = backing.parent().unwrap().join(unique("outside"));
-    fs::create_dir(&outside).unwrap();
-    // Made over NFS (the server's cache sees it at once; a link made on the host might not be).
-    e.mkdir_p(&[STAGING_DIR]).await.unwrap();
-    e.symlink(&[STAGING_DIR, &pv], outside.to_str().unwrap())
+    let path = p(&[&top, "ns", "vol"]);
+    assert_eq!(v.create(&pv, &path, OWNED).await.unwrap(), Created::New);
+    let md = fs::metadata(backing.join(&top).join("ns/vol")).unwrap();
+    assert_eq!((md.uid(), md.gid(), md.mode() & 0o7777), (1000, 2000, 0o2770));
+    assert_eq!(v.staged_target(&pv).await.unwrap(), Some(path.clone()));
+    for procedure in [MKDIR, CREATE, RENAME] {
+        assert!(
+            proxy.swallowed(procedure) > 0,
+            "no reply of procedure {procedure} was lost"
+        );
+    }
+    // The same volume again: its own attempt, adopted (not a foreign directory).
+    assert_eq!(v.create(&pv, &path, OWNED).await.unwrap(), Created::Adopted);
+    v.finish(&pv).await.unwrap();
+    assert!(!v.staged().await.unwrap().contains(&pv));
+
+    // Files and a subdirectory, made past the proxy; one request at a time, so that every
+    // REMOVE and RMDIR loses its first reply and gets its resend's.
+    let direct = env.connect(EXPORT, &[], 2).await;
+    direct.mkdir_p(&[&top, "ns", "vol", "sub"]).await.unwrap();
+    let names: Vec<String> = (0..5).map(|i| format!("f{i}")).collect();
+    direct
+        .create_files(&[&top, "ns", "vol"], names.clone(), 4)
         .await
         .unwrap();
-    let top = unique("stlink");
-    let err = e.create_volume(&pv, &p(&[&top, "v"]), &RWX).await.unwrap_err();
-    assert!(matches!(err, NfsError::Symlink { .. }), "{err}");
-    assert_eq!(fs::read_dir(&outside).unwrap().count(), 0);
-    fs::remove_file(backing.join(STAGING_DIR).join(&pv)).unwrap();
-    fs::remove_dir(&outside).unwrap();
-    cleanup(&e, &top).await;
+    direct
+        .create_files(&[&top, "ns", "vol", "sub"], names, 4)
+        .await
+        .unwrap();
+    assert_eq!(
+        v.delete(&path, 1).await.unwrap(),
+        Removed::Removed { entries: 12 }
+    );
+    assert!(proxy.swallowed(REMOVE) >= 5 && proxy.swallowed(RMDIR) >= 1);
+    assert!(!backing.join(&top).join("ns/vol").exists());
+    // Each lost reply cost a connection: the resends went over new ones.
+    assert!(proxy.accepted() > 1, "{} connections", proxy.accepted());
+    cleanup(&env, &top).await;
+}
+
+/// A delete with more requests in flight than the pool has connections grows the pool to them:
+/// more connections are opened (up to `MAX_CONNECTIONS`); a serial one uses what the pool has.
+#[tokio::test]
+async fn a_parallel_delete_grows_the_pool_and_a_serial_one_does_not() {
+    let Some(env) = nfs::env(SUITE) else {
+        return;
+    };
+    let upstream = SocketAddr::new(env.server.parse().unwrap(), env.nfs_port);
+    let direct = env.connect(EXPORT, &[], 16).await;
+    let top = unique("pool");
+    let names: Vec<String> = (0..2000).map(|i| format!("file-{i:04}")).collect();
+    for vol in ["serial", "parallel"] {
+        direct.mkdir_p(&[&top, vol]).await.unwrap();
+        direct
+            .create_files(&[&top, vol], names.clone(), 16)
+            .await
+            .unwrap();
+    }
+    for (vol, concurrency) in [("serial", 1), ("parallel", 32)] {
+        let proxy = Proxy::start(upstream, &[]).await;
+        let v = through(&env, &proxy, &[], 2).await;
+        assert_eq!(v.transport().connection().await.unwrap().info().connections, 2);
+        let before = proxy.accepted();
+        assert!((1..=2).contains(&before), "{before} connections at connect");
+        assert_eq!(
+            v.delete(&p(&[&top, vol]), concurrency).await.unwrap(),
+            Removed::Removed { entries: 2001 }
+        );
+        let used = proxy.accepted();
+        eprintln!("delete with {concurrency} in flight: {used} connections");
+        if concurrency == 1 {
+            assert!(used <= 2, "a serial delete opened {used} connections");
+        } else {
+            assert!(
+                used > 2 && used <= MAX_CONNECTIONS.min(concurrency),
+                "a delete with {concurrency} in flight opened {used} connections"
+            );
+        }
+    }
+    cleanup(&env, &top).await;
+}
+
+/// Removes a test's top-level directory (errors ignored: this is only tidying up).
+async fn cleanup(env: &nfs::Env, top: &str) {
+    let _ = env.lazy_volumes(EXPORT, &[]).delete(&p(&[top]), 16).await;
 }

@@ -1,4 +1,4 @@
-//! Deadlines and reconnects of the direct NFS client (and of `Storage` over it) against a server
+//! Deadlines and reconnects of the NFSv3 transport (and of `Storage` over it) against a server
 //! that stops answering or restarts. Each test starts a server of its own (scripts/nfs-server.sh,
 //! on free ports, in a temporary directory) and removes it at the end, also when it fails: freezing
 //! or restarting the shared server would break every other test using it.
@@ -13,14 +13,15 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use nfs::{EXPORT, OwnServer, p, unique};
+use nfs_subdir_provisioner::core::params::DirMode;
 use nfs_subdir_provisioner::health::{ExportStatus, Health};
 use nfs_subdir_provisioner::metrics::Metrics;
-use nfs_subdir_provisioner::storage::direct::{DirectBackend, NfsError};
-use nfs_subdir_provisioner::storage::{Backend, DirAttrs, Limits, Removed, Storage, StorageFailure};
+use nfs_subdir_provisioner::storage::nfs3::NfsError;
+use nfs_subdir_provisioner::storage::{Backend, Limits, Removed, Storage, StorageFailure};
 
 const SUITE: &str = "direct_nfs_stall";
 
-const RWX: DirAttrs = DirAttrs {
+const RWX: DirMode = DirMode {
     mode: 0o777,
     uid: None,
     gid: None,
@@ -33,16 +34,19 @@ async fn a_stopped_server_fails_each_call_within_its_deadline_and_the_pool_recov
     }
     let server = OwnServer::start("stop");
     // timeo=5 (0.5 s), retrans=1: every RPC fails after at most 2 x 0.5 s.
-    let e = server.env.connect(EXPORT, &["timeo=5", "retrans=1"], 4).await;
-    assert_eq!(e.rpc_deadline(), Duration::from_secs(1));
+    let e = server.env.volumes(EXPORT, &["timeo=5", "retrans=1"], 4).await;
+    let deadline = e.transport().connection().await.unwrap().rpc_deadline();
+    assert_eq!(deadline, Duration::from_secs(1));
     e.capacity().await.unwrap(); // the pool holds a live connection now
 
     let paused = server.pause();
     let start = Instant::now();
     let err = e.capacity().await.unwrap_err();
     let took = start.elapsed();
-    assert!(matches!(err, NfsError::TimedOut { .. }), "{err}");
-    assert!(err.is_transport());
+    assert!(
+        matches!(&err, StorageFailure::Nfs(e @ NfsError::TimedOut { .. }) if e.is_transport()),
+        "{err}"
+    );
     assert!(err.to_string().contains("is the server answering?"), "{err}");
     assert!(took >= Duration::from_millis(1000), "{took:?}");
     assert!(took < Duration::from_millis(1500), "deadline 1 s, took {took:?}");
@@ -52,9 +56,12 @@ async fn a_stopped_server_fails_each_call_within_its_deadline_and_the_pool_recov
     let pv = unique("pv-stop");
     let top = unique("stopped");
     let start = Instant::now();
-    let err = e.create_volume(&pv, &p(&[&top, "v"]), &RWX).await.unwrap_err();
+    let err = e.create(&pv, &p(&[&top, "v"]), RWX).await.unwrap_err();
     let took = start.elapsed();
-    assert!(matches!(err, NfsError::TimedOut { .. }), "{err}");
+    assert!(
+        matches!(err, StorageFailure::Nfs(NfsError::TimedOut { .. })),
+        "{err}"
+    );
     assert!(took < Duration::from_millis(1500), "{took:?}");
 
     // Back: the connections that timed out were dropped; new ones are made and calls succeed.
@@ -62,8 +69,8 @@ async fn a_stopped_server_fails_each_call_within_its_deadline_and_the_pool_recov
     let start = Instant::now();
     e.capacity().await.unwrap();
     eprintln!("after unpause: first call took {:?}", start.elapsed());
-    e.finish_volume(&pv).await.unwrap();
-    assert!(!e.staged_volumes().await.unwrap().contains(&pv));
+    e.finish(&pv).await.unwrap();
+    assert!(!e.staged().await.unwrap().contains(&pv));
 }
 
 #[tokio::test]
@@ -72,11 +79,11 @@ async fn connections_broken_by_a_server_restart_are_replaced() {
         return;
     }
     let server = OwnServer::start("restart");
-    let e = server.env.connect(EXPORT, &["timeo=20", "retrans=2"], 4).await;
+    let e = Arc::new(server.env.volumes(EXPORT, &["timeo=20", "retrans=2"], 4).await);
     // Fill the pool with idle connections.
     let mut tasks = tokio::task::JoinSet::new();
     for _ in 0..4 {
-        let e = e.clone();
+        let e = Arc::clone(&e);
         tasks.spawn(async move { e.capacity().await.map(drop) });
     }
     while let Some(r) = tasks.join_next().await {
@@ -90,17 +97,17 @@ async fn connections_broken_by_a_server_restart_are_replaced() {
     e.capacity().await.unwrap();
     eprintln!("after restart: first call took {:?}", start.elapsed());
     let top = unique("restart");
-    e.mkdir_p(&[&top, "a"]).await.unwrap();
+    e.transport().mkdir_p(&[&top, "a"]).await.unwrap();
     assert_eq!(
-        e.delete_volume(&p(&[&top]), 4).await.unwrap(),
+        e.delete(&p(&[&top]), 4).await.unwrap(),
         Removed::Removed { entries: 2 }
     );
     assert!(!server.env.export_dir.join(&top).exists());
 }
 
-/// `Storage` over the direct backend: its own deadline cuts an operation short while the server
+/// `Storage` over the NFSv3 transport: its own deadline cuts an operation short while the server
 /// is frozen and marks the export failing in `Health`; once the server answers, a probe marks it
-/// healthy again. The backend connects lazily, and retries a connect that failed.
+/// healthy again. The transport connects lazily, and retries a connect that failed.
 #[tokio::test]
 async fn storage_deadlines_mark_a_frozen_export_failing_until_a_probe_passes() {
     if !nfs::servers_enabled(SUITE) {
@@ -111,11 +118,9 @@ async fn storage_deadlines_mark_a_frozen_export_failing_until_a_probe_passes() {
     let export = env.export(EXPORT);
     let name = export.to_string();
     // Requests may wait 5 s x 3; the Storage deadline (0.5 s) is what cuts an operation short.
-    let backend = Arc::new(DirectBackend::new(
-        export.clone(),
-        env.options(&["timeo=50", "retrans=2"]),
-    ));
-    let health = Health::new(Metrics::new());
+    let backend = Arc::new(env.lazy_volumes(EXPORT, &["timeo=50", "retrans=2"]));
+    let metrics = Metrics::new();
+    let health = Health::new(metrics.clone());
     let limits = Limits {
         timeout: Duration::from_millis(500),
         delete_timeout: Duration::from_millis(500),
@@ -126,6 +131,7 @@ async fn storage_deadlines_mark_a_frozen_export_failing_until_a_probe_passes() {
         name.clone(),
         limits,
         health.clone(),
+        metrics,
     );
     let status = || health.snapshot().exports.get(&name).cloned();
 
@@ -172,8 +178,8 @@ async fn storage_deadlines_mark_a_frozen_export_failing_until_a_probe_passes() {
     eprintln!("after unpause: probe passed after {:?}", start.elapsed());
     assert_eq!(status(), Some(ExportStatus::Healthy));
 
-    // A backend whose server is gone fails its connect, and connects once the server is back.
-    let down = Arc::new(DirectBackend::new(export, env.options(&["timeo=5", "retrans=0"])));
+    // A transport whose server is gone fails its connect, and connects once the server is back.
+    let down = env.lazy_volumes(EXPORT, &["timeo=5", "retrans=0"]);
     let paused = server.pause();
     let err = down.capacity().await.unwrap_err();
     assert!(

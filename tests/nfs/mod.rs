@@ -1,5 +1,5 @@
 //! Shared setup of the tests that need a real NFS server (nfs-ganesha in a podman container, see
-//! scripts/nfs-server.sh and test/nfs-server/README.md). Included by tests/conformance.rs,
+//! scripts/nfs-server.sh and tests/nfs/server/README.md). Included by tests/conformance.rs,
 //! tests/direct_nfs.rs and tests/direct_nfs_stall.rs with `mod nfs;`.
 //!
 //! Environment (what `eval "$(bash scripts/nfs-server.sh start NAME HOSTDIR NFS_PORT MOUNT_PORT)"`
@@ -13,7 +13,7 @@
 //! * `NFS_TEST_REQUIRE=1`              a missing `NFS_TEST_SERVER` fails every test instead.
 //!
 //! The server also serves `/export-secure` (the `/export` directory again, `PrivilegedPort = true`),
-//! see test/nfs-server/ganesha.conf.
+//! see tests/nfs/server/ganesha.conf.
 //!
 //! Every test works below its own unique top-level directory and with its own PV names (see
 //! [`unique`]), so the tests of all suites can run in parallel on one export.
@@ -28,9 +28,10 @@ use std::sync::Once;
 use std::sync::atomic::{AtomicU32, Ordering};
 
 use nfs_subdir_provisioner::core::export::{ClientOptions, Export, client_options};
-use nfs_subdir_provisioner::storage::direct::{DirectExport, MountOptions};
+use nfs_subdir_provisioner::storage::Volumes;
+use nfs_subdir_provisioner::storage::nfs3::{Nfs3Transport, NfsError};
 
-/// Pseudo paths of the test server's exports (test/nfs-server/ganesha.conf).
+/// Pseudo paths of the test server's exports (tests/nfs/server/ganesha.conf).
 pub const EXPORT: &str = "/export";
 pub const EXPORT_ROOTSQUASH: &str = "/export-rootsquash";
 pub const EXPORT_SECURE: &str = "/export-secure";
@@ -70,8 +71,8 @@ impl Env {
         client_options(&list).expect("test mount options")
     }
 
-    /// A client of `share` with `connections` connections.
-    pub async fn connect(&self, share: &str, extra: &[&str], connections: usize) -> DirectExport {
+    /// A transport to `share`, connected now with a pool of `connections`.
+    pub async fn connect(&self, share: &str, extra: &[&str], connections: usize) -> Nfs3Transport {
         self.try_connect(share, extra, connections)
             .await
             .unwrap_or_else(|e| panic!("connect to {}:{share}: {e}", self.server))
@@ -82,9 +83,20 @@ impl Env {
         share: &str,
         extra: &[&str],
         connections: usize,
-    ) -> Result<DirectExport, nfs_subdir_provisioner::storage::direct::NfsError> {
-        let options = MountOptions::from(self.options(extra));
-        DirectExport::connect(&self.server, share, &options, connections).await
+    ) -> Result<Nfs3Transport, NfsError> {
+        Nfs3Transport::connect(self.export(share), self.options(extra), connections).await
+    }
+
+    /// The volume protocol over [`Env::connect`]; its transport makes preconditions
+    /// (`volumes.transport().mkdir_p(..)`).
+    pub async fn volumes(&self, share: &str, extra: &[&str], connections: usize) -> Volumes<Nfs3Transport> {
+        Volumes::new(self.connect(share, extra, connections).await)
+    }
+
+    /// The volume protocol over a transport that connects on first use, as the provisioner makes
+    /// one for a StorageClass that names this server.
+    pub fn lazy_volumes(&self, share: &str, extra: &[&str]) -> Volumes<Nfs3Transport> {
+        Volumes::new(Nfs3Transport::new(self.export(share), self.options(extra)))
     }
 }
 

@@ -1,4 +1,4 @@
-//! Errors: every variant says which operation, on which path (relative to the export root), and, where the
+//! The NFSv3 transport's own failures (refusals are the protocol's, in `storage::error`): every variant says which operation, on which path (relative to the export root), and, where the
 //! server answered, with which NFS status.
 
 use std::time::Duration;
@@ -45,38 +45,6 @@ pub enum NfsError {
         path: String,
         reason: String,
     },
-    #[error("{op} {path:?}: invalid path: {reason}")]
-    InvalidPath {
-        op: &'static str,
-        path: String,
-        reason: String,
-    },
-    #[error(
-        "create directory {path}: invalid mode {mode:#o} (only permission, setuid, setgid and sticky bits \
-         are allowed)"
-    )]
-    InvalidMode { path: String, mode: u32 },
-    #[error("create directory {path}: a directory not made for this volume already exists")]
-    Exists { path: String },
-    #[error("{op} {path}: a symlink or non-directory is in the way; refusing to follow or touch it")]
-    Symlink { op: &'static str, path: String },
-    #[error(
-        "create directory {requested} for volume {pv}: an earlier attempt of this volume staged it for \
-         {recorded}"
-    )]
-    StagedElsewhere {
-        pv: String,
-        requested: String,
-        recorded: String,
-    },
-    #[error("{op} {path}: bad staging record: {reason}")]
-    BadStagingRecord {
-        op: &'static str,
-        path: String,
-        reason: String,
-    },
-    #[error("archive directory {path}: all {attempts} archive names are taken")]
-    ArchiveNamesExhausted { path: String, attempts: u32 },
     #[error("{op} {path}: {reason}")]
     Protocol {
         op: &'static str,

@@ -1,129 +1,372 @@
-//! Direct NFS: an export reached by a userspace NFSv3 client (nfs3_client), with no mount and no
-//! privileges. [`client::DirectExport`] speaks the protocol with the mounted backend's semantics
-//! (see its module docs for how NFSv3's replacing RENAME, setgid-dropping MKDIR and resent
-//! requests are handled); [`DirectBackend`] connects on first use, reconnects after a failed
-//! connect, and serves the [`Backend`] interface.
+//! The NFSv3 transport: an export reached by our own userspace client (nfs3_client over a pool of
+//! TCP connections, [`rpc`]), with no mount and no privileges. Connects on first use, and again
+//! after a failed connect; each export has its own pool, so a server that stops answering fails
+//! only the operations on it. Every request has a deadline (`timeo`, resent up to `retrans` times
+//! on fresh connections).
 //!
-//! Every request has a deadline (`timeo`, resent up to `retrans` times on fresh connections), and
-//! each export has its own pool of connections: a server that stops answering fails only the
-//! operations on it.
+//! Symlink safety comes from the protocol: every procedure is relative to a file handle and a
+//! name, LOOKUP returns a symlink as itself, and types are checked before descending. The honest
+//! differences from POSIX, kept here:
+//! * RENAME replaces an existing empty directory and has no no-replace flag, so
+//!   [`Transport::rename_noreplace`] first claims the target with an exclusive MKDIR of an empty
+//!   mode-000 directory, then renames over its own claim. A concurrent creator gets EXIST from its
+//!   own MKDIR; anything written into the claim meanwhile makes the RENAME fail with NOTEMPTY. The
+//!   one remaining race (someone removes our claim and makes a new *empty* directory in the
+//!   instant before the RENAME) can replace an empty directory, never data. A crash between the
+//!   two leaves a claim, which the retry may reuse (for a volume: only if its record says
+//!   `placing`).
+//! * A request resent after a timeout or a broken connection may already have been executed (the
+//!   server's duplicate request cache does not span connections): NOENT from a resent REMOVE,
+//!   RMDIR or RENAME whose target now holds the source's fileid is success; EXIST from a resent
+//!   MKDIR of a directory, or a resent CREATE, is ours.
+//! * MKDIR drops setgid on Linux servers: the protocol always chmods afterwards.
+//! * Handles are plain bytes: a walk may hold any number (no handle budget).
 
-pub mod client;
+mod connect;
 mod error;
 mod proto;
 mod rpc;
-mod tree;
+pub mod testing;
 
-use std::time::Duration;
+use std::sync::Arc;
 
-use tokio::sync::Mutex;
+use nfs3_client::nfs3_types::nfs3::{Nfs3Option, cookieverf3, fattr3, ftype3, nfsstat3, sattr3};
+use tokio::sync::OnceCell;
 
-pub use client::{DEFAULT_CONNECTIONS, DirectExport};
+pub use connect::{Connection, ConnectionInfo, DEFAULT_CONNECTIONS};
 pub use error::NfsError;
 pub use rpc::MAX_CONNECTIONS;
 
+pub use self::proto::Node;
+use self::proto::{Mkdir, mode_attr, status};
+use super::error::StorageResult;
+use super::transport::{
+    At, Capacity, Entry, Kind, Made, Move, Opened, Page, ReadFile, Renamed, Stat, Transport, Unlinked,
+};
 use crate::core::export::{ClientOptions, Export};
-use crate::storage::{Archived, Backend, Capacity, Created, DirAttrs, OpFuture, Removed, StorageFailure};
+use crate::core::staging::CLAIM_MODE;
 
-/// What the client takes from the class's (or PV's) mount options.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct MountOptions {
-    pub port: Option<u16>,
-    pub mountport: Option<u16>,
-    /// Deadline of each request (and each TCP connect).
-    pub timeo: Duration,
-    /// Extra attempts after a timeout or a broken connection.
-    pub retrans: u32,
-    /// Bind a source port below 1024, falling back to an ephemeral one when not permitted.
-    pub resvport: bool,
-}
-
-impl From<ClientOptions> for MountOptions {
-    fn from(o: ClientOptions) -> Self {
-        MountOptions {
-            port: o.port,
-            mountport: o.mount_port,
-            timeo: o.timeout,
-            retrans: o.retrans,
-            resvport: o.resvport,
-        }
-    }
-}
-
-pub struct DirectBackend {
+pub struct Nfs3Transport {
     export: Export,
-    options: MountOptions,
-    client: Mutex<Option<DirectExport>>,
+    options: ClientOptions,
+    connection: OnceCell<Arc<Connection>>,
 }
 
-impl DirectBackend {
+fn stat_of(attr: &fattr3) -> Stat {
+    Stat {
+        kind: if matches!(attr.type_, ftype3::NF3DIR) {
+            Kind::Dir
+        } else {
+            Kind::Other
+        },
+        id: attr.fileid,
+        fs: attr.fsid,
+        mode: attr.mode & 0o7777,
+        uid: attr.uid,
+        gid: attr.gid,
+    }
+}
+
+fn is_claim(node: &Node) -> bool {
+    node.is_dir() && node.attr.mode & 0o7777 == CLAIM_MODE
+}
+
+impl Nfs3Transport {
+    /// Connects on first use.
     pub fn new(export: Export, options: ClientOptions) -> Self {
-        DirectBackend {
+        Nfs3Transport {
             export,
-            options: options.into(),
-            client: Mutex::new(None),
+            options,
+            connection: OnceCell::new(),
         }
     }
 
-    /// The connected client; connects (MOUNT, then a GETATTR of the root) if not yet connected.
-    /// A failed connect is retried by the next operation.
-    async fn client(&self) -> Result<DirectExport, StorageFailure> {
-        let mut slot = self.client.lock().await;
-        if let Some(client) = slot.as_ref() {
-            return Ok(client.clone());
+    /// Connects now, with a pool of `connections`.
+    pub async fn connect(
+        export: Export,
+        options: ClientOptions,
+        connections: usize,
+    ) -> Result<Self, NfsError> {
+        let connection = Connection::open(&export.server, &export.path, &options, connections).await?;
+        Ok(Nfs3Transport {
+            export,
+            options,
+            connection: OnceCell::new_with(Some(Arc::new(connection))),
+        })
+    }
+
+    /// The connection, made (MOUNT, then a GETATTR of the root) if there is none yet.
+    pub async fn connection(&self) -> StorageResult<&Arc<Connection>> {
+        self.connection
+            .get_or_try_init(|| async {
+                let connection = Connection::open(
+                    &self.export.server,
+                    &self.export.path,
+                    &self.options,
+                    DEFAULT_CONNECTIONS,
+                )
+                .await?;
+                let info = connection.info();
+                tracing::info!(
+                    export = %self.export,
+                    nfs = %info.nfs_addr,
+                    mount = %info.mount_addr,
+                    connections = info.connections,
+                    reserved_port = info.reserved_port,
+                    "connected to NFS export"
+                );
+                Ok(Arc::new(connection))
+            })
+            .await
+    }
+
+    /// Primitives are only reached through a handle, which came from [`Transport::root`].
+    fn proto(&self) -> &proto::Proto {
+        match self.connection.get() {
+            Some(c) => &c.proto,
+            None => unreachable!("a handle exists only once connected"),
         }
-        let client = DirectExport::connect(
-            &self.export.server,
-            &self.export.path,
-            &self.options,
-            DEFAULT_CONNECTIONS,
-        )
-        .await?;
-        let info = client.info();
-        tracing::info!(
-            export = %self.export,
-            nfs = %info.nfs_addr,
-            mount = %info.mount_addr,
-            connections = info.connections,
-            reserved_port = info.reserved_port,
-            "connected to NFS export"
-        );
-        *slot = Some(client.clone());
-        Ok(client)
+    }
+
+    async fn lookup(&self, dir: &Node, name: &[u8], at: At<'_>) -> StorageResult<Option<Node>> {
+        Ok(self.proto().lookup(&dir.fh, name, at.op, at.path).await?)
+    }
+
+    async fn set(&self, dir: &Node, attr: sattr3, at: At<'_>) -> Result<(), NfsError> {
+        self.proto().setattr(&dir.fh, attr, at.op, at.path).await
     }
 }
 
-impl Backend for DirectBackend {
-    fn create_volume<'a>(
-        &'a self,
-        pv: &'a str,
-        path: &'a [String],
-        attrs: DirAttrs,
-    ) -> OpFuture<'a, Created> {
-        Box::pin(async move { Ok(self.client().await?.create_volume(pv, path, &attrs).await?) })
+impl Transport for Nfs3Transport {
+    type Dir = Node;
+    type Cursor = (u64, cookieverf3);
+
+    async fn root(&self) -> StorageResult<Node> {
+        Ok(self.connection().await?.root.clone())
     }
 
-    fn finish_volume<'a>(&'a self, pv: &'a str) -> OpFuture<'a, ()> {
-        Box::pin(async move { Ok(self.client().await?.finish_volume(pv).await?) })
+    async fn open_dir(&self, dir: &Node, name: &[u8], at: At<'_>) -> StorageResult<Opened<Node>> {
+        Ok(match self.lookup(dir, name, at).await? {
+            None => Opened::Missing,
+            Some(n) if n.is_dir() => Opened::Dir(n),
+            Some(_) => Opened::NotDir,
+        })
     }
 
-    fn staged_volumes(&self) -> OpFuture<'_, Vec<String>> {
-        Box::pin(async move { Ok(self.client().await?.staged_volumes().await?) })
+    async fn stat(&self, dir: &Node, name: &[u8], at: At<'_>) -> StorageResult<Option<Stat>> {
+        Ok(self.lookup(dir, name, at).await?.map(|n| stat_of(&n.attr)))
     }
 
-    fn archive_volume<'a>(&'a self, path: &'a [String]) -> OpFuture<'a, Archived> {
-        Box::pin(async move { Ok(self.client().await?.archive_volume(path).await?) })
+    async fn dir_stat(&self, dir: &Node, _at: At<'_>) -> StorageResult<Stat> {
+        Ok(stat_of(&dir.attr))
     }
 
-    fn delete_volume<'a>(&'a self, path: &'a [String], concurrency: usize) -> OpFuture<'a, Removed> {
-        Box::pin(async move { Ok(self.client().await?.delete_volume(path, concurrency).await?) })
+    async fn parent(&self, dir: &Node, at: At<'_>) -> StorageResult<Node> {
+        match self.lookup(dir, b"..", at).await? {
+            Some(n) if n.is_dir() => Ok(n),
+            _ => Err(status(at.op, at.path, nfsstat3::NFS3ERR_STALE).into()),
+        }
     }
 
-    fn capacity(&self) -> OpFuture<'_, Capacity> {
-        Box::pin(async move { Ok(self.client().await?.capacity().await?) })
+    async fn mkdir(&self, dir: &Node, name: &[u8], mode: u32, at: At<'_>) -> StorageResult<Made<Node>> {
+        match self.proto().mkdir(&dir.fh, name, mode, at.op, at.path).await? {
+            Mkdir::New(n) => Ok(Made::New(n)),
+            // Our earlier send made it.
+            Mkdir::Exists { resent: true } => match self.lookup(dir, name, at).await? {
+                Some(n) if n.is_dir() => Ok(Made::New(n)),
+                _ => Ok(Made::Exists),
+            },
+            Mkdir::Exists { resent: false } => Ok(Made::Exists),
+        }
     }
 
-    fn probe_writable<'a>(&'a self, tag: &'a str) -> OpFuture<'a, ()> {
-        Box::pin(async move { Ok(self.client().await?.probe_writable(tag).await?) })
+    async fn chown(
+        &self,
+        dir: &Node,
+        uid: Option<u32>,
+        gid: Option<u32>,
+        best_effort: bool,
+        at: At<'_>,
+    ) -> StorageResult<()> {
+        let owner = sattr3 {
+            uid: uid.map_or(Nfs3Option::None, Nfs3Option::Some),
+            gid: gid.map_or(Nfs3Option::None, Nfs3Option::Some),
+            ..sattr3::default()
+        };
+        match self.set(dir, owner, at).await {
+            Ok(()) => Ok(()),
+            Err(e)
+                if best_effort
+                    && matches!(e.status(), Some(nfsstat3::NFS3ERR_PERM | nfsstat3::NFS3ERR_INVAL)) =>
+            {
+                Ok(())
+            }
+            // We asked as uid 0 and the directory we made belongs to someone else: squashed.
+            Err(NfsError::Status {
+                status: s @ (nfsstat3::NFS3ERR_PERM | nfsstat3::NFS3ERR_ACCES),
+                ..
+            }) if dir.attr.uid != 0 => Err(NfsError::RootSquashed {
+                op: at.op,
+                path: at.path.to_owned(),
+                status: s,
+                anon_uid: dir.attr.uid,
+                anon_gid: dir.attr.gid,
+            }
+            .into()),
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    async fn chmod(&self, dir: &Node, mode: u32, at: At<'_>) -> StorageResult<()> {
+        Ok(self.set(dir, mode_attr(mode), at).await?)
+    }
+
+    async fn rename_noreplace(
+        &self,
+        m: Move<'_, Node>,
+        from_id: u64,
+        reuse_claim: bool,
+        at: At<'_>,
+    ) -> StorageResult<Renamed> {
+        let (from_dir, from, to_dir, to) = (m.from_dir, m.from, m.to_dir, m.to);
+        let proto = self.proto();
+        let fresh = match proto.mkdir(&to_dir.fh, to, CLAIM_MODE, at.op, at.path).await? {
+            Mkdir::New(_) => true,
+            Mkdir::Exists { resent } => match self.lookup(to_dir, to, at).await? {
+                Some(n) if (reuse_claim || resent) && is_claim(&n) => false,
+                _ => return Ok(Renamed::Taken),
+            },
+        };
+        let answer = proto
+            .rename(&from_dir.fh, from, &to_dir.fh, to, at.op, at.path)
+            .await?;
+        match answer.status {
+            nfsstat3::NFS3_OK => Ok(Renamed::Done),
+            nfsstat3::NFS3ERR_NOENT => {
+                if answer.resent
+                    && let Some(n) = self.lookup(to_dir, to, at).await?
+                    && n.attr.fileid == from_id
+                {
+                    return Ok(Renamed::Done);
+                }
+                if fresh {
+                    // Fails harmlessly if something was put into it meanwhile.
+                    let _ = proto.rmdir(&to_dir.fh, to, at.op, at.path).await;
+                }
+                Ok(Renamed::SourceMissing)
+            }
+            // Something was put into our claim meanwhile (or replaced it): not ours any more.
+            nfsstat3::NFS3ERR_NOTEMPTY | nfsstat3::NFS3ERR_EXIST | nfsstat3::NFS3ERR_NOTDIR => {
+                Ok(Renamed::Taken)
+            }
+            s => Err(status(at.op, at.path, s).into()),
+        }
+    }
+
+    async fn rename(&self, m: Move<'_, Node>, at: At<'_>) -> StorageResult<Renamed> {
+        let (from_dir, from, to_dir, to) = (m.from_dir, m.from, m.to_dir, m.to);
+        let answer = self
+            .proto()
+            .rename(&from_dir.fh, from, &to_dir.fh, to, at.op, at.path)
+            .await?;
+        match answer.status {
+            nfsstat3::NFS3_OK => Ok(Renamed::Done),
+            nfsstat3::NFS3ERR_NOENT if answer.resent && self.lookup(to_dir, to, at).await?.is_some() => {
+                Ok(Renamed::Done)
+            }
+            nfsstat3::NFS3ERR_NOENT => Ok(Renamed::SourceMissing),
+            nfsstat3::NFS3ERR_EXIST | nfsstat3::NFS3ERR_NOTEMPTY => Ok(Renamed::Taken),
+            s => Err(status(at.op, at.path, s).into()),
+        }
+    }
+
+    async fn write_file(&self, dir: &Node, name: &[u8], content: &[u8], at: At<'_>) -> StorageResult<bool> {
+        let made = self
+            .proto()
+            .create_file(&dir.fh, name, 0o600, content, at.op, at.path)
+            .await?;
+        Ok(made.is_some())
+    }
+
+    async fn read_file(&self, dir: &Node, name: &[u8], at: At<'_>) -> StorageResult<ReadFile> {
+        Ok(self.proto().read_small(&dir.fh, name, at.op, at.path).await?)
+    }
+
+    async fn read_dir(
+        &self,
+        dir: &Node,
+        from: Option<(u64, cookieverf3)>,
+        at: At<'_>,
+    ) -> StorageResult<Option<Page<Node, (u64, cookieverf3)>>> {
+        let (cookie, verf) = from.unwrap_or((0, cookieverf3::default()));
+        let (entries, next, verf, eof) = match self
+            .proto()
+            .readdir_page(&dir.fh, cookie, verf, at.op, at.path)
+            .await
+        {
+            Ok(page) => page,
+            Err(e) if e.status() == Some(nfsstat3::NFS3ERR_BAD_COOKIE) => return Ok(None),
+            Err(e) => return Err(e.into()),
+        };
+        let entries = entries
+            .into_iter()
+            .map(|e| {
+                let kind = e.attr.as_ref().map(|a| stat_of(a).kind);
+                let dir = match (kind, e.fh, e.attr) {
+                    (Some(Kind::Dir), Some(fh), Some(attr)) => Some(Node { fh, attr }),
+                    _ => None,
+                };
+                Entry {
+                    name: e.name,
+                    kind,
+                    dir,
+                }
+            })
+            .collect();
+        let next = (!eof && next != cookie).then_some((next, verf));
+        Ok(Some(Page { entries, next }))
+    }
+
+    async fn remove(&self, dir: &Node, name: &[u8], kind: Kind, at: At<'_>) -> StorageResult<Unlinked> {
+        let proto = self.proto();
+        let answer = match kind {
+            Kind::Dir => proto.rmdir(&dir.fh, name, at.op, at.path).await?,
+            Kind::Other => proto.remove(&dir.fh, name, at.op, at.path).await?,
+        };
+        Ok(match answer.status {
+            nfsstat3::NFS3_OK => Unlinked::Done,
+            // Removed by our own earlier send.
+            nfsstat3::NFS3ERR_NOENT if answer.resent => Unlinked::Done,
+            nfsstat3::NFS3ERR_NOENT => Unlinked::Missing,
+            nfsstat3::NFS3ERR_ISDIR => Unlinked::IsDir,
+            nfsstat3::NFS3ERR_NOTDIR if kind == Kind::Dir => Unlinked::NotDir,
+            nfsstat3::NFS3ERR_NOTEMPTY | nfsstat3::NFS3ERR_EXIST => Unlinked::NotEmpty,
+            s => return Err(status(at.op, at.path, s).into()),
+        })
+    }
+
+    async fn statfs(&self, dir: &Node, _at: At<'_>) -> StorageResult<Capacity> {
+        let st = self
+            .proto()
+            .fsstat(&dir.fh, "query capacity of", "the export")
+            .await?;
+        Ok(Capacity {
+            total_bytes: st.tbytes,
+            free_bytes: st.fbytes,
+            available_bytes: st.abytes,
+        })
+    }
+
+    fn max_open_dirs(&self) -> Option<usize> {
+        None
+    }
+
+    /// One RPC is in flight per connection, and with a round trip to wait out per REMOVE, the RPCs
+    /// in flight set a delete's pace: the pool grows to them (up to [`MAX_CONNECTIONS`]) and the
+    /// connections stay open for later operations.
+    fn prepare_parallel(&self, in_flight: usize) {
+        if let Some(c) = self.connection.get() {
+            c.proto.pool.grow(in_flight);
+        }
     }
 }

@@ -12,17 +12,17 @@ use nfs3_client::nfs3_types::xdr_codec::Opaque;
 
 use super::error::NfsError;
 use super::rpc::{Failure, Pool, call};
+use crate::core::staging::RECORD_FILE_MAX;
+use crate::storage::transport::ReadFile;
 
 pub(crate) type NfsResult<T> = Result<T, NfsError>;
 
-/// Largest staging record file read back (as the mounted backend).
-pub(crate) const RECORD_FILE_MAX: u64 = 64 * 1024;
 const READDIR_DIRCOUNT: u32 = 32 * 1024;
 const READDIR_MAXCOUNT: u32 = 128 * 1024;
 
 /// A file handle with the attributes seen when it was looked up.
 #[derive(Debug, Clone)]
-pub(crate) struct Node {
+pub struct Node {
     pub fh: nfs_fh3,
     pub attr: fattr3,
 }
@@ -42,7 +42,7 @@ pub(crate) struct Answer {
     pub resent: bool,
 }
 
-pub(crate) enum Made {
+pub(crate) enum Mkdir {
     New(Node),
     Exists { resent: bool },
 }
@@ -77,6 +77,16 @@ pub(crate) fn status(op: &'static str, path: &str, status: nfsstat3) -> NfsError
     }
 }
 
+fn answer<O, E>(value: Nfs3Result<O, E>, resent: bool) -> Answer {
+    Answer {
+        status: match value {
+            Nfs3Result::Ok(_) => nfsstat3::NFS3_OK,
+            Nfs3Result::Err((s, _)) => s,
+        },
+        resent,
+    }
+}
+
 pub(crate) fn dirop<'a>(dir: &nfs_fh3, name: &'a [u8]) -> diropargs3<'a> {
     diropargs3 {
         dir: dir.clone(),
@@ -92,15 +102,6 @@ pub(crate) fn mode_attr(mode: u32) -> sattr3 {
     sattr3 {
         mode: Nfs3Option::Some(mode),
         ..no_attr_change()
-    }
-}
-
-/// "a/b" + "c" -> "a/b/c"; "" + "c" -> "c".
-pub(crate) fn sub(path: &str, name: &str) -> String {
-    if path.is_empty() {
-        name.to_owned()
-    } else {
-        format!("{path}/{name}")
     }
 }
 
@@ -152,7 +153,7 @@ impl Proto {
         mode: u32,
         op: &'static str,
         path: &str,
-    ) -> NfsResult<Made> {
+    ) -> NfsResult<Mkdir> {
         let args = MKDIR3args {
             where_: dirop(dir, name),
             attributes: mode_attr(mode),
@@ -167,9 +168,9 @@ impl Proto {
                         .await?
                         .ok_or_else(|| status(op, path, nfsstat3::NFS3ERR_NOENT))?,
                 };
-                Ok(Made::New(node))
+                Ok(Mkdir::New(node))
             }
-            Nfs3Result::Err((nfsstat3::NFS3ERR_EXIST, _)) => Ok(Made::Exists { resent: sent.resent }),
+            Nfs3Result::Err((nfsstat3::NFS3ERR_EXIST, _)) => Ok(Mkdir::Exists { resent: sent.resent }),
             Nfs3Result::Err((s, _)) => Err(status(op, path, s)),
         }
     }
@@ -201,13 +202,7 @@ impl Proto {
             to: dirop(to_dir, to),
         };
         let sent = call!(self.pool, |c| c.rename(&args)).map_err(|f| transport(op, path, f))?;
-        Ok(Answer {
-            status: match sent.value {
-                Nfs3Result::Ok(_) => nfsstat3::NFS3_OK,
-                Nfs3Result::Err((s, _)) => s,
-            },
-            resent: sent.resent,
-        })
+        Ok(answer(sent.value, sent.resent))
     }
 
     pub async fn remove(
@@ -221,13 +216,7 @@ impl Proto {
             object: dirop(dir, name),
         };
         let sent = call!(self.pool, |c| c.remove(&args)).map_err(|f| transport(op, path, f))?;
-        Ok(Answer {
-            status: match sent.value {
-                Nfs3Result::Ok(_) => nfsstat3::NFS3_OK,
-                Nfs3Result::Err((s, _)) => s,
-            },
-            resent: sent.resent,
-        })
+        Ok(answer(sent.value, sent.resent))
     }
 
     pub async fn rmdir(&self, dir: &nfs_fh3, name: &[u8], op: &'static str, path: &str) -> NfsResult<Answer> {
@@ -235,17 +224,11 @@ impl Proto {
             object: dirop(dir, name),
         };
         let sent = call!(self.pool, |c| c.rmdir(&args)).map_err(|f| transport(op, path, f))?;
-        Ok(Answer {
-            status: match sent.value {
-                Nfs3Result::Ok(_) => nfsstat3::NFS3_OK,
-                Nfs3Result::Err((s, _)) => s,
-            },
-            resent: sent.resent,
-        })
+        Ok(answer(sent.value, sent.resent))
     }
 
-    /// Creates a regular file (GUARDED: an existing one is an error unless our own resent request made
-    /// it) and writes `content` with FILE_SYNC.
+    /// Creates a regular file (GUARDED) and writes `content` with FILE_SYNC. `None`: the name
+    /// existed (and our own resent request did not make it).
     pub async fn create_file(
         &self,
         dir: &nfs_fh3,
@@ -254,7 +237,7 @@ impl Proto {
         content: &[u8],
         op: &'static str,
         path: &str,
-    ) -> NfsResult<Node> {
+    ) -> NfsResult<Option<Node>> {
         let args = CREATE3args {
             where_: dirop(dir, name),
             how: createhow3::GUARDED(mode_attr(mode)),
@@ -266,6 +249,7 @@ impl Proto {
                 _ => None,
             },
             Nfs3Result::Err((nfsstat3::NFS3ERR_EXIST, _)) if sent.resent => None,
+            Nfs3Result::Err((nfsstat3::NFS3ERR_EXIST, _)) => return Ok(None),
             Nfs3Result::Err((s, _)) => return Err(status(op, path, s)),
         };
         let node = match node {
@@ -278,7 +262,7 @@ impl Proto {
         if !content.is_empty() {
             self.write_all(&node.fh, content, op, path).await?;
         }
-        Ok(node)
+        Ok(Some(node))
     }
 
     async fn write_all(&self, fh: &nfs_fh3, content: &[u8], op: &'static str, path: &str) -> NfsResult<()> {
@@ -325,23 +309,19 @@ impl Proto {
         }
     }
 
-    /// Reads a small regular file (at most [`RECORD_FILE_MAX`] bytes). `None`: no such entry; a
-    /// non-regular entry is a `Symlink` error.
+    /// Reads a small regular file (at most [`RECORD_FILE_MAX`] bytes).
     pub async fn read_small(
         &self,
         dir: &nfs_fh3,
-        name: &str,
+        name: &[u8],
         op: &'static str,
         path: &str,
-    ) -> NfsResult<Option<Vec<u8>>> {
-        let Some(node) = self.lookup(dir, name.as_bytes(), op, path).await? else {
-            return Ok(None);
+    ) -> NfsResult<ReadFile> {
+        let Some(node) = self.lookup(dir, name, op, path).await? else {
+            return Ok(ReadFile::Missing);
         };
         if !matches!(node.attr.type_, ftype3::NF3REG) {
-            return Err(NfsError::Symlink {
-                op,
-                path: path.to_owned(),
-            });
+            return Ok(ReadFile::NotAFile);
         }
         let mut out = Vec::new();
         loop {
@@ -356,7 +336,7 @@ impl Proto {
                     out.extend_from_slice(ok.data.as_ref());
                     if ok.eof || ok.data.is_empty() || out.len() as u64 >= RECORD_FILE_MAX {
                         out.truncate(usize::try_from(RECORD_FILE_MAX).unwrap_or(usize::MAX));
-                        return Ok(Some(out));
+                        return Ok(ReadFile::Data(out));
                     }
                 }
                 Nfs3Result::Err((s, _)) => return Err(status(op, path, s)),
@@ -410,49 +390,12 @@ impl Proto {
         }
     }
 
-    /// The whole listing of a directory.
-    pub async fn readdir_all(&self, dir: &nfs_fh3, op: &'static str, path: &str) -> NfsResult<Vec<Entry>> {
-        let (mut all, mut cookie, mut verf) = (Vec::new(), 0, cookieverf3::default());
-        loop {
-            let (mut page, next, v, eof) = self.readdir_page(dir, cookie, verf, op, path).await?;
-            all.append(&mut page);
-            if eof {
-                return Ok(all);
-            }
-            if next == cookie {
-                return Err(NfsError::Protocol {
-                    op,
-                    path: path.to_owned(),
-                    reason: "READDIRPLUS made no progress".into(),
-                });
-            }
-            (cookie, verf) = (next, v);
-        }
-    }
-
     pub async fn fsstat(&self, root: &nfs_fh3, op: &'static str, path: &str) -> NfsResult<FSSTAT3resok> {
         let args = FSSTAT3args { fsroot: root.clone() };
         let sent = call!(self.pool, |c| c.fsstat(&args)).map_err(|f| transport(op, path, f))?;
         match sent.value {
             Nfs3Result::Ok(ok) => Ok(ok),
             Nfs3Result::Err((s, _)) => Err(status(op, path, s)),
-        }
-    }
-
-    /// The entry's attributes: from READDIRPLUS if it sent them, else a LOOKUP (`None`: gone meanwhile).
-    pub async fn entry_node(
-        &self,
-        dir: &nfs_fh3,
-        e: &Entry,
-        op: &'static str,
-        path: &str,
-    ) -> NfsResult<Option<Node>> {
-        match (&e.fh, &e.attr) {
-            (Some(fh), Some(attr)) => Ok(Some(Node {
-                fh: fh.clone(),
-                attr: attr.clone(),
-            })),
-            _ => self.lookup(dir, &e.name, op, path).await,
         }
     }
 }

@@ -462,14 +462,14 @@ pub(crate) enum Step<T> {
 /// `&mut` argument currently lose that).
 macro_rules! call {
     ($pool:expr, |$c:ident| $call:expr) => {{
-        let pool: &$crate::storage::direct::rpc::Pool = &$pool;
-        let mut st = $crate::storage::direct::rpc::Attempt::new();
+        let pool: &$crate::storage::nfs3::rpc::Pool = &$pool;
+        let mut st = $crate::storage::nfs3::rpc::Attempt::new();
         loop {
             let mut lease = match pool.lease().await {
                 Ok(lease) => lease,
                 Err(f) => match pool.connect_failed(&mut st, f).await {
-                    $crate::storage::direct::rpc::Step::Retry => continue,
-                    $crate::storage::direct::rpc::Step::Done(r) => break r,
+                    $crate::storage::nfs3::rpc::Step::Retry => continue,
+                    $crate::storage::nfs3::rpc::Step::Done(r) => break r,
                 },
             };
             let result = {
@@ -478,8 +478,8 @@ macro_rules! call {
                 tokio::time::timeout_at(deadline, $call).await
             };
             match pool.settle(&mut st, lease, result) {
-                $crate::storage::direct::rpc::Step::Retry => continue,
-                $crate::storage::direct::rpc::Step::Done(r) => break r,
+                $crate::storage::nfs3::rpc::Step::Retry => continue,
+                $crate::storage::nfs3::rpc::Step::Done(r) => break r,
             }
         }
     }};

@@ -1,0 +1,123 @@
+//! One error vocabulary for the storage layer: [`Refusal`]s, decided by the volume protocol the
+//! same way whichever transport carried it, and the transports' own failures, wrapped as they are
+//! (an errno from the mounted export, an NFS status or RPC failure from the NFSv3 client).
+//! Every message says what was attempted on which path (relative to the export root).
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use nix::errno::Errno;
+
+use super::nfs3::NfsError;
+
+/// What the protocol refuses to do, whichever transport it runs over. Callers decide on these.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum Refusal {
+    #[error("{op} {path:?}: invalid path: {reason}")]
+    InvalidPath {
+        op: &'static str,
+        path: String,
+        reason: String,
+    },
+    #[error(
+        "create directory {path}: invalid mode {mode:#o} (only permission, setuid, setgid and sticky bits \
+         are allowed)"
+    )]
+    InvalidMode { path: String, mode: u32 },
+    #[error("create directory {path}: a directory not made for this volume already exists")]
+    Taken { path: String },
+    #[error("{op} {path}: a symlink or non-directory is in the way; refusing to follow or touch it")]
+    NotADirectory { op: &'static str, path: String },
+    #[error(
+        "create directory {requested} for volume {pv}: an earlier attempt of this volume staged it for \
+         {recorded}"
+    )]
+    StagedElsewhere {
+        pv: String,
+        requested: String,
+        recorded: String,
+    },
+    #[error("{op} {path}: bad staging record: {reason}")]
+    BadStagingRecord {
+        op: &'static str,
+        path: String,
+        reason: String,
+    },
+    #[error("archive directory {path}: all {attempts} archive names are taken")]
+    ArchiveNamesExhausted { path: String, attempts: u32 },
+    #[error(
+        "delete directory {path}: it is on another filesystem than the volume (a nested mount or export); \
+         refusing to enter it"
+    )]
+    OtherFilesystem { path: String },
+    #[error("{op} {path}: it disappeared while in use (removed by someone else?)")]
+    Vanished { op: &'static str, path: String },
+    #[error("{op} {path}: it keeps getting new entries while being emptied")]
+    KeepsFilling { op: &'static str, path: String },
+}
+
+/// A failure of the mounted export's system calls.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum PosixError {
+    #[error("{op} {}: {errno}", path.display())]
+    Root {
+        op: &'static str,
+        path: PathBuf,
+        errno: Errno,
+    },
+    #[error("{op} {path}: {errno}")]
+    Io {
+        op: &'static str,
+        path: String,
+        errno: Errno,
+    },
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum StorageFailure {
+    #[error(transparent)]
+    Refused(#[from] Refusal),
+    #[error(transparent)]
+    Posix(#[from] PosixError),
+    #[error(transparent)]
+    Nfs(#[from] NfsError),
+    #[error("{op} {path} did not finish within {after:?}: is the export answering?")]
+    TimedOut {
+        op: &'static str,
+        path: String,
+        after: Duration,
+    },
+    #[error("{op}: worker thread failed: {reason}")]
+    Worker { op: &'static str, reason: String },
+    #[error(
+        "no mounted export is configured (NFS_SERVER and NFS_PATH are unset); name server and share in the StorageClass"
+    )]
+    NoMountedExport,
+}
+
+impl StorageFailure {
+    /// A directory not made for this volume is at its path. Also what provisioning sees of its own
+    /// finished directory when a lagging cache hides the PV made for it.
+    pub fn is_taken(&self) -> bool {
+        matches!(self, StorageFailure::Refused(Refusal::Taken { .. }))
+    }
+
+    pub fn refusal(&self) -> Option<&Refusal> {
+        match self {
+            StorageFailure::Refused(r) => Some(r),
+            _ => None,
+        }
+    }
+
+    /// The OS error behind a failure of the mounted export.
+    pub fn errno(&self) -> Option<Errno> {
+        match self {
+            StorageFailure::Posix(PosixError::Io { errno, .. } | PosixError::Root { errno, .. }) => {
+                Some(*errno)
+            }
+            _ => None,
+        }
+    }
+}
+
+pub type StorageResult<T> = Result<T, StorageFailure>;

@@ -1,0 +1,266 @@
+//! [`Storage`]: one export's volume operations under deadlines, their outcomes reported to
+//! [`Health`] (a timeout marks the export failing for readiness and metrics; a completed
+//! operation or a passing [`Storage::probe`] marks it answering again). [`Exports`]: the mounted
+//! export and the direct ones StorageClasses name, each made on first use and kept with its own
+//! connections, so a hung or unreachable server fails only the operations on it.
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use super::error::StorageFailure;
+use super::nfs3::Nfs3Transport;
+use super::posix::PosixTransport;
+use super::protocol::{Archived, Backend, Created, OpFuture, Removed, Volumes};
+use super::transport::Capacity;
+use crate::config::Config;
+use crate::core::export::{Access, ClientOptions, Export};
+use crate::core::naming::VolumePath;
+use crate::core::params::DirMode;
+use crate::health::{ExportStatus, Health};
+use crate::metrics::Metrics;
+
+/// Deadlines and parallelism of directory operations.
+#[derive(Clone, Copy, Debug)]
+pub struct Limits {
+    pub timeout: Duration,
+    pub delete_timeout: Duration,
+    pub delete_concurrency: usize,
+}
+
+/// One export's operations under deadlines, reported to [`Health`]. Cheap to clone.
+#[derive(Clone)]
+pub struct Storage {
+    backend: Arc<dyn Backend>,
+    /// `server:path`, as operators know the export; names it in health, metrics and logs.
+    name: String,
+    limits: Limits,
+    health: Health,
+    metrics: Metrics,
+    probes: Arc<AtomicU64>,
+}
+
+impl Storage {
+    pub fn new(
+        backend: Arc<dyn Backend>,
+        name: String,
+        limits: Limits,
+        health: Health,
+        metrics: Metrics,
+    ) -> Self {
+        Storage {
+            backend,
+            name,
+            limits,
+            health,
+            metrics,
+            probes: Arc::default(),
+        }
+    }
+
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    async fn run<T>(
+        &self,
+        op: &'static str,
+        path: String,
+        timeout: Duration,
+        operation: OpFuture<'_, T>,
+    ) -> Result<T, StorageFailure> {
+        match tokio::time::timeout(timeout, operation).await {
+            Ok(result) => {
+                if result.is_ok() {
+                    self.health.export_status(&self.name, ExportStatus::Healthy);
+                }
+                result
+            }
+            // A mounted export's thread stays blocked in the kernel; only this operation fails.
+            Err(_) => {
+                self.metrics.export_timed_out(&self.name);
+                self.health.export_status(
+                    &self.name,
+                    ExportStatus::Failing(format!("{op} {path} timed out after {timeout:?}")),
+                );
+                Err(StorageFailure::TimedOut {
+                    op,
+                    path,
+                    after: timeout,
+                })
+            }
+        }
+    }
+
+    /// Checks that the export answers and takes writes (a directory created and removed in the
+    /// staging area), and records the verdict in [`Health`] either way.
+    pub async fn probe(&self) -> Result<(), StorageFailure> {
+        let tag = format!(
+            "{}-{}",
+            std::process::id(),
+            self.probes.fetch_add(1, Ordering::Relaxed)
+        );
+        let result = self
+            .run(
+                "probe",
+                format!("export {}", self.name),
+                self.limits.timeout,
+                self.backend.probe_writable(&tag),
+            )
+            .await;
+        if let Err(error) = &result {
+            self.health
+                .export_status(&self.name, ExportStatus::Failing(error.to_string()));
+        }
+        result
+    }
+
+    pub async fn create_volume(
+        &self,
+        pv_name: &str,
+        path: &VolumePath,
+        dir: DirMode,
+    ) -> Result<Created, StorageFailure> {
+        self.run(
+            "create directory",
+            path.to_string(),
+            self.limits.timeout,
+            self.backend.create_volume(pv_name, path.components(), dir),
+        )
+        .await
+    }
+
+    pub async fn finish_volume(&self, pv_name: &str) -> Result<(), StorageFailure> {
+        self.run(
+            "clear staging record of",
+            pv_name.to_owned(),
+            self.limits.timeout,
+            self.backend.finish_volume(pv_name),
+        )
+        .await
+    }
+
+    pub async fn staged_volumes(&self) -> Result<Vec<String>, StorageFailure> {
+        self.run(
+            "list staging records in",
+            format!("export {}", self.name),
+            self.limits.timeout,
+            self.backend.staged_volumes(),
+        )
+        .await
+    }
+
+    pub async fn archive_volume(&self, path: &VolumePath) -> Result<Archived, StorageFailure> {
+        self.run(
+            "archive directory",
+            path.to_string(),
+            self.limits.timeout,
+            self.backend.archive_volume(path.components()),
+        )
+        .await
+    }
+
+    pub async fn delete_volume(&self, path: &VolumePath) -> Result<Removed, StorageFailure> {
+        self.run(
+            "delete directory",
+            path.to_string(),
+            self.limits.delete_timeout,
+            self.backend
+                .delete_volume(path.components(), self.limits.delete_concurrency),
+        )
+        .await
+    }
+
+    pub async fn capacity(&self) -> Result<Capacity, StorageFailure> {
+        self.run(
+            "statvfs",
+            format!("export {}", self.name),
+            self.limits.timeout,
+            self.backend.capacity(),
+        )
+        .await
+    }
+}
+
+/// Every export the provisioner serves: the mounted one (if configured), and direct ones, made on
+/// first use and kept (each holds its own connections, so one server's trouble stays its own).
+#[derive(Clone)]
+pub struct Exports {
+    mounted: Option<(Export, Storage)>,
+    direct: Arc<Mutex<HashMap<(Export, ClientOptions), Storage>>>,
+    limits: Limits,
+    health: Health,
+    metrics: Metrics,
+}
+
+impl Exports {
+    /// The mounted export (if NFS_SERVER/NFS_PATH are set) and room for the direct ones.
+    pub fn from_config(config: &Config, health: Health, metrics: Metrics) -> Self {
+        let limits = Limits {
+            timeout: config.fs_timeout,
+            delete_timeout: config.delete_timeout,
+            delete_concurrency: config.delete_concurrency,
+        };
+        let mounted = config
+            .mounted
+            .clone()
+            .map(|export| (export, config.mount_path.clone()));
+        Self::new(mounted, limits, health, metrics)
+    }
+
+    /// `mounted`: the NFS_SERVER/NFS_PATH export and where it is mounted.
+    pub fn new(mounted: Option<(Export, PathBuf)>, limits: Limits, health: Health, metrics: Metrics) -> Self {
+        let mounted = mounted.map(|(export, root)| {
+            let transport = PosixTransport::new(root, limits.delete_concurrency);
+            let storage = Storage::new(
+                Arc::new(Volumes::new(transport)),
+                export.to_string(),
+                limits,
+                health.clone(),
+                metrics.clone(),
+            );
+            (export, storage)
+        });
+        Exports {
+            mounted,
+            direct: Arc::default(),
+            limits,
+            health,
+            metrics,
+        }
+    }
+
+    pub fn mounted_export(&self) -> Option<&Export> {
+        self.mounted.as_ref().map(|(export, _)| export)
+    }
+
+    pub fn mounted(&self) -> Option<&Storage> {
+        self.mounted.as_ref().map(|(_, storage)| storage)
+    }
+
+    /// The storage of `export`, reached as `access` says.
+    pub fn get(&self, export: &Export, access: &Access) -> Result<Storage, StorageFailure> {
+        let options = match access {
+            Access::Mounted => return self.mounted().cloned().ok_or(StorageFailure::NoMountedExport),
+            Access::Direct(options) => *options,
+        };
+        let mut direct = self
+            .direct
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        Ok(direct
+            .entry((export.clone(), options))
+            .or_insert_with(|| {
+                Storage::new(
+                    Arc::new(Volumes::new(Nfs3Transport::new(export.clone(), options))),
+                    export.to_string(),
+                    self.limits,
+                    self.health.clone(),
+                    self.metrics.clone(),
+                )
+            })
+            .clone())
+    }
+}

@@ -1,0 +1,425 @@
+//! The mounted transport: the export mounted at a local path (`NFS_MOUNT_PATH`, as
+//! nfs-subdir-external-provisioner works), reached with POSIX calls.
+//!
+//! Symlink safety: every primitive is an `*at` call relative to the fd of the directory it acts
+//! in, and directories are opened with `O_DIRECTORY | O_NOFOLLOW`, so no path string is ever
+//! resolved by the kernel and a symlink anywhere (a parent, the volume, an entry swapped mid-walk)
+//! cannot redirect an operation outside the export. The honest differences from NFS:
+//! * no-replace rename is `renameat2(RENAME_NOREPLACE)`; where the filesystem lacks it (the Linux
+//!   NFS client), a check then a plain rename, which can replace only an *empty* directory made
+//!   in between, never data;
+//! * each primitive is a blocking system call on a thread of its own, at most `threads` at once,
+//!   so a hung mount holds threads, not the runtime; a deadline fails the operation while its
+//!   thread stays in the kernel.
+
+use std::fs::File;
+use std::io::{Read, Write};
+use std::os::fd::OwnedFd;
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use nix::dir::{Dir, Type};
+use nix::errno::Errno;
+use nix::fcntl::{AtFlags, OFlag, openat, renameat};
+use nix::sys::stat::{FileStat, Mode, SFlag, fchmod, fstat, fstatat, mkdirat};
+use nix::sys::statvfs::fstatvfs;
+use nix::unistd::{Gid, Uid, UnlinkatFlags, fchown, unlinkat};
+use tokio::sync::Semaphore;
+
+use super::error::{PosixError, StorageFailure, StorageResult};
+use super::transport::{
+    At, Capacity, Entry, Kind, Made, Move, Opened, Page, ReadFile, Renamed, Stat, Transport, Unlinked,
+};
+use crate::core::staging::{CLAIM_MODE, RECORD_FILE_MAX};
+
+/// Threads the mounted export may occupy at once unless more are asked for. Enough for the
+/// controllers' parallel work; bounded so a hung mount cannot exhaust the blocking pool.
+pub const MAX_BLOCKED: usize = 16;
+/// Directory fds a walk holds at once (plus a few per worker).
+pub const MAX_OPEN_DIRS: usize = 128;
+
+pub struct PosixTransport {
+    root: PathBuf,
+    threads: Arc<Semaphore>,
+}
+
+fn dir_flags() -> OFlag {
+    OFlag::O_RDONLY | OFlag::O_DIRECTORY | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC
+}
+
+fn io(at: At<'_>, errno: Errno) -> StorageFailure {
+    PosixError::Io {
+        op: at.op,
+        path: at.path.to_owned(),
+        errno,
+    }
+    .into()
+}
+
+fn io_errno(e: std::io::Error) -> Errno {
+    e.raw_os_error().map_or(Errno::EIO, Errno::from_raw)
+}
+
+fn is_dir(st: &FileStat) -> bool {
+    SFlag::from_bits_truncate(st.st_mode & SFlag::S_IFMT.bits()) == SFlag::S_IFDIR
+}
+
+fn stat_of(st: &FileStat) -> Stat {
+    Stat {
+        kind: if is_dir(st) { Kind::Dir } else { Kind::Other },
+        id: st.st_ino,
+        #[allow(clippy::useless_conversion)] // st_dev's type differs between platforms
+        fs: u64::from(st.st_dev),
+        mode: st.st_mode & 0o7777,
+        uid: st.st_uid,
+        gid: st.st_gid,
+    }
+}
+
+fn stat_nofollow(dir: &OwnedFd, name: &[u8]) -> nix::Result<Option<FileStat>> {
+    match fstatat(dir, name, AtFlags::AT_SYMLINK_NOFOLLOW) {
+        Ok(st) => Ok(Some(st)),
+        Err(Errno::ENOENT) => Ok(None),
+        Err(e) => Err(e),
+    }
+}
+
+fn is_claim(dir: &OwnedFd, name: &[u8]) -> nix::Result<bool> {
+    Ok(stat_nofollow(dir, name)?.is_some_and(|st| is_dir(&st) && st.st_mode & 0o7777 == CLAIM_MODE))
+}
+
+/// Renames unless `to` exists; `reuse_claim`: an empty claim at `to` may be replaced.
+fn rename_noreplace(
+    from_dir: &OwnedFd,
+    from: &[u8],
+    to_dir: &OwnedFd,
+    to: &[u8],
+    reuse_claim: bool,
+) -> nix::Result<Renamed> {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    {
+        use nix::fcntl::{RenameFlags, renameat2};
+        match renameat2(from_dir, from, to_dir, to, RenameFlags::RENAME_NOREPLACE) {
+            Ok(()) => return Ok(Renamed::Done),
+            Err(Errno::ENOENT) => return Ok(Renamed::SourceMissing),
+            Err(Errno::EEXIST | Errno::ENOTEMPTY) if !reuse_claim => return Ok(Renamed::Taken),
+            // Taken, or no RENAME_NOREPLACE here (the Linux NFS client): decide below.
+            Err(Errno::EEXIST | Errno::ENOTEMPTY | Errno::EINVAL | Errno::ENOSYS) => {}
+            Err(e) => return Err(e),
+        }
+    }
+    if stat_nofollow(to_dir, to)?.is_some() && !(reuse_claim && is_claim(to_dir, to)?) {
+        return Ok(Renamed::Taken);
+    }
+    match renameat(from_dir, from, to_dir, to) {
+        Ok(()) => Ok(Renamed::Done),
+        Err(Errno::ENOENT) => Ok(Renamed::SourceMissing),
+        Err(Errno::EEXIST | Errno::ENOTEMPTY | Errno::ENOTDIR | Errno::EISDIR) => Ok(Renamed::Taken),
+        Err(e) => Err(e),
+    }
+}
+
+fn read_small(dir: &OwnedFd, name: &[u8]) -> nix::Result<ReadFile> {
+    let fd = match openat(
+        dir,
+        name,
+        OFlag::O_RDONLY | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC,
+        Mode::empty(),
+    ) {
+        Ok(fd) => fd,
+        Err(Errno::ENOENT) => return Ok(ReadFile::Missing),
+        Err(Errno::ELOOP) => return Ok(ReadFile::NotAFile),
+        Err(e) => return Err(e),
+    };
+    let mut buf = Vec::new();
+    match File::from(fd)
+        .take(RECORD_FILE_MAX)
+        .read_to_end(&mut buf)
+        .map_err(io_errno)
+    {
+        Ok(_) => Ok(ReadFile::Data(buf)),
+        Err(Errno::EISDIR) => Ok(ReadFile::NotAFile),
+        Err(e) => Err(e),
+    }
+}
+
+fn write_new(dir: &OwnedFd, name: &[u8], content: &[u8]) -> nix::Result<bool> {
+    let flags = OFlag::O_WRONLY | OFlag::O_CREAT | OFlag::O_EXCL | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC;
+    let fd = match openat(dir, name, flags, Mode::from_bits_truncate(0o600)) {
+        Ok(fd) => fd,
+        Err(Errno::EEXIST) => return Ok(false),
+        Err(e) => return Err(e),
+    };
+    if !content.is_empty() {
+        let mut file = File::from(fd);
+        file.write_all(content).map_err(io_errno)?;
+        file.sync_all().map_err(io_errno)?;
+    }
+    Ok(true)
+}
+
+fn list(dir: &OwnedFd) -> nix::Result<Vec<Entry<Arc<OwnedFd>>>> {
+    let dup = dir.try_clone().map_err(io_errno)?;
+    let mut listing = Dir::from_fd(dup)?;
+    let mut entries = Vec::new();
+    for entry in listing.iter() {
+        let entry = entry?;
+        let name = entry.file_name().to_bytes();
+        if name == b"." || name == b".." {
+            continue;
+        }
+        let kind = match entry.file_type() {
+            Some(Type::Directory) => Some(Kind::Dir),
+            Some(_) => Some(Kind::Other),
+            None => None,
+        };
+        entries.push(Entry {
+            name: name.to_vec(),
+            kind,
+            dir: None,
+        });
+    }
+    Ok(entries)
+}
+
+impl PosixTransport {
+    /// The export mounted at `root`; at most `threads` system calls at once (at least
+    /// [`MAX_BLOCKED`]).
+    pub fn new(root: PathBuf, threads: usize) -> Self {
+        PosixTransport {
+            root,
+            threads: Arc::new(Semaphore::new(threads.max(MAX_BLOCKED))),
+        }
+    }
+
+    /// Runs `call` on a blocking thread under a permit; the permit is held until the call returns,
+    /// however long after a deadline that is.
+    async fn blocking<R, F>(&self, op: &'static str, call: F) -> StorageResult<R>
+    where
+        R: Send + 'static,
+        F: FnOnce() -> R + Send + 'static,
+    {
+        let worker = |reason: String| StorageFailure::Worker { op, reason };
+        let permit = Arc::clone(&self.threads)
+            .acquire_owned()
+            .await
+            .map_err(|e| worker(e.to_string()))?;
+        tokio::task::spawn_blocking(move || {
+            let _permit = permit;
+            call()
+        })
+        .await
+        .map_err(|e| worker(e.to_string()))
+    }
+
+    /// `call` on `dir` and an owned copy of `name`, its errno named after `at`.
+    async fn at_dir<R, F>(&self, dir: &Arc<OwnedFd>, name: &[u8], at: At<'_>, call: F) -> StorageResult<R>
+    where
+        R: Send + 'static,
+        F: FnOnce(&OwnedFd, &[u8]) -> nix::Result<R> + Send + 'static,
+    {
+        let (dir, name) = (Arc::clone(dir), name.to_vec());
+        self.blocking(at.op, move || call(&dir, &name))
+            .await?
+            .map_err(|e| io(at, e))
+    }
+}
+
+impl Transport for PosixTransport {
+    type Dir = Arc<OwnedFd>;
+    /// A directory is listed in one page.
+    type Cursor = ();
+
+    async fn root(&self) -> StorageResult<Self::Dir> {
+        const OP: &str = "open export root";
+        let root = self.root.clone();
+        let flags = OFlag::O_RDONLY | OFlag::O_DIRECTORY | OFlag::O_CLOEXEC;
+        match self
+            .blocking(OP, move || nix::fcntl::open(&root, flags, Mode::empty()))
+            .await?
+        {
+            Ok(fd) => Ok(Arc::new(fd)),
+            Err(errno) => Err(PosixError::Root {
+                op: OP,
+                path: self.root.clone(),
+                errno,
+            }
+            .into()),
+        }
+    }
+
+    async fn open_dir(&self, dir: &Self::Dir, name: &[u8], at: At<'_>) -> StorageResult<Opened<Self::Dir>> {
+        self.at_dir(dir, name, at, |dir, name| {
+            match openat(dir, name, dir_flags(), Mode::empty()) {
+                Ok(fd) => Ok(Opened::Dir(Arc::new(fd))),
+                Err(Errno::ENOENT) => Ok(Opened::Missing),
+                Err(Errno::ELOOP | Errno::ENOTDIR) => Ok(Opened::NotDir),
+                Err(e) => Err(e),
+            }
+        })
+        .await
+    }
+
+    async fn stat(&self, dir: &Self::Dir, name: &[u8], at: At<'_>) -> StorageResult<Option<Stat>> {
+        self.at_dir(dir, name, at, |dir, name| {
+            Ok(stat_nofollow(dir, name)?.as_ref().map(stat_of))
+        })
+        .await
+    }
+
+    async fn dir_stat(&self, dir: &Self::Dir, at: At<'_>) -> StorageResult<Stat> {
+        self.at_dir(dir, b"", at, |dir, _| fstat(dir).map(|st| stat_of(&st)))
+            .await
+    }
+
+    async fn parent(&self, dir: &Self::Dir, at: At<'_>) -> StorageResult<Self::Dir> {
+        self.at_dir(dir, b"..", at, |dir, name| {
+            openat(dir, name, dir_flags(), Mode::empty()).map(Arc::new)
+        })
+        .await
+    }
+
+    async fn mkdir(
+        &self,
+        dir: &Self::Dir,
+        name: &[u8],
+        mode: u32,
+        at: At<'_>,
+    ) -> StorageResult<Made<Self::Dir>> {
+        self.at_dir(dir, name, at, move |dir, name| {
+            match mkdirat(dir, name, Mode::from_bits_truncate(mode)) {
+                Ok(()) => openat(dir, name, dir_flags(), Mode::empty()).map(|fd| Made::New(Arc::new(fd))),
+                Err(Errno::EEXIST) => Ok(Made::Exists),
+                Err(e) => Err(e),
+            }
+        })
+        .await
+    }
+
+    async fn chown(
+        &self,
+        dir: &Self::Dir,
+        uid: Option<u32>,
+        gid: Option<u32>,
+        best_effort: bool,
+        at: At<'_>,
+    ) -> StorageResult<()> {
+        self.at_dir(dir, b"", at, move |dir, _| {
+            match fchown(dir, uid.map(Uid::from_raw), gid.map(Gid::from_raw)) {
+                // An unprivileged (squashed) provisioner may not be allowed to pick that group.
+                Err(Errno::EPERM | Errno::EINVAL) if best_effort => Ok(()),
+                other => other,
+            }
+        })
+        .await
+    }
+
+    async fn chmod(&self, dir: &Self::Dir, mode: u32, at: At<'_>) -> StorageResult<()> {
+        self.at_dir(dir, b"", at, move |dir, _| {
+            fchmod(dir, Mode::from_bits_truncate(mode))
+        })
+        .await
+    }
+
+    async fn rename_noreplace(
+        &self,
+        m: Move<'_, Self::Dir>,
+        _from_id: u64,
+        reuse_claim: bool,
+        at: At<'_>,
+    ) -> StorageResult<Renamed> {
+        let (to_dir, to) = (Arc::clone(m.to_dir), m.to.to_vec());
+        self.at_dir(m.from_dir, m.from, at, move |from_dir, from| {
+            rename_noreplace(from_dir, from, &to_dir, &to, reuse_claim)
+        })
+        .await
+    }
+
+    async fn rename(&self, m: Move<'_, Self::Dir>, at: At<'_>) -> StorageResult<Renamed> {
+        let (to_dir, to) = (Arc::clone(m.to_dir), m.to.to_vec());
+        self.at_dir(m.from_dir, m.from, at, move |from_dir, from| {
+            match renameat(from_dir, from, &*to_dir, to.as_slice()) {
+                Ok(()) => Ok(Renamed::Done),
+                Err(Errno::ENOENT) => Ok(Renamed::SourceMissing),
+                Err(Errno::EEXIST | Errno::ENOTEMPTY) => Ok(Renamed::Taken),
+                Err(e) => Err(e),
+            }
+        })
+        .await
+    }
+
+    async fn write_file(
+        &self,
+        dir: &Self::Dir,
+        name: &[u8],
+        content: &[u8],
+        at: At<'_>,
+    ) -> StorageResult<bool> {
+        let content = content.to_vec();
+        self.at_dir(dir, name, at, move |dir, name| write_new(dir, name, &content))
+            .await
+    }
+
+    async fn read_file(&self, dir: &Self::Dir, name: &[u8], at: At<'_>) -> StorageResult<ReadFile> {
+        self.at_dir(dir, name, at, read_small).await
+    }
+
+    async fn read_dir(
+        &self,
+        dir: &Self::Dir,
+        _from: Option<()>,
+        at: At<'_>,
+    ) -> StorageResult<Option<Page<Self::Dir, ()>>> {
+        self.at_dir(dir, b"", at, |dir, _| list(dir))
+            .await
+            .map(|entries| Some(Page { entries, next: None }))
+    }
+
+    async fn remove(&self, dir: &Self::Dir, name: &[u8], kind: Kind, at: At<'_>) -> StorageResult<Unlinked> {
+        self.at_dir(dir, name, at, move |dir, name| {
+            let flags = match kind {
+                Kind::Dir => UnlinkatFlags::RemoveDir,
+                Kind::Other => UnlinkatFlags::NoRemoveDir,
+            };
+            match unlinkat(dir, name, flags) {
+                Ok(()) => Ok(Unlinked::Done),
+                Err(Errno::ENOENT) => Ok(Unlinked::Missing),
+                Err(Errno::EISDIR) => Ok(Unlinked::IsDir),
+                Err(Errno::ENOTDIR) if kind == Kind::Dir => Ok(Unlinked::NotDir),
+                Err(Errno::ENOTEMPTY | Errno::EEXIST) => Ok(Unlinked::NotEmpty),
+                Err(e) => Err(e),
+            }
+        })
+        .await
+    }
+
+    async fn statfs(&self, dir: &Self::Dir, _at: At<'_>) -> StorageResult<Capacity> {
+        const OP: &str = "query capacity of export root";
+        let dir = Arc::clone(dir);
+        let st = self.blocking(OP, move || fstatvfs(&*dir)).await?;
+        let st = st.map_err(|errno| PosixError::Root {
+            op: OP,
+            path: self.root.clone(),
+            errno,
+        })?;
+        #[allow(clippy::useless_conversion)] // the statvfs field types differ between platforms
+        let unit = u64::from(if st.fragment_size() > 0 {
+            st.fragment_size()
+        } else {
+            st.block_size()
+        });
+        #[allow(clippy::useless_conversion)]
+        let bytes = |blocks| u64::from(blocks).saturating_mul(unit);
+        Ok(Capacity {
+            total_bytes: bytes(st.blocks()),
+            free_bytes: bytes(st.blocks_free()),
+            available_bytes: bytes(st.blocks_available()),
+        })
+    }
+
+    fn max_open_dirs(&self) -> Option<usize> {
+        Some(MAX_OPEN_DIRS)
+    }
+
+    fn prepare_parallel(&self, _in_flight: usize) {}
+}

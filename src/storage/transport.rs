@@ -1,0 +1,236 @@
+//! The transport interface: the few filesystem primitives the volume protocol ([`super::protocol`])
+//! and the tree walker ([`super::walker`]) are written over. A transport is one way of reaching an
+//! export: [`super::posix`] (the export mounted at a local path) and [`super::nfs3`] (a userspace
+//! NFSv3 client). A new transport implements this trait and gets every volume operation.
+//!
+//! The contract every implementation keeps:
+//! * Everything is relative to a directory handle ([`Transport::Dir`]) and one name; nothing
+//!   resolves a path string, and no primitive follows a symlink (a link is a non-directory).
+//! * Outcomes the protocol decides on are answers ([`Opened`], [`Made`], [`Renamed`], ...), not
+//!   errors; "already there" and "not there" are reported, never guessed. A request the transport
+//!   resent (after a timeout or a lost connection) is interpreted by the transport, so a primitive's
+//!   answer is as if it had been sent once.
+//! * [`Transport::rename_noreplace`] never replaces anything but an empty claim directory the
+//!   caller says is its own: a transport whose rename replaces empty directories (NFS) emulates
+//!   no-replace with an exclusive MKDIR of the target first.
+//! * Errors name the operation and the path they are given ([`At`]).
+
+use std::future::Future;
+
+use super::error::StorageResult;
+
+/// What a primitive is doing on which path (relative to the export root), for its errors.
+#[derive(Debug, Clone, Copy)]
+pub struct At<'a> {
+    pub op: &'static str,
+    pub path: &'a str,
+}
+
+pub fn at<'a>(op: &'static str, path: &'a str) -> At<'a> {
+    At { op, path }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Kind {
+    Dir,
+    /// A file, symlink, device, ...: removed as itself, never entered or followed.
+    Other,
+}
+
+/// An entry's attributes (not following a symlink).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Stat {
+    pub kind: Kind,
+    /// Inode number (NFS fileid).
+    pub id: u64,
+    /// The filesystem it is on (st_dev, NFS fsid).
+    pub fs: u64,
+    /// Permission bits, with setuid, setgid and sticky.
+    pub mode: u32,
+    pub uid: u32,
+    pub gid: u32,
+}
+
+pub enum Opened<D> {
+    Dir(D),
+    NotDir,
+    Missing,
+}
+
+pub enum Made<D> {
+    New(D),
+    Exists,
+}
+
+/// What a rename moves: `from` in `from_dir` to `to` in `to_dir`.
+pub struct Move<'a, D> {
+    pub from_dir: &'a D,
+    pub from: &'a [u8],
+    pub to_dir: &'a D,
+    pub to: &'a [u8],
+}
+
+impl<D> Clone for Move<'_, D> {
+    fn clone(&self) -> Self {
+        *self
+    }
+}
+
+impl<D> Copy for Move<'_, D> {}
+
+impl<'a, D> Move<'a, D> {
+    /// A rename inside one directory.
+    pub fn within(dir: &'a D, from: &'a [u8], to: &'a [u8]) -> Self {
+        Move {
+            from_dir: dir,
+            from,
+            to_dir: dir,
+            to,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Renamed {
+    Done,
+    /// The target exists (and is not a claim the caller may replace).
+    Taken,
+    SourceMissing,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Unlinked {
+    Done,
+    Missing,
+    /// Removing it as a non-directory found a directory (swapped meanwhile).
+    IsDir,
+    /// Removing it as a directory found a non-directory.
+    NotDir,
+    NotEmpty,
+}
+
+pub enum ReadFile {
+    Data(Vec<u8>),
+    Missing,
+    NotAFile,
+}
+
+/// One directory entry; `kind` and `dir` are given where the listing carries them for free.
+pub struct Entry<D> {
+    pub name: Vec<u8>,
+    pub kind: Option<Kind>,
+    /// A handle of the entry if it is a directory (NFS READDIRPLUS gives one).
+    pub dir: Option<D>,
+}
+
+pub struct Page<D, C> {
+    pub entries: Vec<Entry<D>>,
+    /// Where the next page starts; `None`: this was the last.
+    pub next: Option<C>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Capacity {
+    pub total_bytes: u64,
+    pub free_bytes: u64,
+    pub available_bytes: u64,
+}
+
+/// Filesystem primitives over one export. Cheap handles, `Send` futures (operations run on
+/// spawned tasks).
+pub trait Transport: Send + Sync + 'static {
+    /// An open directory: a directory fd, an NFS file handle with its attributes.
+    type Dir: Clone + Send + Sync + 'static;
+    /// A position in a directory listing.
+    type Cursor: Clone + Send + Sync + 'static;
+
+    /// The export root (connecting first where that is needed).
+    fn root(&self) -> impl Future<Output = StorageResult<Self::Dir>> + Send;
+    fn open_dir(
+        &self,
+        dir: &Self::Dir,
+        name: &[u8],
+        at: At<'_>,
+    ) -> impl Future<Output = StorageResult<Opened<Self::Dir>>> + Send;
+    fn stat(
+        &self,
+        dir: &Self::Dir,
+        name: &[u8],
+        at: At<'_>,
+    ) -> impl Future<Output = StorageResult<Option<Stat>>> + Send;
+    fn dir_stat(&self, dir: &Self::Dir, at: At<'_>) -> impl Future<Output = StorageResult<Stat>> + Send;
+    /// The parent of `dir` (its `..`), for walks that hold one handle at a time.
+    fn parent(&self, dir: &Self::Dir, at: At<'_>) -> impl Future<Output = StorageResult<Self::Dir>> + Send;
+    /// Exclusive MKDIR asking for `mode` (the umask or server may take bits away: callers chmod).
+    fn mkdir(
+        &self,
+        dir: &Self::Dir,
+        name: &[u8],
+        mode: u32,
+        at: At<'_>,
+    ) -> impl Future<Output = StorageResult<Made<Self::Dir>>> + Send;
+    /// `best_effort`: a server or kernel that does not allow it is not an error.
+    fn chown(
+        &self,
+        dir: &Self::Dir,
+        uid: Option<u32>,
+        gid: Option<u32>,
+        best_effort: bool,
+        at: At<'_>,
+    ) -> impl Future<Output = StorageResult<()>> + Send;
+    fn chmod(&self, dir: &Self::Dir, mode: u32, at: At<'_>)
+    -> impl Future<Output = StorageResult<()>> + Send;
+    /// Renames `from` (inode `from_id`) to `to` unless `to` exists; `reuse_claim`: an empty mode-000
+    /// directory at `to` is the caller's own claim and may be replaced.
+    fn rename_noreplace(
+        &self,
+        m: Move<'_, Self::Dir>,
+        from_id: u64,
+        reuse_claim: bool,
+        at: At<'_>,
+    ) -> impl Future<Output = StorageResult<Renamed>> + Send;
+    /// A plain rename, which may replace an empty directory (only used inside the staging area).
+    fn rename(
+        &self,
+        m: Move<'_, Self::Dir>,
+        at: At<'_>,
+    ) -> impl Future<Output = StorageResult<Renamed>> + Send;
+    /// Creates a new regular file (mode 0600) with `content`, durably. `false`: the name existed.
+    fn write_file(
+        &self,
+        dir: &Self::Dir,
+        name: &[u8],
+        content: &[u8],
+        at: At<'_>,
+    ) -> impl Future<Output = StorageResult<bool>> + Send;
+    /// Reads a regular file of at most `RECORD_FILE_MAX` bytes.
+    fn read_file(
+        &self,
+        dir: &Self::Dir,
+        name: &[u8],
+        at: At<'_>,
+    ) -> impl Future<Output = StorageResult<ReadFile>> + Send;
+    /// One page of `dir`'s entries (without `.` and `..`) from `from`; `None`: the cursor was lost
+    /// (entries removed meanwhile), list again from the start.
+    #[allow(clippy::type_complexity)] // one page of a listing
+    fn read_dir(
+        &self,
+        dir: &Self::Dir,
+        from: Option<Self::Cursor>,
+        at: At<'_>,
+    ) -> impl Future<Output = StorageResult<Option<Page<Self::Dir, Self::Cursor>>>> + Send;
+    /// Removes `name` as a directory (`Kind::Dir`, empty) or as anything else.
+    fn remove(
+        &self,
+        dir: &Self::Dir,
+        name: &[u8],
+        kind: Kind,
+        at: At<'_>,
+    ) -> impl Future<Output = StorageResult<Unlinked>> + Send;
+    fn statfs(&self, dir: &Self::Dir, at: At<'_>) -> impl Future<Output = StorageResult<Capacity>> + Send;
+
+    /// Directory handles a walk may hold at once (`None`: handles cost no resource).
+    fn max_open_dirs(&self) -> Option<usize>;
+    /// About to run up to `in_flight` primitives at once (a pool may grow for it).
+    fn prepare_parallel(&self, in_flight: usize);
+}
