@@ -30,8 +30,8 @@ use nfs_subdir_provisioner::core::params::DirMode;
 use nfs_subdir_provisioner::core::staging::{
     CLAIM_MODE, INODE_FILE, PLACING_FILE, STAGING_DIR, TARGET_FILE, TMP_SUFFIX, VOL_DIR,
 };
-use nfs_subdir_provisioner::storage::error::PosixError;
 use nfs_subdir_provisioner::storage::nfs3::Nfs3Transport;
+use nfs_subdir_provisioner::storage::posix::PosixError;
 use nfs_subdir_provisioner::storage::posix::PosixTransport;
 use nfs_subdir_provisioner::storage::{
     Archived, Backend, Created, Refusal, Removed, StorageFailure, Volumes,
@@ -1097,12 +1097,16 @@ async fn delete_errors_name_the_entry_and_a_retry_resumes(fx: &Fx) {
     let f = fx.shown(&["vol", "locked", "f"]);
     if fx.is_nfs() {
         assert!(
-            matches!(&err, StorageFailure::Nfs(e) if e.status() == Some(nfs3_client::nfs3_types::nfs3::nfsstat3::NFS3ERR_PERM)),
+            matches!(err.transport::<nfs_subdir_provisioner::storage::nfs3::NfsError>(), Some(e) if e.status() == Some(nfs3_client::nfs3_types::nfs3::nfsstat3::NFS3ERR_PERM)),
             "{err:?}"
         );
         assert_eq!(err.to_string(), format!("unlink {f}: NFS3ERR_PERM"));
     } else {
-        assert_eq!(err.errno(), Some(Errno::EPERM), "{err:?}");
+        assert_eq!(
+            err.transport().map(PosixError::errno),
+            Some(Errno::EPERM),
+            "{err:?}"
+        );
         assert_eq!(
             err.to_string(),
             format!("unlink {f}: EPERM: Operation not permitted")
@@ -1425,11 +1429,11 @@ async fn mounted_operations_on_a_missing_export_root_fail_naming_the_root() {
     let backend = Volumes::new(PosixTransport::new(root.to_path_buf(), 16));
     let check = |what: &str, err: StorageFailure| {
         assert!(
-            matches!(&err, StorageFailure::Posix(PosixError::Root { path, errno: Errno::ENOENT, .. })
+            matches!(err.transport(), Some(PosixError::Root { path, errno: Errno::ENOENT, .. })
                 if path == root),
             "{what}: {err:?}"
         );
-        assert_eq!(err.errno(), Some(Errno::ENOENT));
+        assert_eq!(err.transport().map(PosixError::errno), Some(Errno::ENOENT));
         assert!(
             err.to_string()
                 .ends_with("/nonexistent/export: ENOENT: No such file or directory"),

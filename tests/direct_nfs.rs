@@ -39,10 +39,8 @@ const OWNED: DirMode = DirMode {
 };
 
 fn nfs_err(err: &StorageFailure) -> &NfsError {
-    match err {
-        StorageFailure::Nfs(e) => e,
-        other => panic!("not an NFS failure: {other:?}"),
-    }
+    err.transport::<NfsError>()
+        .unwrap_or_else(|| panic!("not an NFS failure: {err:?}"))
 }
 
 // ---- connecting ----

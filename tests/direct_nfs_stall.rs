@@ -44,7 +44,7 @@ async fn a_stopped_server_fails_each_call_within_its_deadline_and_the_pool_recov
     let err = e.capacity().await.unwrap_err();
     let took = start.elapsed();
     assert!(
-        matches!(&err, StorageFailure::Nfs(e @ NfsError::TimedOut { .. }) if e.is_transport()),
+        matches!(err.transport(), Some(e @ NfsError::TimedOut { .. }) if e.is_transport()),
         "{err}"
     );
     assert!(err.to_string().contains("is the server answering?"), "{err}");
@@ -59,7 +59,7 @@ async fn a_stopped_server_fails_each_call_within_its_deadline_and_the_pool_recov
     let err = e.create(&pv, &p(&[&top, "v"]), RWX).await.unwrap_err();
     let took = start.elapsed();
     assert!(
-        matches!(err, StorageFailure::Nfs(NfsError::TimedOut { .. })),
+        matches!(err.transport(), Some(NfsError::TimedOut { .. })),
         "{err}"
     );
     assert!(took < Duration::from_millis(1500), "{took:?}");
@@ -183,7 +183,7 @@ async fn storage_deadlines_mark_a_frozen_export_failing_until_a_probe_passes() {
     let paused = server.pause();
     let err = down.capacity().await.unwrap_err();
     assert!(
-        matches!(&err, StorageFailure::Nfs(e) if e.is_transport()),
+        matches!(err.transport::<NfsError>(), Some(e) if e.is_transport()),
         "{err}"
     );
     drop(paused);

@@ -1,14 +1,10 @@
 //! One error vocabulary for the storage layer: [`Refusal`]s, decided by the volume protocol the
 //! same way whichever transport carried it, and the transports' own failures, wrapped as they are
-//! (an errno from the mounted export, an NFS status or RPC failure from the NFSv3 client).
+//! (an errno from the mounted export, an NFS status or RPC failure from the NFSv3 client), which
+//! this layer never needs to know the types of.
 //! Every message says what was attempted on which path (relative to the export root).
 
-use std::path::PathBuf;
 use std::time::Duration;
-
-use nix::errno::Errno;
-
-use super::nfs3::NfsError;
 
 /// What the protocol refuses to do, whichever transport it runs over. Callers decide on these.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -56,31 +52,14 @@ pub enum Refusal {
     KeepsFilling { op: &'static str, path: String },
 }
 
-/// A failure of the mounted export's system calls.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-pub enum PosixError {
-    #[error("{op} {}: {errno}", path.display())]
-    Root {
-        op: &'static str,
-        path: PathBuf,
-        errno: Errno,
-    },
-    #[error("{op} {path}: {errno}")]
-    Io {
-        op: &'static str,
-        path: String,
-        errno: Errno,
-    },
-}
-
 #[derive(Debug, thiserror::Error)]
 pub enum StorageFailure {
     #[error(transparent)]
     Refused(#[from] Refusal),
+    /// A transport's own failure, as it reported it (an errno of the mounted export, an NFS
+    /// status or RPC failure); [`StorageFailure::transport`] gives it back typed.
     #[error(transparent)]
-    Posix(#[from] PosixError),
-    #[error(transparent)]
-    Nfs(#[from] NfsError),
+    Transport(Box<dyn std::error::Error + Send + Sync>),
     #[error("{op} {path} did not finish within {after:?}: is the export answering?")]
     TimedOut {
         op: &'static str,
@@ -109,12 +88,10 @@ impl StorageFailure {
         }
     }
 
-    /// The OS error behind a failure of the mounted export.
-    pub fn errno(&self) -> Option<Errno> {
+    /// The transport's own failure, if it is one of type `E` (`PosixError`, `NfsError`).
+    pub fn transport<E: std::error::Error + 'static>(&self) -> Option<&E> {
         match self {
-            StorageFailure::Posix(PosixError::Io { errno, .. } | PosixError::Root { errno, .. }) => {
-                Some(*errno)
-            }
+            StorageFailure::Transport(e) => e.downcast_ref(),
             _ => None,
         }
     }

@@ -7,7 +7,8 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 
 use nix::errno::Errno;
 
-use super::error::{PosixError, StorageResult};
+use super::error::StorageResult;
+use super::posix::PosixError;
 use super::transport::{
     At, Capacity, Kind, Made, Move, Opened, Page, ReadFile, Renamed, Stat, Transport, Unlinked,
 };

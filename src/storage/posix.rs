@@ -26,7 +26,7 @@ use nix::sys::statvfs::fstatvfs;
 use nix::unistd::{Gid, Uid, UnlinkatFlags, fchown, unlinkat};
 use tokio::sync::Semaphore;
 
-use super::error::{PosixError, StorageFailure, StorageResult};
+use super::error::{StorageFailure, StorageResult};
 use super::transport::{
     At, Capacity, Entry, Kind, Made, Move, Opened, Page, ReadFile, Renamed, Stat, Transport, Unlinked,
 };
@@ -37,6 +37,37 @@ use crate::core::staging::{CLAIM_MODE, RECORD_FILE_MAX};
 pub const MAX_BLOCKED: usize = 16;
 /// Directory fds a walk holds at once (plus a few per worker).
 pub const MAX_OPEN_DIRS: usize = 128;
+
+/// A failure of the mounted export's system calls.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum PosixError {
+    #[error("{op} {}: {errno}", path.display())]
+    Root {
+        op: &'static str,
+        path: PathBuf,
+        errno: Errno,
+    },
+    #[error("{op} {path}: {errno}")]
+    Io {
+        op: &'static str,
+        path: String,
+        errno: Errno,
+    },
+}
+
+impl PosixError {
+    pub fn errno(&self) -> Errno {
+        match self {
+            PosixError::Root { errno, .. } | PosixError::Io { errno, .. } => *errno,
+        }
+    }
+}
+
+impl From<PosixError> for StorageFailure {
+    fn from(e: PosixError) -> Self {
+        StorageFailure::Transport(Box::new(e))
+    }
+}
 
 pub struct PosixTransport {
     root: PathBuf,

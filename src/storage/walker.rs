@@ -665,7 +665,7 @@ mod tests {
 
     use super::*;
     use crate::storage::faults::Faulty;
-    use crate::storage::posix::PosixTransport;
+    use crate::storage::posix::{PosixError, PosixTransport};
 
     fn posix(root: &Path) -> Arc<PosixTransport> {
         Arc::new(PosixTransport::new(root.to_path_buf(), 16))
@@ -831,7 +831,7 @@ mod tests {
             let err = remove(Arc::new(faulty), "vol", concurrency, 128)
                 .await
                 .unwrap_err();
-            assert_eq!(err.errno(), Some(Errno::EACCES));
+            assert_eq!(err.transport().map(PosixError::errno), Some(Errno::EACCES));
             assert_eq!(
                 err.to_string(),
                 "unlink vol/d7/inner/f507: EACCES: Permission denied"
@@ -850,7 +850,7 @@ mod tests {
         let faulty =
             Faulty::failing_removal_of(PosixTransport::new(tmp.path().into(), 16), "leaf", Errno::EROFS);
         let err = remove(Arc::new(faulty), "deep", 2, 2).await.unwrap_err();
-        assert_eq!(err.errno(), Some(Errno::EROFS));
+        assert_eq!(err.transport().map(PosixError::errno), Some(Errno::EROFS));
         let msg = err.to_string();
         assert!(
             msg.starts_with("unlink deep/d/d/") && msg.contains("/d/leaf: EROFS"),

@@ -93,3 +93,9 @@ impl NfsError {
         )
     }
 }
+
+impl From<NfsError> for crate::storage::error::StorageFailure {
+    fn from(e: NfsError) -> Self {
+        crate::storage::error::StorageFailure::Transport(Box::new(e))
+    }
+}
