@@ -1,8 +1,9 @@
 //! The suite for the storage layer's behaviour (`storage::Backend`): one volume protocol
 //! (`storage::Volumes`) over either transport, every scenario written once and run over both:
 //!
-//! * `mounted_<scenario>`: `Volumes<PosixTransport>` on a temporary directory (the backing
-//!   directory), as the provisioner uses the export mounted at NFS_MOUNT_PATH;
+//! * `mounted_<scenario>`: `MountedExport` (the protocol over `PosixTransport`, each operation on
+//!   a blocking thread) on a temporary directory (the backing directory), as the provisioner uses
+//!   the export mounted at NFS_MOUNT_PATH;
 //! * `direct_<scenario>`: `Volumes<Nfs3Transport>` on the test NFS server's `/export` (backing
 //!   directory `NFS_TEST_EXPORT_DIR`; see tests/nfs/mod.rs for the environment). Without
 //!   `NFS_TEST_SERVER` the direct half is skipped (loudly), or fails with `NFS_TEST_REQUIRE=1`.
@@ -28,14 +29,11 @@ use nfs::{EXPORT, p, unique};
 use nfs_subdir_provisioner::core::naming::NAME_MAX;
 use nfs_subdir_provisioner::core::params::DirMode;
 use nfs_subdir_provisioner::core::staging::{
-    CLAIM_MODE, INODE_FILE, PLACING_FILE, STAGING_DIR, TARGET_FILE, TMP_SUFFIX, VOL_DIR,
+    CLAIM_MODE, INODE_FILE, PLACING_FILE, PROBE_PREFIX, STAGING_DIR, TARGET_FILE, TMP_SUFFIX, VOL_DIR,
 };
 use nfs_subdir_provisioner::storage::nfs3::Nfs3Transport;
-use nfs_subdir_provisioner::storage::posix::PosixError;
-use nfs_subdir_provisioner::storage::posix::PosixTransport;
-use nfs_subdir_provisioner::storage::{
-    Archived, Backend, Created, Refusal, Removed, StorageFailure, Volumes,
-};
+use nfs_subdir_provisioner::storage::posix::{MountedExport, PosixError};
+use nfs_subdir_provisioner::storage::{Archived, Backend, Created, Refusal, Removed, StorageFailure};
 use nix::errno::Errno;
 use nix::sys::stat::Mode;
 use tempfile::TempDir;
@@ -182,7 +180,7 @@ impl Fx {
         let tmp = tempfile::tempdir().unwrap();
         let backing = tmp.path().to_path_buf();
         Fx {
-            backend: Arc::new(Volumes::new(PosixTransport::new(backing.clone(), 16))),
+            backend: Arc::new(MountedExport::new(backing.clone(), 16)),
             tools: Tools::Local(backing.clone()),
             backing,
             top: unique(scenario),
@@ -1286,6 +1284,30 @@ async fn probe_writable_leaves_nothing_behind(fx: &Fx) {
     );
 }
 
+/// What probes killed between their two steps left is cleared; a probe directory something was
+/// put in, records and their leftovers stay.
+async fn leftover_probes_are_cleared_and_nothing_else(fx: &Fx) {
+    let tag = unique("dead");
+    let (a, b, full) = (
+        format!("{PROBE_PREFIX}{tag}-1"),
+        format!("{PROBE_PREFIX}{tag}-2"),
+        format!("{PROBE_PREFIX}{tag}-full"),
+    );
+    for dir in [&a, &b, &full] {
+        fx.tools.mkdir_p(&[STAGING_DIR, dir.as_str()]).await;
+    }
+    fx.tools.write(&[STAGING_DIR, full.as_str(), "kept"], b"x").await;
+    let pv = fx.pv("staged");
+    fx.tools
+        .mkdir_p(&[STAGING_DIR, &format!("{pv}{TMP_SUFFIX}")])
+        .await;
+    assert!(fx.backend.clear_probes().await.unwrap() >= 2);
+    let left = names(&fx.staging());
+    assert!(!left.contains(&a) && !left.contains(&b), "{left:?}");
+    assert!(left.contains(&full), "{left:?}");
+    assert!(left.contains(&format!("{pv}{TMP_SUFFIX}")), "{left:?}");
+}
+
 /// Runs `$scenario` as `$mounted` (mounted transport, temporary directory) and `$direct` (NFSv3
 /// transport, the test server's /export).
 macro_rules! conformance {
@@ -1359,6 +1381,9 @@ conformance! {
         mounted_capacity_reports_total_and_available, direct_capacity_reports_total_and_available;
     probe_writable_leaves_nothing_behind =>
         mounted_probe_writable_leaves_nothing_behind, direct_probe_writable_leaves_nothing_behind;
+    leftover_probes_are_cleared_and_nothing_else =>
+        mounted_leftover_probes_are_cleared_and_nothing_else,
+        direct_leftover_probes_are_cleared_and_nothing_else;
 }
 
 // ---- what only the mounted transport has ----
@@ -1426,7 +1451,7 @@ async fn mounted_a_symlinked_staging_area_is_refused() {
 #[tokio::test]
 async fn mounted_operations_on_a_missing_export_root_fail_naming_the_root() {
     let root = Path::new("/nonexistent/export");
-    let backend = Volumes::new(PosixTransport::new(root.to_path_buf(), 16));
+    let backend = MountedExport::new(root.to_path_buf(), 16);
     let check = |what: &str, err: StorageFailure| {
         assert!(
             matches!(err.transport(), Some(PosixError::Root { path, errno: Errno::ENOENT, .. })

@@ -423,15 +423,23 @@ async fn probe_exports(ctx: Arc<Ctx>, term: CancellationToken) {
     }
 }
 
-/// Clears staging records left by a crash after the PV was created (the record only proves
-/// ownership until the PV exists). Records of claims without a PV are left for the claim's
-/// reconcile, which adopts them. Each export is swept on its own: one that does not answer
+/// Clears what crashes left in the staging area: probe directories of probes killed mid-way, and
+/// staging records of volumes whose PV was created (the record only proves ownership until the
+/// PV exists). Records of claims without a PV are left for the claim's reconcile, which adopts
+/// them. Each export is swept on its own: one that does not answer
 /// delays nothing else.
 async fn sweep_staging(ctx: Arc<Ctx>) {
     ctx.caches_ready().await;
     let sweeps = ctx.storages().into_iter().map(|storage| {
         let ctx = Arc::clone(&ctx);
         async move {
+            match storage.clear_probes().await {
+                Ok(0) => {}
+                Ok(n) => info!(export = %storage.name(), removed = n, "cleared leftover probe directories"),
+                Err(error) => {
+                    warn!(export = %storage.name(), %error, "could not clear leftover probe directories")
+                }
+            }
             let staged = match storage.staged_volumes().await {
                 Ok(staged) => staged,
                 Err(error) => {

@@ -34,6 +34,7 @@ pub const RECORD_FILE_MAX: u64 = 64 * 1024;
 /// at a target was never a volume of ours.
 pub const CLAIM_MODE: u32 = 0;
 /// Probe directories in the staging area start with '.', so a leftover is never a volume name.
+/// Each probe has a name of its own: ganesha mishandles one name made and removed concurrently.
 pub const PROBE_PREFIX: &str = ".probe-";
 /// How many archive names (`archived-x`, `archived-x-2`, ...) are tried before giving up.
 pub const MAX_ARCHIVE_ATTEMPTS: u32 = 10_000;

@@ -12,7 +12,7 @@ use std::time::Duration;
 
 use super::error::StorageFailure;
 use super::nfs3::Nfs3Transport;
-use super::posix::PosixTransport;
+use super::posix::MountedExport;
 use super::protocol::{Archived, Backend, Created, OpFuture, Removed, Volumes};
 use super::transport::Capacity;
 use crate::config::Config;
@@ -142,6 +142,17 @@ impl Storage {
         .await
     }
 
+    /// Removes probe directories that probes killed mid-way left; how many.
+    pub async fn clear_probes(&self) -> Result<u64, StorageFailure> {
+        self.run(
+            "remove leftover probe directories in",
+            format!("export {}", self.name),
+            self.limits.timeout,
+            self.backend.clear_probes(),
+        )
+        .await
+    }
+
     pub async fn staged_volumes(&self) -> Result<Vec<String>, StorageFailure> {
         self.run(
             "list staging records in",
@@ -213,9 +224,8 @@ impl Exports {
     /// `mounted`: the NFS_SERVER/NFS_PATH export and where it is mounted.
     pub fn new(mounted: Option<(Export, PathBuf)>, limits: Limits, health: Health, metrics: Metrics) -> Self {
         let mounted = mounted.map(|(export, root)| {
-            let transport = PosixTransport::new(root, limits.delete_concurrency);
             let storage = Storage::new(
-                Arc::new(Volumes::new(transport)),
+                Arc::new(MountedExport::new(root, limits.delete_concurrency)),
                 export.to_string(),
                 limits,
                 health.clone(),

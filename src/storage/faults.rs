@@ -160,6 +160,9 @@ impl<T: Transport> Transport for Faulty<T> {
     fn max_open_dirs(&self) -> Option<usize> {
         self.inner.max_open_dirs()
     }
+    fn concurrent(&self) -> bool {
+        self.inner.concurrent()
+    }
     fn prepare_parallel(&self, in_flight: usize) {
         self.inner.prepare_parallel(in_flight);
     }

@@ -8,15 +8,18 @@
 //! * no-replace rename is `renameat2(RENAME_NOREPLACE)`; where the filesystem lacks it (the Linux
 //!   NFS client), a check then a plain rename, which can replace only an *empty* directory made
 //!   in between, never data;
-//! * each primitive is a blocking system call on a thread of its own, at most `threads` at once,
-//!   so a hung mount holds threads, not the runtime; a deadline fails the operation while its
-//!   thread stays in the kernel.
+//! * system calls block: [`MountedExport`] runs each volume operation on one blocking thread of
+//!   its own (at most `threads` at once), its primitives plain calls there, so a hung mount holds
+//!   threads, not the runtime, and a deadline fails the operation while its thread stays in the
+//!   kernel; a delete's walk instead spreads its primitives over blocking threads, in parallel.
+//!   (A hop to another thread per primitive costs several times the CPU of the call itself.)
 
 use std::fs::File;
 use std::io::{Read, Write};
 use std::os::fd::OwnedFd;
 use std::path::PathBuf;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 
 use nix::dir::{Dir, Type};
 use nix::errno::Errno;
@@ -27,9 +30,11 @@ use nix::unistd::{Gid, Uid, UnlinkatFlags, fchown, unlinkat};
 use tokio::sync::Semaphore;
 
 use super::error::{StorageFailure, StorageResult};
+use super::protocol::{Archived, Backend, Created, OpFuture, Removed, Volumes};
 use super::transport::{
     At, Capacity, Entry, Kind, Made, Move, Opened, Page, ReadFile, Renamed, Stat, Transport, Unlinked,
 };
+use crate::core::params::DirMode;
 use crate::core::staging::{CLAIM_MODE, RECORD_FILE_MAX};
 
 /// Threads the mounted export may occupy at once unless more are asked for. Enough for the
@@ -71,7 +76,16 @@ impl From<PosixError> for StorageFailure {
 
 pub struct PosixTransport {
     root: PathBuf,
-    threads: Arc<Semaphore>,
+    calls: Calls,
+}
+
+/// Where the primitives' system calls run.
+enum Calls {
+    /// Each on a blocking thread of its own, at most as many at once as the semaphore has permits.
+    Spread(Arc<Semaphore>),
+    /// On the calling thread, a blocking one that runs the whole operation; once the flag is set
+    /// (its caller gave up), the next primitive fails instead, so the operation stops there.
+    Here(Arc<AtomicBool>),
 }
 
 fn dir_flags() -> OFlag {
@@ -217,21 +231,40 @@ impl PosixTransport {
     /// The export mounted at `root`; at most `threads` system calls at once (at least
     /// [`MAX_BLOCKED`]).
     pub fn new(root: PathBuf, threads: usize) -> Self {
+        Self::spread(root, Arc::new(Semaphore::new(threads.max(MAX_BLOCKED))))
+    }
+
+    fn spread(root: PathBuf, threads: Arc<Semaphore>) -> Self {
         PosixTransport {
             root,
-            threads: Arc::new(Semaphore::new(threads.max(MAX_BLOCKED))),
+            calls: Calls::Spread(threads),
         }
     }
 
-    /// Runs `call` on a blocking thread under a permit; the permit is held until the call returns,
-    /// however long after a deadline that is.
+    /// Primitives called on the calling thread until `stop` is set.
+    fn here(root: PathBuf, stop: Arc<AtomicBool>) -> Self {
+        PosixTransport {
+            root,
+            calls: Calls::Here(stop),
+        }
+    }
+
+    /// Runs `call` where [`Calls`] says: spread, on a blocking thread under a permit held until
+    /// the call returns, however long after a deadline that is.
     async fn blocking<R, F>(&self, op: &'static str, call: F) -> StorageResult<R>
     where
         R: Send + 'static,
         F: FnOnce() -> R + Send + 'static,
     {
         let worker = |reason: String| StorageFailure::Worker { op, reason };
-        let permit = Arc::clone(&self.threads)
+        let threads = match &self.calls {
+            Calls::Here(stop) if stop.load(Ordering::Acquire) => {
+                return Err(worker(ABANDONED.into()));
+            }
+            Calls::Here(_) => return Ok(call()),
+            Calls::Spread(threads) => threads,
+        };
+        let permit = Arc::clone(threads)
             .acquire_owned()
             .await
             .map_err(|e| worker(e.to_string()))?;
@@ -319,7 +352,11 @@ impl Transport for PosixTransport {
     ) -> StorageResult<Made<Self::Dir>> {
         self.at_dir(dir, name, at, move |dir, name| {
             match mkdirat(dir, name, Mode::from_bits_truncate(mode)) {
-                Ok(()) => openat(dir, name, dir_flags(), Mode::empty()).map(|fd| Made::New(Arc::new(fd))),
+                Ok(()) => match openat(dir, name, dir_flags(), Mode::empty()) {
+                    Ok(fd) => Ok(Made::New(Arc::new(fd))),
+                    Err(Errno::ENOENT | Errno::ENOTDIR | Errno::ELOOP) => Ok(Made::Gone),
+                    Err(e) => Err(e),
+                },
                 Err(Errno::EEXIST) => Ok(Made::Exists),
                 Err(e) => Err(e),
             }
@@ -452,5 +489,234 @@ impl Transport for PosixTransport {
         Some(MAX_OPEN_DIRS)
     }
 
+    fn concurrent(&self) -> bool {
+        matches!(self.calls, Calls::Spread(_))
+    }
+
     fn prepare_parallel(&self, _in_flight: usize) {}
+}
+
+const ABANDONED: &str = "abandoned by its caller (deadline passed)";
+
+/// Entries a delete removes on one thread before spreading the rest over parallel threads: a
+/// thread hop per primitive costs more than a small volume's whole removal.
+pub const SERIAL_DELETE_ENTRIES: u64 = 256;
+
+/// The mounted export's volume operations: the protocol over [`PosixTransport`], each operation
+/// on one blocking thread (at most `threads` at once, deletes' primitives counted among them).
+pub struct MountedExport {
+    root: PathBuf,
+    threads: Arc<Semaphore>,
+    /// For deletes, whose walk spreads its primitives over threads.
+    spread: Volumes<PosixTransport>,
+}
+
+/// Tells an operation's thread that nobody waits for it any more.
+struct StopWhenDropped(Arc<AtomicBool>);
+
+impl Drop for StopWhenDropped {
+    fn drop(&mut self) {
+        self.0.store(true, Ordering::Release);
+    }
+}
+
+impl MountedExport {
+    /// The export mounted at `root`; at most `threads` system calls at once (at least
+    /// [`MAX_BLOCKED`]).
+    pub fn new(root: PathBuf, threads: usize) -> Self {
+        let threads = Arc::new(Semaphore::new(threads.max(MAX_BLOCKED)));
+        MountedExport {
+            spread: Volumes::new(PosixTransport::spread(root.clone(), Arc::clone(&threads))),
+            root,
+            threads,
+        }
+    }
+
+    /// Runs `operation` over a transport of its own on one blocking thread, under a permit held
+    /// until the thread is done, however long after a deadline that is.
+    fn on_a_thread<R, F, Fut>(&self, op: &'static str, operation: F) -> OpFuture<'static, R>
+    where
+        R: Send + 'static,
+        F: FnOnce(Volumes<PosixTransport>) -> Fut + Send + 'static,
+        Fut: Future<Output = StorageResult<R>>,
+    {
+        let stop = Arc::new(AtomicBool::new(false));
+        let volumes = Volumes::new(PosixTransport::here(self.root.clone(), Arc::clone(&stop)));
+        let threads = Arc::clone(&self.threads);
+        Box::pin(async move {
+            let _stop = StopWhenDropped(stop);
+            let worker = |reason: String| StorageFailure::Worker { op, reason };
+            let permit = threads.acquire_owned().await.map_err(|e| worker(e.to_string()))?;
+            let runtime = tokio::runtime::Handle::current();
+            tokio::task::spawn_blocking(move || {
+                let _permit = permit;
+                // Its primitives never wait for anything but their system calls.
+                runtime.block_on(operation(volumes))
+            })
+            .await
+            .map_err(|e| worker(e.to_string()))?
+        })
+    }
+}
+
+impl Backend for MountedExport {
+    fn create_volume<'a>(&'a self, pv: &'a str, path: &'a [String], dir: DirMode) -> OpFuture<'a, Created> {
+        let (pv, path) = (pv.to_owned(), path.to_vec());
+        self.on_a_thread("create directory", move |v| async move {
+            v.create(&pv, &path, dir).await
+        })
+    }
+
+    fn finish_volume<'a>(&'a self, pv: &'a str) -> OpFuture<'a, ()> {
+        let pv = pv.to_owned();
+        self.on_a_thread("finish volume", move |v| async move { v.finish(&pv).await })
+    }
+
+    fn staged_volumes(&self) -> OpFuture<'_, Vec<String>> {
+        self.on_a_thread("list staging area", |v| async move { v.staged().await })
+    }
+
+    fn staged_target<'a>(&'a self, pv: &'a str) -> OpFuture<'a, Option<Vec<String>>> {
+        let pv = pv.to_owned();
+        self.on_a_thread("read staging record", move |v| async move {
+            v.staged_target(&pv).await
+        })
+    }
+
+    fn archive_volume<'a>(&'a self, path: &'a [String]) -> OpFuture<'a, Archived> {
+        let path = path.to_vec();
+        self.on_a_thread(
+            "archive directory",
+            move |v| async move { v.archive(&path).await },
+        )
+    }
+
+    /// Most released volumes are small: removed on one thread like every other operation. One
+    /// holding more than [`SERIAL_DELETE_ENTRIES`] entries is finished by the parallel walk.
+    fn delete_volume<'a>(&'a self, path: &'a [String], concurrency: usize) -> OpFuture<'a, Removed> {
+        let owned = path.to_vec();
+        let first = self.on_a_thread("delete directory", move |v| async move {
+            v.delete_some(&owned, 1, Some(SERIAL_DELETE_ENTRIES)).await
+        });
+        Box::pin(async move {
+            let first = first.await?;
+            if !first.unfinished {
+                return Ok(Removed::of(first.removed));
+            }
+            let rest = self.spread.delete_some(path, concurrency, None).await?;
+            Ok(Removed::of(first.removed + rest.removed))
+        })
+    }
+
+    fn capacity(&self) -> OpFuture<'_, Capacity> {
+        self.on_a_thread(
+            "query capacity of export root",
+            |v| async move { v.capacity().await },
+        )
+    }
+
+    fn probe_writable<'a>(&'a self, tag: &'a str) -> OpFuture<'a, ()> {
+        let tag = tag.to_owned();
+        self.on_a_thread(
+            "write probe directory in",
+            move |v| async move { v.probe(&tag).await },
+        )
+    }
+
+    fn clear_probes(&self) -> OpFuture<'_, u64> {
+        self.on_a_thread("remove leftover probe directory in", |v| async move {
+            v.clear_probes().await
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::core::staging::STAGING_DIR;
+    use crate::storage::transport::at;
+
+    #[tokio::test]
+    async fn a_primitive_called_here_after_its_caller_gave_up_fails_and_does_nothing() {
+        let tmp = tempfile::tempdir().unwrap();
+        let stop = Arc::new(AtomicBool::new(false));
+        let t = PosixTransport::here(tmp.path().to_path_buf(), Arc::clone(&stop));
+        assert!(!t.concurrent());
+        let root = t.root().await.unwrap();
+        stop.store(true, Ordering::Release);
+        let Err(err) = t
+            .mkdir(&root, b"late", 0o700, at("create directory", "late"))
+            .await
+        else {
+            panic!("a primitive ran after its caller gave up");
+        };
+        assert!(
+            matches!(&err, StorageFailure::Worker { reason, .. } if reason == ABANDONED),
+            "{err:?}"
+        );
+        assert!(!tmp.path().join("late").exists());
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn dropping_an_operation_stops_it_at_its_next_primitive() {
+        let tmp = tempfile::tempdir().unwrap();
+        let export = MountedExport::new(tmp.path().to_path_buf(), 1);
+        let (started_tx, started_rx) = tokio::sync::oneshot::channel();
+        let (go_tx, go_rx) = std::sync::mpsc::channel::<()>();
+        let (done_tx, done_rx) = tokio::sync::oneshot::channel();
+        let operation = export.on_a_thread("probe", move |v| async move {
+            started_tx.send(()).unwrap();
+            // Blocks this operation's thread until its caller has gone.
+            go_rx.recv().unwrap();
+            done_tx.send(v.probe("late").await).unwrap();
+            Ok(())
+        });
+        let caller = tokio::spawn(operation);
+        started_rx.await.unwrap();
+        caller.abort();
+        assert!(caller.await.unwrap_err().is_cancelled());
+        go_tx.send(()).unwrap();
+        let err = done_rx.await.unwrap().unwrap_err();
+        assert!(
+            matches!(&err, StorageFailure::Worker { reason, .. } if reason == ABANDONED),
+            "{err:?}"
+        );
+        assert!(!tmp.path().join(STAGING_DIR).exists());
+    }
+
+    #[tokio::test]
+    async fn operations_run_whole_on_a_thread_and_large_deletes_finish_in_parallel() {
+        let tmp = tempfile::tempdir().unwrap();
+        let export = MountedExport::new(tmp.path().to_path_buf(), 16);
+        let mode = DirMode {
+            mode: 0o750,
+            uid: None,
+            gid: None,
+        };
+        // 101 entries are removed on the thread alone; 601 exceed its budget.
+        for dirs in [50, 300] {
+            let name = format!("ns-claim-{dirs}");
+            let path = vec![name.clone()];
+            let pv = format!("pv-{dirs}");
+            assert_eq!(
+                export.create_volume(&pv, &path, mode).await.unwrap(),
+                Created::New
+            );
+            export.finish_volume(&pv).await.unwrap();
+            assert!(export.staged_volumes().await.unwrap().is_empty());
+            let vol = tmp.path().join(&name);
+            for i in 0..dirs {
+                std::fs::create_dir(vol.join(format!("d{i}"))).unwrap();
+                std::fs::write(vol.join(format!("d{i}/f")), b"x").unwrap();
+            }
+            assert_eq!(
+                export.delete_volume(&path, 8).await.unwrap(),
+                Removed::Removed {
+                    entries: 2 * dirs + 1
+                }
+            );
+            assert!(!vol.exists());
+            assert_eq!(export.delete_volume(&path, 8).await.unwrap(), Removed::Missing);
+        }
+    }
 }

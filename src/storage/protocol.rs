@@ -13,7 +13,7 @@ use futures::future::BoxFuture;
 
 use super::error::{Refusal, StorageFailure, StorageResult};
 use super::transport::{Capacity, Kind, Made, Move, Opened, ReadFile, Renamed, Transport, Unlinked, at};
-use super::walker::Walker;
+use super::walker::{TreeStats, Walker};
 use crate::core::naming::{archive_name, check_single_component};
 use crate::core::params::DirMode;
 use crate::core::staging::{
@@ -45,6 +45,16 @@ pub enum Removed {
     Missing,
 }
 
+impl Removed {
+    /// What removing `entries` entries was (none: nothing was there).
+    pub fn of(entries: u64) -> Self {
+        match entries {
+            0 => Removed::Missing,
+            entries => Removed::Removed { entries },
+        }
+    }
+}
+
 /// The result of one volume operation.
 pub type OpFuture<'a, T> = BoxFuture<'a, StorageResult<T>>;
 
@@ -62,6 +72,9 @@ pub trait Backend: Send + Sync {
     fn capacity(&self) -> OpFuture<'_, Capacity>;
     /// Creates and removes an empty directory named after `tag` in the staging area.
     fn probe_writable<'a>(&'a self, tag: &'a str) -> OpFuture<'a, ()>;
+    /// Removes probe directories left in the staging area (by a probe killed between its two
+    /// steps; a running probe whose directory goes finds it gone, which is fine). How many.
+    fn clear_probes(&self) -> OpFuture<'_, u64>;
 }
 
 /// The protocol over one transport.
@@ -210,7 +223,12 @@ impl<T: Transport> Volumes<T> {
             t.write_file(&record.dir, PLACING_FILE.as_bytes(), b"", at(OP, &marker))
                 .await?;
         }
-        let vol_id = t.dir_stat(&vol, at("stat", &vol_path)).await?.id;
+        // The record names the staged directory's inode once it was written (always, unless a
+        // crash came between the two): no need to ask again.
+        let vol_id = match record.record.inode {
+            Some(id) => id,
+            None => t.dir_stat(&vol, at("stat", &vol_path)).await?.id,
+        };
         let placed = t
             .rename_noreplace(
                 Move {
@@ -369,19 +387,30 @@ impl<T: Transport> Volumes<T> {
     /// Removes the volume directory and everything in it with up to `concurrency` primitives in
     /// flight. A volume path that is a symlink (or another non-directory) is removed itself.
     pub async fn delete(&self, path: &[String], concurrency: usize) -> StorageResult<Removed> {
+        let stats = self.delete_some(path, concurrency, None).await?;
+        Ok(Removed::of(stats.removed))
+    }
+
+    /// [`Volumes::delete`], stopping (`unfinished`) once `budget` entries are removed; a later
+    /// delete removes the rest.
+    pub async fn delete_some(
+        &self,
+        path: &[String],
+        concurrency: usize,
+        budget: Option<u64>,
+    ) -> StorageResult<TreeStats> {
         const OP: &str = "delete directory";
         check_path(OP, path)?;
         let (leaf, parents) = path.split_last().ok_or_else(|| vanished(OP, ""))?;
         let root = self.t.root().await?;
         let Some(parent) = self.walk(&root, parents, false, OP).await? else {
-            return Ok(Removed::Missing);
+            return Ok(TreeStats::default());
         };
         self.t.prepare_parallel(concurrency);
-        let walker = Walker::new(Arc::clone(&self.t), concurrency);
-        match walker.remove(&parent, leaf, &join(parents)).await?.removed {
-            0 => Ok(Removed::Missing),
-            entries => Ok(Removed::Removed { entries }),
-        }
+        Walker::new(Arc::clone(&self.t), concurrency)
+            .stop_after(budget)
+            .remove(&parent, leaf, &join(parents))
+            .await
     }
 
     pub async fn capacity(&self) -> StorageResult<Capacity> {
@@ -413,6 +442,43 @@ impl<T: Transport> Volumes<T> {
             Unlinked::NotEmpty => Err(Refusal::KeepsFilling { op: RMDIR, path }.into()),
             Unlinked::IsDir | Unlinked::NotDir => Err(not_a_directory(RMDIR, path)),
         }
+    }
+
+    /// Removes the (empty) probe directories in the staging area; anything else there, and a
+    /// probe directory something was put in, stays.
+    pub async fn clear_probes(&self) -> StorageResult<u64> {
+        const OP: &str = "remove leftover probe directory in";
+        let t = &*self.t;
+        let root = t.root().await?;
+        let Some(staging) = self.staging(&root, false).await? else {
+            return Ok(0);
+        };
+        let mut probes = Vec::new();
+        let mut from = None;
+        loop {
+            let page = t
+                .read_dir(&staging, from, at(OP, STAGING_DIR))
+                .await?
+                .ok_or_else(|| vanished(OP, STAGING_DIR))?;
+            probes.extend(
+                page.entries
+                    .into_iter()
+                    .filter(|e| e.name.starts_with(PROBE_PREFIX.as_bytes()) && e.kind != Some(Kind::Other))
+                    .map(|e| e.name),
+            );
+            match page.next {
+                Some(next) => from = Some(next),
+                None => break,
+            }
+        }
+        let mut removed = 0;
+        for name in probes {
+            let path = staging_path(&String::from_utf8_lossy(&name));
+            if t.remove(&staging, &name, Kind::Dir, at(OP, &path)).await? == Unlinked::Done {
+                removed += 1;
+            }
+        }
+        Ok(removed)
     }
 
     // ---- steps ----
@@ -452,6 +518,7 @@ impl<T: Transport> Volumes<T> {
         let t = &*self.t;
         match t.mkdir(dir, name.as_bytes(), mode, at(op, path)).await? {
             Made::New(d) => Ok(d),
+            Made::Gone => Err(vanished(op, path)),
             Made::Exists => match t.open_dir(dir, name.as_bytes(), at(op, path)).await? {
                 Opened::Dir(d) => Ok(d),
                 Opened::NotDir => Err(not_a_directory(op, path)),
@@ -667,6 +734,10 @@ impl<T: Transport> Backend for Volumes<T> {
 
     fn probe_writable<'a>(&'a self, tag: &'a str) -> OpFuture<'a, ()> {
         Box::pin(self.probe(tag))
+    }
+
+    fn clear_probes(&self) -> OpFuture<'_, u64> {
+        Box::pin(Volumes::clear_probes(self))
     }
 }
 

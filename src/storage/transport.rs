@@ -60,6 +60,8 @@ pub enum Opened<D> {
 pub enum Made<D> {
     New(D),
     Exists,
+    /// Made, then removed or replaced by someone else before it could be opened.
+    Gone,
 }
 
 /// What a rename moves: `from` in `from_dir` to `to` in `to_dir`.
@@ -231,6 +233,9 @@ pub trait Transport: Send + Sync + 'static {
 
     /// Directory handles a walk may hold at once (`None`: handles cost no resource).
     fn max_open_dirs(&self) -> Option<usize>;
+    /// Whether primitives may be in flight at once. A transport whose primitives block the thread
+    /// that calls them says no; walks over it then run one primitive at a time, in the caller.
+    fn concurrent(&self) -> bool;
     /// About to run up to `in_flight` primitives at once (a pool may grow for it).
     fn prepare_parallel(&self, in_flight: usize);
 }

@@ -9,6 +9,8 @@
 //! * Bounded: at most `concurrency` primitives in flight (one semaphore); listing is pipelined
 //!   with removal, a page's files split among `concurrency` workers, and at most
 //!   `4 x concurrency` such workers queued, so memory stays bounded however large a directory is.
+//! * A transport whose primitives block their caller ([`Transport::concurrent`] is false) is
+//!   walked one primitive at a time in the caller's own task, by the one-handle walk below.
 //! * Directory handles: where they cost a resource (file descriptors), at most the transport's
 //!   [`Transport::max_open_dirs`] directories are held open; a subtree met when that budget is
 //!   spent is removed by one task holding one handle at a time, climbing back through `..`
@@ -47,6 +49,8 @@ pub struct TreeStats {
     pub peak_open_dirs: usize,
     /// Subtrees removed one handle at a time because the handle budget was spent.
     pub serial_subtrees: u64,
+    /// The walk stopped at its entry budget ([`Walker::stop_after`]); more may remain.
+    pub unfinished: bool,
 }
 
 pub struct Walker<T: Transport> {
@@ -65,6 +69,9 @@ struct Ctx<T: Transport> {
     /// The filesystem of the top directory; nothing on another is entered.
     fs: OnceLock<u64>,
     removed: AtomicU64,
+    /// Stop once this many entries are removed.
+    budget: Option<u64>,
+    unfinished: AtomicBool,
     stop: AtomicBool,
     error: Mutex<Option<StorageFailure>>,
     active: AtomicUsize,
@@ -136,7 +143,11 @@ impl<T: Transport> Drop for StopOnDrop<T> {
 impl<T: Transport> Walker<T> {
     /// `concurrency` is clamped to `1..=MAX_CONCURRENCY`.
     pub fn new(transport: Arc<T>, concurrency: usize) -> Self {
-        let concurrency = concurrency.clamp(1, MAX_CONCURRENCY);
+        let concurrency = if transport.concurrent() {
+            concurrency.clamp(1, MAX_CONCURRENCY)
+        } else {
+            1
+        };
         let max_open = transport.max_open_dirs();
         Walker {
             ctx: Arc::new(Ctx {
@@ -150,6 +161,8 @@ impl<T: Transport> Walker<T> {
                 serial: AtomicU64::new(0),
                 fs: OnceLock::new(),
                 removed: AtomicU64::new(0),
+                budget: None,
+                unfinished: AtomicBool::new(false),
                 stop: AtomicBool::new(false),
                 error: Mutex::new(None),
                 active: AtomicUsize::new(0),
@@ -162,6 +175,15 @@ impl<T: Transport> Walker<T> {
     pub fn max_open_dirs(mut self, max: usize) -> Self {
         if let Some(ctx) = Arc::get_mut(&mut self.ctx) {
             ctx.max_open = Some(ctx.max_open.map_or(max, |own| own.min(max)).max(1));
+        }
+        self
+    }
+
+    /// Stops the walk, unfinished, once `entries` are removed (`None`: no budget). What is removed
+    /// stays removed, so another walk finishes the job.
+    pub fn stop_after(mut self, entries: Option<u64>) -> Self {
+        if let Some(ctx) = Arc::get_mut(&mut self.ctx) {
+            ctx.budget = entries;
         }
         self
     }
@@ -189,6 +211,11 @@ impl<T: Transport> Walker<T> {
             return Ok(self.stats());
         }
         ctx.check_fs(st.fs, &path)?;
+        if !ctx.t.concurrent() {
+            // Spawned tasks would block the runtime's threads with the transport's calls.
+            ctx.remove_serial(parent, &name, &path, false).await?;
+            return Ok(self.stats());
+        }
         self.remove_dir(parent, name, path).await
     }
 
@@ -220,6 +247,7 @@ impl<T: Transport> Walker<T> {
             removed: self.ctx.removed.load(Ordering::Relaxed),
             peak_open_dirs: self.ctx.peak.load(Ordering::Relaxed),
             serial_subtrees: self.ctx.serial.load(Ordering::Relaxed),
+            unfinished: self.ctx.unfinished.load(Ordering::Acquire),
         }
     }
 }
@@ -246,7 +274,11 @@ impl<T: Transport> Ctx<T> {
     }
 
     fn count(&self) {
-        self.removed.fetch_add(1, Ordering::Relaxed);
+        let removed = self.removed.fetch_add(1, Ordering::Relaxed) + 1;
+        if self.budget.is_some_and(|budget| removed >= budget) {
+            self.unfinished.store(true, Ordering::Release);
+            self.stop.store(true, Ordering::Release);
+        }
     }
 
     fn stopped(&self) -> bool {
@@ -704,6 +736,30 @@ mod tests {
             entries += 1;
         }
         entries
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_walk_stopped_at_its_budget_leaves_the_rest_for_the_next_one() {
+        let tmp = tempfile::tempdir().unwrap();
+        let entries = make_tree(&tmp.path().join("vol"), 10, 200);
+        for concurrency in [1, 8] {
+            let t = posix(tmp.path());
+            let root = t.root().await.unwrap();
+            let stats = Walker::new(Arc::clone(&t), concurrency)
+                .stop_after(Some(50))
+                .remove(&root, "vol", "")
+                .await
+                .unwrap();
+            assert!(stats.unfinished, "{stats:?}");
+            // Primitives already under way finish after the budget is reached.
+            assert!((50..entries).contains(&stats.removed), "{stats:?}");
+            assert!(tmp.path().join("vol").is_dir());
+            let rest = remove(t, "vol", concurrency, 128).await.unwrap();
+            assert!(!rest.unfinished);
+            assert_eq!(stats.removed + rest.removed, entries);
+            assert!(!tmp.path().join("vol").exists());
+            make_tree(&tmp.path().join("vol"), 10, 200);
+        }
     }
 
     /// A chain `parent/name/d/d/.../d/leaf` of `depth` directories, made relative to fds (it may

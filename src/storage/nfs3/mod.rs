@@ -338,6 +338,11 @@ impl Transport for Nfs3Transport {
             // Removed by our own earlier send.
             nfsstat3::NFS3ERR_NOENT if answer.resent => Unlinked::Done,
             nfsstat3::NFS3ERR_NOENT => Unlinked::Missing,
+            // The name led the server to an object removed meanwhile (ganesha answers so when a
+            // concurrent request removed it), or `dir` itself was removed: either way the entry
+            // we meant is gone. Were a new one made under the name since, the parent's removal
+            // finds it and lists again.
+            nfsstat3::NFS3ERR_STALE => Unlinked::Missing,
             nfsstat3::NFS3ERR_ISDIR => Unlinked::IsDir,
             nfsstat3::NFS3ERR_NOTDIR if kind == Kind::Dir => Unlinked::NotDir,
             nfsstat3::NFS3ERR_NOTEMPTY | nfsstat3::NFS3ERR_EXIST => Unlinked::NotEmpty,
@@ -359,6 +364,10 @@ impl Transport for Nfs3Transport {
 
     fn max_open_dirs(&self) -> Option<usize> {
         None
+    }
+
+    fn concurrent(&self) -> bool {
+        true
     }
 
     /// One RPC is in flight per connection, and with a round trip to wait out per REMOVE, the RPCs

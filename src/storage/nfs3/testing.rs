@@ -39,7 +39,7 @@ impl Nfs3Transport {
             let at = at("create directory", &here);
             cur = match self.mkdir(&cur, c.as_bytes(), 0o755, at).await? {
                 Made::New(n) => n,
-                Made::Exists => self
+                Made::Exists | Made::Gone => self
                     .lookup(&cur, c.as_bytes(), at)
                     .await?
                     .ok_or_else(|| status(at.op, at.path, nfsstat3::NFS3ERR_NOENT))?,
