@@ -129,6 +129,9 @@ pub fn trials() -> Vec<E2eTrial> {
                 let archive = env.class("archive", &[], json!({})).await?;
                 let delete = env.class("delete", &[("onDelete", "delete")], json!({})).await?;
                 let names: Vec<String> = (0..50).map(|i| format!("c{i:02}")).collect();
+                // What a probe killed between its mkdir and rmdir leaves, whether or not the
+                // chaos below kills one there: the leader's sweep must clear it.
+                std::fs::create_dir_all(env.export.join(".nfs-subdir-provisioner/.probe-1-0"))?;
                 let p = env.start(&[("ENABLE_LEADER_ELECTION", "false")])?;
 
                 let create = async {
