@@ -163,6 +163,9 @@ impl<T: Transport> Transport for Faulty<T> {
     fn concurrent(&self) -> bool {
         self.inner.concurrent()
     }
+    fn placing_may_leave_a_claim(&self) -> bool {
+        self.inner.placing_may_leave_a_claim()
+    }
     fn prepare_parallel(&self, in_flight: usize) {
         self.inner.prepare_parallel(in_flight);
     }

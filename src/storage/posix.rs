@@ -493,6 +493,11 @@ impl Transport for PosixTransport {
         matches!(self.calls, Calls::Spread(_))
     }
 
+    /// `renameat2(RENAME_NOREPLACE)` and its fallback claim nothing.
+    fn placing_may_leave_a_claim(&self) -> bool {
+        false
+    }
+
     fn prepare_parallel(&self, _in_flight: usize) {}
 }
 

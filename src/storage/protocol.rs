@@ -218,7 +218,7 @@ impl<T: Transport> Volumes<T> {
                 .ok_or_else(|| vanished(OP, join(parents)))?,
         };
         self.apply_mode(&vol, dir, &parent, &vol_path).await?;
-        if !record.record.placing {
+        if !record.record.placing && t.placing_may_leave_a_claim() {
             let marker = staging_path(&format!("{pv}/{PLACING_FILE}"));
             t.write_file(&record.dir, PLACING_FILE.as_bytes(), b"", at(OP, &marker))
                 .await?;

@@ -236,6 +236,10 @@ pub trait Transport: Send + Sync + 'static {
     /// Whether primitives may be in flight at once. A transport whose primitives block the thread
     /// that calls them says no; walks over it then run one primitive at a time, in the caller.
     fn concurrent(&self) -> bool;
+    /// Whether an interrupted [`Transport::rename_noreplace`] may leave its claim (an empty
+    /// mode-000 directory) at the target. Only then does a create mark its record before placing,
+    /// so that a retry may reuse that claim.
+    fn placing_may_leave_a_claim(&self) -> bool;
     /// About to run up to `in_flight` primitives at once (a pool may grow for it).
     fn prepare_parallel(&self, in_flight: usize);
 }

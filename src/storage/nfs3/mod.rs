@@ -370,6 +370,11 @@ impl Transport for Nfs3Transport {
         true
     }
 
+    /// RENAME replaces an empty directory, so the no-replace rename claims its target first.
+    fn placing_may_leave_a_claim(&self) -> bool {
+        true
+    }
+
     /// One RPC is in flight per connection, and with a round trip to wait out per REMOVE, the RPCs
     /// in flight set a delete's pace: the pool grows to them (up to [`MAX_CONNECTIONS`]) and the
     /// connections stay open for later operations.
