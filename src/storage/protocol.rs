@@ -12,7 +12,9 @@ use std::sync::Arc;
 use futures::future::BoxFuture;
 
 use super::error::{Refusal, StorageFailure, StorageResult};
-use super::transport::{Capacity, Kind, Made, Move, Opened, ReadFile, Renamed, Transport, Unlinked, at};
+use super::transport::{
+    Capacity, Entry, Kind, Made, Move, Opened, ReadFile, Renamed, Transport, Unlinked, at,
+};
 use super::walker::{TreeStats, Walker};
 use crate::core::naming::{archive_name, check_single_component};
 use crate::core::params::DirMode;
@@ -286,43 +288,53 @@ impl<T: Transport> Volumes<T> {
     pub async fn staged(&self) -> StorageResult<Vec<String>> {
         const OP: &str = "list staging area";
         let t = &*self.t;
-        let root = t.root().await?;
-        let Some(staging) = self.staging(&root, false).await? else {
+        let Some((staging, entries)) = self.staging_entries(OP).await? else {
             return Ok(Vec::new());
         };
         let mut names = Vec::new();
-        let mut from = None;
-        loop {
-            let page = t
-                .read_dir(&staging, from, at(OP, STAGING_DIR))
-                .await?
-                .ok_or_else(|| vanished(OP, STAGING_DIR))?;
-            for entry in page.entries {
-                let Ok(name) = std::str::from_utf8(&entry.name) else {
-                    continue;
-                };
-                let Some(pv) = staging::staged_volume(name) else {
-                    continue;
-                };
-                let kind = match entry.kind {
-                    Some(kind) => Some(kind),
-                    None => t
-                        .stat(&staging, &entry.name, at(OP, &staging_path(name)))
-                        .await?
-                        .map(|st| st.kind),
-                };
-                if kind == Some(Kind::Dir) {
-                    names.push(pv.to_owned());
-                }
-            }
-            match page.next {
-                Some(next) => from = Some(next),
-                None => break,
+        for entry in entries {
+            let Ok(name) = std::str::from_utf8(&entry.name) else {
+                continue;
+            };
+            let Some(pv) = staging::staged_volume(name) else {
+                continue;
+            };
+            let kind = match entry.kind {
+                Some(kind) => Some(kind),
+                None => t
+                    .stat(&staging, &entry.name, at(OP, &staging_path(name)))
+                    .await?
+                    .map(|st| st.kind),
+            };
+            if kind == Some(Kind::Dir) {
+                names.push(pv.to_owned());
             }
         }
         names.sort();
         names.dedup();
         Ok(names)
+    }
+
+    /// The staging area and every entry in it; `None`: there is no staging area.
+    async fn staging_entries(&self, op: &'static str) -> StorageResult<Option<(T::Dir, Vec<Entry<T::Dir>>)>> {
+        let t = &*self.t;
+        let root = t.root().await?;
+        let Some(staging) = self.staging(&root, false).await? else {
+            return Ok(None);
+        };
+        let mut entries = Vec::new();
+        let mut from = None;
+        loop {
+            let page = t
+                .read_dir(&staging, from, at(op, STAGING_DIR))
+                .await?
+                .ok_or_else(|| vanished(op, STAGING_DIR))?;
+            entries.extend(page.entries);
+            match page.next {
+                Some(next) => from = Some(next),
+                None => return Ok(Some((staging, entries))),
+            }
+        }
     }
 
     pub async fn staged_target(&self, pv: &str) -> StorageResult<Option<Vec<String>>> {
@@ -449,28 +461,13 @@ impl<T: Transport> Volumes<T> {
     pub async fn clear_probes(&self) -> StorageResult<u64> {
         const OP: &str = "remove leftover probe directory in";
         let t = &*self.t;
-        let root = t.root().await?;
-        let Some(staging) = self.staging(&root, false).await? else {
+        let Some((staging, entries)) = self.staging_entries(OP).await? else {
             return Ok(0);
         };
-        let mut probes = Vec::new();
-        let mut from = None;
-        loop {
-            let page = t
-                .read_dir(&staging, from, at(OP, STAGING_DIR))
-                .await?
-                .ok_or_else(|| vanished(OP, STAGING_DIR))?;
-            probes.extend(
-                page.entries
-                    .into_iter()
-                    .filter(|e| e.name.starts_with(PROBE_PREFIX.as_bytes()) && e.kind != Some(Kind::Other))
-                    .map(|e| e.name),
-            );
-            match page.next {
-                Some(next) => from = Some(next),
-                None => break,
-            }
-        }
+        let probes = entries
+            .into_iter()
+            .filter(|e| e.name.starts_with(PROBE_PREFIX.as_bytes()) && e.kind != Some(Kind::Other))
+            .map(|e| e.name);
         let mut removed = 0;
         for name in probes {
             let path = staging_path(&String::from_utf8_lossy(&name));
