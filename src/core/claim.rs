@@ -49,6 +49,10 @@ pub enum Refusal {
     DataSource(&'static str),
     #[error("spec.resources.requests.storage is missing")]
     NoCapacity,
+    #[error(
+        "spec.volumeAttributesClassName {0:?} is not supported: an NFS directory has no attributes to set (IOPS, throughput) and this provisioner is not a CSI driver"
+    )]
+    VolumeAttributesClass(String),
     #[error(transparent)]
     Parameters(#[from] ParamError),
     #[error(transparent)]
@@ -176,6 +180,10 @@ pub fn decide(
     }
     if spec.data_source_ref.is_some() {
         return Refuse(Refusal::DataSource("dataSourceRef"));
+    }
+    // Kubernetes 1.29 and later: a class of mutable attributes only a CSI driver can honour.
+    if let Some(vac) = spec.volume_attributes_class_name.filter(|v| !v.is_empty()) {
+        return Refuse(Refusal::VolumeAttributesClass(vac));
     }
     let params = match ClassParams::parse(&class.parameters.clone().unwrap_or_default()) {
         Ok(p) => p,
@@ -316,6 +324,30 @@ mod tests {
         let mut not_handed_over = claim();
         not_handed_over.metadata.annotations = None;
         assert!(!awaits_provisioner(&not_handed_over, ME));
+    }
+
+    #[test]
+    fn a_volume_attributes_class_is_refused_and_read_write_once_pod_is_copied() {
+        let mut asks = claim();
+        asks.spec.as_mut().unwrap().volume_attributes_class_name = Some("gold".into());
+        assert_eq!(
+            decide_with(&asks, Some(&class(&[]))),
+            ClaimDecision::Refuse(Refusal::VolumeAttributesClass("gold".into()))
+        );
+        // Empty is the same as unset (a client that serialises the default).
+        asks.spec.as_mut().unwrap().volume_attributes_class_name = Some(String::new());
+        assert!(matches!(
+            decide_with(&asks, Some(&class(&[]))),
+            ClaimDecision::Provision(_)
+        ));
+
+        let mut rwop = claim();
+        rwop.spec.as_mut().unwrap().access_modes = Some(vec!["ReadWriteOncePod".into()]);
+        let pv = plan(decide_with(&rwop, Some(&class(&[])))).pv;
+        assert_eq!(
+            pv.spec.unwrap().access_modes,
+            Some(vec!["ReadWriteOncePod".to_owned()])
+        );
     }
 
     fn decide_with(claim: &PersistentVolumeClaim, class: Option<&StorageClass>) -> ClaimDecision {
