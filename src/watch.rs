@@ -440,6 +440,24 @@ mod tests {
         }
     }
 
+    /// The watch over `source`, and the metrics and health record it reports to.
+    fn start(
+        source: &Scripted,
+    ) -> (
+        Metrics,
+        Health,
+        impl Stream<Item = Result<Event<ConfigMap>, watcher::Error>> + Unpin,
+    ) {
+        let metrics = Metrics::new();
+        let health = Health::new(metrics.clone());
+        let stream = Box::pin(watch::<ConfigMap, _>(
+            source.clone(),
+            health.clone(),
+            metrics.clone(),
+        ));
+        (metrics, health, stream)
+    }
+
     async fn take(
         stream: &mut (impl Stream<Item = Result<Event<ConfigMap>, watcher::Error>> + Unpin),
         n: usize,
@@ -471,13 +489,7 @@ mod tests {
             Ok(WatchEvent::Added(object("b", "11"))),
             Ok(WatchEvent::Deleted(object("a", "12"))),
         ]));
-        let metrics = Metrics::new();
-        let health = Health::new(metrics.clone());
-        let mut stream = Box::pin(watch::<ConfigMap, _>(
-            source.clone(),
-            health.clone(),
-            metrics.clone(),
-        ));
+        let (_, health, mut stream) = start(&source);
 
         let t0 = tokio::time::Instant::now();
         let events = take(&mut stream, 11).await;
@@ -519,13 +531,7 @@ mod tests {
             watches.push_back(Err(gone()));
             // After the relist: one that stalls (never ends) comes last, from the script's end.
         }
-        let metrics = Metrics::new();
-        let health = Health::new(metrics.clone());
-        let mut stream = Box::pin(watch::<ConfigMap, _>(
-            source.clone(),
-            health.clone(),
-            metrics.clone(),
-        ));
+        let (metrics, health, mut stream) = start(&source);
         let events = take(&mut stream, 7).await;
         assert_eq!(
             events,

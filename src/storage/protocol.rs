@@ -13,7 +13,7 @@ use futures::future::BoxFuture;
 
 use super::error::{Refusal, StorageFailure, StorageResult};
 use super::transport::{
-    Capacity, Entry, Kind, Made, Move, Opened, ReadFile, Renamed, Transport, Unlinked, at,
+    At, Capacity, Entry, Kind, Made, Move, Opened, ReadFile, Renamed, Transport, Unlinked, at,
 };
 use super::walker::{TreeStats, Walker};
 use crate::core::naming::{archive_name, check_single_component};
@@ -641,13 +641,7 @@ impl<T: Transport> Volumes<T> {
         let inode = t.dir_stat(&vol, at(OP, &file(VOL_DIR))).await?.id;
         write(INODE_FILE, staging::encode_inode(inode)).await?;
         let published = staging_path(pv);
-        match t
-            .rename(
-                Move::within(staging, tmp.as_bytes(), pv.as_bytes()),
-                at(OP, &published),
-            )
-            .await?
-        {
+        match self.rename_staged(staging, &tmp, pv, at(OP, &published)).await? {
             // The handle still refers to the same directory, now published as `<pv>`.
             Renamed::Done => Ok((
                 Loaded {
@@ -672,14 +666,7 @@ impl<T: Transport> Volumes<T> {
         let tmp = tmp_name(pv);
         self.remove_leftover(staging, &tmp).await?;
         let path = staging_path(pv);
-        match self
-            .t
-            .rename(
-                Move::within(staging, pv.as_bytes(), tmp.as_bytes()),
-                at(OP, &path),
-            )
-            .await?
-        {
+        match self.rename_staged(staging, pv, &tmp, at(OP, &path)).await? {
             Renamed::Done => self.remove_leftover(staging, &tmp).await,
             Renamed::SourceMissing => Ok(()),
             Renamed::Taken => Err(Refusal::BadStagingRecord {
@@ -689,6 +676,19 @@ impl<T: Transport> Volumes<T> {
             }
             .into()),
         }
+    }
+
+    /// Renames `from` to `to` inside the staging area (a record published or unpublished).
+    async fn rename_staged(
+        &self,
+        staging: &T::Dir,
+        from: &str,
+        to: &str,
+        at: At<'_>,
+    ) -> StorageResult<Renamed> {
+        self.t
+            .rename(Move::within(staging, from.as_bytes(), to.as_bytes()), at)
+            .await
     }
 
     /// Removes an unpublished `<pv>.tmp` record (ours by name) and everything in it.
