@@ -60,8 +60,19 @@ fn storage(root: &Path) -> Storage {
 
 struct Phase {
     name: &'static str,
+    ops: usize,
     wall: Duration,
     cpu: f64,
+}
+
+impl Phase {
+    fn cpu_per_op_us(&self) -> f64 {
+        self.cpu * 1e6 / self.ops as f64
+    }
+
+    fn wall_ms(&self) -> f64 {
+        self.wall.as_secs_f64() * 1e3
+    }
 }
 
 async fn phase<F, Fut>(name: &'static str, n: usize, parallel: usize, ticks: f64, op: F) -> Result<Phase>
@@ -76,6 +87,7 @@ where
     }
     Ok(Phase {
         name,
+        ops: n,
         wall: t0.elapsed(),
         cpu: cpu_seconds(ticks)? - cpu0,
     })
@@ -167,33 +179,22 @@ fn main() -> Result<()> {
         let line: Vec<String> = phases
             .iter()
             .map(|p| {
-                let ops = if p.name == "create" || p.name == "finish" {
-                    n
-                } else {
-                    n / 2
-                };
                 format!(
                     "{} {:.1} µs CPU/op {:.0} ms",
                     p.name,
-                    p.cpu * 1e6 / ops as f64,
-                    p.wall.as_secs_f64() * 1e3
+                    p.cpu_per_op_us(),
+                    p.wall_ms()
                 )
             })
             .collect();
         println!("round {}: {}", r + 1, line.join(", "));
         for p in phases {
-            let ops = if p.name == "create" || p.name == "finish" {
-                n
-            } else {
-                n / 2
-            };
-            let cpu_per_op = p.cpu * 1e6 / ops as f64;
             match per_phase.iter_mut().find(|(name, _, _)| *name == p.name) {
                 Some((_, cpu, wall)) => {
-                    cpu.push(cpu_per_op);
-                    wall.push(p.wall.as_secs_f64() * 1e3);
+                    cpu.push(p.cpu_per_op_us());
+                    wall.push(p.wall_ms());
                 }
-                None => per_phase.push((p.name, vec![cpu_per_op], vec![p.wall.as_secs_f64() * 1e3])),
+                None => per_phase.push((p.name, vec![p.cpu_per_op_us()], vec![p.wall_ms()])),
             }
         }
     }

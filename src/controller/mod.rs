@@ -426,8 +426,7 @@ async fn probe_exports(ctx: Arc<Ctx>, term: CancellationToken) {
 /// Clears what crashes left in the staging area: probe directories of probes killed mid-way, and
 /// staging records of volumes whose PV was created (the record only proves ownership until the
 /// PV exists). Records of claims without a PV are left for the claim's reconcile, which adopts
-/// them. Each export is swept on its own: one that does not answer
-/// delays nothing else.
+/// them. Each export is swept on its own: one that does not answer delays nothing else.
 async fn sweep_staging(ctx: Arc<Ctx>) {
     ctx.caches_ready().await;
     let sweeps = ctx.storages().into_iter().map(|storage| {

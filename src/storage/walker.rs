@@ -143,11 +143,7 @@ impl<T: Transport> Drop for StopOnDrop<T> {
 impl<T: Transport> Walker<T> {
     /// `concurrency` is clamped to `1..=MAX_CONCURRENCY`.
     pub fn new(transport: Arc<T>, concurrency: usize) -> Self {
-        let concurrency = if transport.concurrent() {
-            concurrency.clamp(1, MAX_CONCURRENCY)
-        } else {
-            1
-        };
+        let concurrency = concurrency.clamp(1, MAX_CONCURRENCY);
         let max_open = transport.max_open_dirs();
         Walker {
             ctx: Arc::new(Ctx {
