@@ -279,11 +279,42 @@ where
         + 'static,
 {
     let (store, writer) = reflector::store::<K>();
-    let changes = watch::watch(Api::<K>::all(client.clone()), health.clone(), metrics.clone())
+    let events = watch::watch(Api::<K>::all(client.clone()), health.clone(), metrics.clone())
         .modify(K::slim)
-        .reflect(writer)
-        .applied_objects();
+        .reflect(writer);
+    let changes = changes_once_cached(events, store.clone());
     (store, changes)
+}
+
+/// The changed objects of a reflected watch, each yielded once the cache holds it.
+///
+/// Not kube's `applied_objects`: it yields each object of a list (`InitApply`) as it arrives,
+/// while the reflector's cache takes the whole list in one swap at `InitDone`. After a relist (an
+/// API server restart's 410 Gone) a reconcile triggered by a listed object read the cache from
+/// before the outage, found a claim not yet handed over, and nothing woke it again until the
+/// periodic resync, a minute later. Here a list yields nothing until it is complete, then every
+/// object in the cache.
+fn changes_once_cached<K, E>(
+    events: impl futures::Stream<Item = Result<watcher::Event<K>, E>> + Send + 'static,
+    store: Store<K>,
+) -> impl futures::Stream<Item = Result<K, E>> + Send + 'static
+where
+    K: Resource<DynamicType = ()> + Clone + Send + Sync + 'static,
+    E: Send + 'static,
+{
+    events.flat_map(move |event| {
+        let objects: Box<dyn Iterator<Item = Result<K, E>> + Send> = match event {
+            Ok(watcher::Event::Apply(object)) => Box::new(std::iter::once(Ok(object))),
+            Ok(watcher::Event::InitDone) => {
+                Box::new(store.state().into_iter().map(|object| Ok(K::clone(&object))))
+            }
+            Ok(watcher::Event::Init | watcher::Event::InitApply(_) | watcher::Event::Delete(_)) => {
+                Box::new(std::iter::empty())
+            }
+            Err(error) => Box::new(std::iter::once(Err(error))),
+        };
+        futures::stream::iter(objects)
+    })
 }
 
 /// Every cached resource, as `crate::watch` names them in health and metrics.
@@ -530,6 +561,47 @@ mod tests {
             .flatten()
             .map(|(k, _)| k.as_str())
             .collect()
+    }
+
+    /// A relisted object is yielded only once the cache holds the list it came in; a watched one
+    /// at once. (kube's `applied_objects` yielded the relisted claim while the cache still held
+    /// its copy from before an API server restart.)
+    #[tokio::test]
+    async fn a_relisted_object_is_yielded_once_the_cache_holds_it() {
+        use kube::ResourceExt;
+        let claim = |version: &str| PersistentVolumeClaim {
+            metadata: ObjectMeta {
+                name: Some("c".into()),
+                namespace: Some("ns".into()),
+                resource_version: Some(version.into()),
+                ..Default::default()
+            },
+            ..Default::default()
+        };
+        let events = futures::stream::iter([
+            Ok::<_, watcher::Error>(watcher::Event::Init),
+            Ok(watcher::Event::InitApply(claim("1"))),
+            Ok(watcher::Event::InitDone),
+            Ok(watcher::Event::Init),
+            Ok(watcher::Event::InitApply(claim("2"))),
+            Ok(watcher::Event::InitDone),
+            Ok(watcher::Event::Apply(claim("3"))),
+        ]);
+        let (store, writer) = reflector::store::<PersistentVolumeClaim>();
+        let changes = changes_once_cached(events.reflect(writer), store.clone());
+        let seen: Vec<(String, String)> = changes
+            .map(|object| {
+                let object = object.unwrap();
+                let cached = store.get(&ObjectRef::from_obj(&object)).unwrap();
+                (
+                    object.resource_version().unwrap(),
+                    cached.resource_version().unwrap(),
+                )
+            })
+            .collect()
+            .await;
+        let seen: Vec<(&str, &str)> = seen.iter().map(|(a, b)| (a.as_str(), b.as_str())).collect();
+        assert_eq!(seen, [("1", "1"), ("2", "2"), ("3", "3")]);
     }
 
     #[test]
