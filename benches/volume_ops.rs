@@ -20,7 +20,7 @@ use nfs_subdir_provisioner::core::naming::VolumePath;
 use nfs_subdir_provisioner::core::params::DirMode;
 use nfs_subdir_provisioner::health::Health;
 use nfs_subdir_provisioner::metrics::Metrics;
-use nfs_subdir_provisioner::storage::{Exports, Limits, Storage};
+use nfs_subdir_provisioner::storage::{Existing, Exports, Limits, Storage};
 
 const DIR: DirMode = DirMode {
     mode: 0o777,
@@ -103,7 +103,9 @@ async fn round(root: &Path, n: usize, parallel: usize, ticks: f64) -> Result<Vec
     let create = phase("create", n, parallel, ticks, |i| {
         let storage = storage.clone();
         async move {
-            storage.create_volume(&pv(i), &path(i), DIR).await?;
+            storage
+                .create_volume(&pv(i), &path(i), DIR, Existing::Refuse)
+                .await?;
             Ok(())
         }
     })

@@ -144,7 +144,9 @@ async fn access_checks(client: &Client, namespace: &str) -> Vec<Item> {
             spec: SelfSubjectAccessReviewSpec {
                 resource_attributes: Some(ResourceAttributes {
                     group: Some(group.to_owned()),
-                    resource: Some(resource.to_owned()),
+                    // "persistentvolumeclaims/status": RBAC's spelling of a subresource.
+                    resource: Some(resource.split('/').next().unwrap_or(resource).to_owned()),
+                    subresource: resource.split_once('/').map(|(_, sub)| sub.to_owned()),
                     verb: Some(verb.to_owned()),
                     namespace: namespaced.then(|| namespace.to_owned()),
                     ..ResourceAttributes::default()

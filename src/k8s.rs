@@ -4,10 +4,12 @@
 use std::sync::Arc;
 
 use futures::StreamExt;
-use k8s_openapi::api::core::v1::{Event as CoreEvent, EventSource, ObjectReference, PersistentVolume};
+use k8s_openapi::api::core::v1::{
+    Event as CoreEvent, EventSource, ObjectReference, PersistentVolume, PersistentVolumeClaim,
+};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, Time};
 use k8s_openapi::jiff::Timestamp;
-use kube::api::{DeleteParams, PostParams, Preconditions};
+use kube::api::{DeleteParams, Patch, PatchParams, PostParams, Preconditions};
 use kube::config::{KubeConfigOptions, Kubeconfig};
 use kube::runtime::events::{Event, EventType, Recorder, Reporter};
 use kube::{Api, Client};
@@ -67,14 +69,17 @@ pub fn own_namespace(config: &Config, client: &Client) -> String {
 pub const ACCESS: &[(&str, &str, &str, bool)] = &[
     // Caches of PVs (for release and overlap checks), claims and classes; PV create and delete;
     // a live PV read when provisioning finds its directory finished, because the cache can lag a
-    // PV made moments ago.
+    // PV made moments ago. PV patch: its size when its claim grows, and the deletion-protection
+    // finalizer; the claim's status: its size once grown.
     ("", "persistentvolumes", "get", false),
     ("", "persistentvolumes", "list", false),
     ("", "persistentvolumes", "watch", false),
     ("", "persistentvolumes", "create", false),
     ("", "persistentvolumes", "delete", false),
+    ("", "persistentvolumes", "patch", false),
     ("", "persistentvolumeclaims", "list", false),
     ("", "persistentvolumeclaims", "watch", false),
+    ("", "persistentvolumeclaims/status", "patch", false),
     ("storage.k8s.io", "storageclasses", "list", false),
     ("storage.k8s.io", "storageclasses", "watch", false),
     // Events about claims (events.k8s.io, deduplicated into series by patch) and PVs (core).
@@ -130,6 +135,50 @@ pub async fn delete_pv(
         Err(e) if matches!(status_code(&e), Some(404 | 409)) => Ok(()),
         Err(e) => Err(e),
     }
+}
+
+/// Sets the PV's finalizers, only if it is still at `resource_version` (409 otherwise, and the
+/// caller retries from a fresher copy), so a finalizer someone else added meanwhile is never
+/// dropped. A PV that is gone needs none.
+pub async fn set_finalizers(
+    api: &Api<PersistentVolume>,
+    name: &str,
+    resource_version: Option<&str>,
+    finalizers: &[String],
+) -> Result<(), kube::Error> {
+    let patch = serde_json::json!({
+        "metadata": { "resourceVersion": resource_version, "finalizers": finalizers },
+    });
+    match api
+        .patch(name, &PatchParams::default(), &Patch::Merge(&patch))
+        .await
+    {
+        Ok(_) => Ok(()),
+        Err(e) if status_code(&e) == Some(404) => Ok(()),
+        Err(e) => Err(e),
+    }
+}
+
+/// Applies a merge patch to the PV (its size). Writing the same size again changes nothing.
+pub async fn patch_pv(
+    api: &Api<PersistentVolume>,
+    name: &str,
+    patch: &serde_json::Value,
+) -> Result<(), kube::Error> {
+    api.patch(name, &PatchParams::default(), &Patch::Merge(patch))
+        .await
+        .map(drop)
+}
+
+/// Applies a merge patch to the claim's status (its size once grown).
+pub async fn patch_claim_status(
+    api: &Api<PersistentVolumeClaim>,
+    name: &str,
+    patch: &serde_json::Value,
+) -> Result<(), kube::Error> {
+    api.patch_status(name, &PatchParams::default(), &Patch::Merge(patch))
+        .await
+        .map(drop)
 }
 
 const REPORTER: &str = "nfs-subdir-provisioner";

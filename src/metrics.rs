@@ -58,6 +58,8 @@ pub struct Metrics {
     deleted: Family<ClassLabels, Counter>,
     delete_failed: Family<ClassLabels, Counter>,
     delete_duration: HistogramFamily<ClassLabels>,
+    resized: Family<ClassLabels, Counter>,
+    resize_failed: Family<ClassLabels, Counter>,
     leader: Gauge,
     export_healthy: Family<ExportLabels, Gauge>,
     export_timeouts: Family<ExportLabels, Counter>,
@@ -83,6 +85,8 @@ impl Metrics {
         let deleted = Family::default();
         let delete_failed = Family::default();
         let delete_duration: HistogramFamily<ClassLabels> = Family::new_with_constructor(duration_histogram);
+        let resized = Family::default();
+        let resize_failed = Family::default();
         let leader = Gauge::default();
         let export_healthy = Family::default();
         let export_timeouts = Family::default();
@@ -120,6 +124,16 @@ impl Metrics {
             "controller_persistentvolume_delete_duration_seconds",
             "Latency in seconds to release persistent volumes. Failed attempts are ignored. Broken down by storage class name.",
             delete_duration.clone(),
+        );
+        registry.register(
+            "nfs_subdir_provisioner_volumes_resized",
+            "Claims whose volume was grown to their new request (PV and claim both record the size). Broken down by storage class name.",
+            resized.clone(),
+        );
+        registry.register(
+            "nfs_subdir_provisioner_volume_resize_failed",
+            "Failed attempts to grow a claim's volume; each is retried. Broken down by storage class name.",
+            resize_failed.clone(),
         );
         registry.register(
             "nfs_subdir_provisioner_leader",
@@ -164,6 +178,8 @@ impl Metrics {
             deleted,
             delete_failed,
             delete_duration,
+            resized,
+            resize_failed,
             leader,
             export_healthy,
             export_timeouts,
@@ -239,6 +255,14 @@ impl Metrics {
 
     pub fn release_failed(&self, class: &str) {
         self.delete_failed.get_or_create(&Self::class(class)).inc();
+    }
+
+    pub fn resized(&self, class: &str) {
+        self.resized.get_or_create(&Self::class(class)).inc();
+    }
+
+    pub fn resize_failed(&self, class: &str) {
+        self.resize_failed.get_or_create(&Self::class(class)).inc();
     }
 
     pub fn set_leader(&self, leader: bool) {

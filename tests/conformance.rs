@@ -33,7 +33,9 @@ use nfs_subdir_provisioner::core::staging::{
 };
 use nfs_subdir_provisioner::storage::nfs3::Nfs3Transport;
 use nfs_subdir_provisioner::storage::posix::{MountedExport, PosixError};
-use nfs_subdir_provisioner::storage::{Archived, Backend, Created, Refusal, Removed, StorageFailure};
+use nfs_subdir_provisioner::storage::{
+    Archived, Backend, Created, Existing, Refusal, Removed, StorageFailure,
+};
 use nix::errno::Errno;
 use nix::sys::stat::Mode;
 use tempfile::TempDir;
@@ -254,7 +256,9 @@ impl Fx {
     }
 
     async fn create(&self, pv: &str, rest: &[&str], dir: DirMode) -> Result<Created, StorageFailure> {
-        self.backend.create_volume(pv, &self.path(rest), dir).await
+        self.backend
+            .create_volume(pv, &self.path(rest), dir, Existing::Refuse)
+            .await
     }
 
     /// A staging record `name` as a crash leaves it: its target line (`rest` below the scenario's
@@ -487,6 +491,65 @@ async fn foreign_directory_is_refused_and_untouched(fx: &Fx) {
         &fx.shown(&["file"]),
     );
     assert_eq!(fs::read(fx.host(&["file"])).unwrap(), b"x");
+    assert!(fx.staged().await.is_empty());
+}
+
+/// With reuse allowed, an existing directory is taken as it is (contents, inode, owner and mode
+/// untouched, no staging record left once finished); a symlink or a file at the path is still
+/// refused, and a symlink among the parents is never followed.
+async fn existing_directory_is_reused_as_it_is_when_allowed(fx: &Fx) {
+    let top = fx.top.as_str();
+    fx.tools.mkdir_p(&[top, "ns", "kept"]).await;
+    fx.tools.write(&[top, "ns", "kept", "data"], b"from before").await;
+    fx.tools.chmod(&[top, "ns", "kept"], 0o750).await;
+    let before = owner_mode(&fx.host(&["ns", "kept"]));
+    let before_ino = ino(&fx.host(&["ns", "kept"]));
+    let pv = fx.pv("a");
+    let reuse = |rest: &'static [&'static str], dir| {
+        let (pv, path) = (pv.clone(), fx.path(rest));
+        async move { fx.backend.create_volume(&pv, &path, dir, Existing::Reuse).await }
+    };
+    assert_eq!(reuse(&["ns", "kept"], OWNED).await.unwrap(), Created::Reused);
+    assert_eq!(
+        owner_mode(&fx.host(&["ns", "kept"])),
+        before,
+        "owner and mode as they were"
+    );
+    assert_eq!(ino(&fx.host(&["ns", "kept"])), before_ino);
+    assert_eq!(
+        fs::read(fx.host(&["ns", "kept", "data"])).unwrap(),
+        b"from before"
+    );
+    // Idempotent: a retry reuses again.
+    assert_eq!(reuse(&["ns", "kept"], OWNED).await.unwrap(), Created::Reused);
+    fx.backend.finish_volume(&fx.pv("a")).await.unwrap();
+    assert!(fx.staged().await.is_empty());
+    // A missing directory is made as usual.
+    assert_eq!(reuse(&["ns", "fresh"], RWX).await.unwrap(), Created::New);
+    fx.backend.finish_volume(&fx.pv("a")).await.unwrap();
+
+    fx.tools
+        .symlink(&[top, "ns", "link"], &fx.outside.path().display().to_string())
+        .await;
+    assert_not_a_directory(
+        reuse(&["ns", "link"], RWX).await,
+        "create directory",
+        &fx.shown(&["ns", "link"]),
+    );
+    fx.tools
+        .symlink(&[top, "via"], &fx.host(&["ns"]).display().to_string())
+        .await;
+    assert!(
+        reuse(&["via", "kept"], RWX).await.is_err(),
+        "a symlinked parent is not followed"
+    );
+    fx.tools.write(&[top, "ns", "file"], b"x").await;
+    assert_not_a_directory(
+        reuse(&["ns", "file"], RWX).await,
+        "create directory",
+        &fx.shown(&["ns", "file"]),
+    );
+    fx.backend.finish_volume(&fx.pv("a")).await.unwrap();
     assert!(fx.staged().await.is_empty());
 }
 
@@ -1210,7 +1273,7 @@ async fn invalid_paths_names_and_modes_are_refused(fx: &Fx) {
     let pv = fx.pv("a");
     for path in &bad_paths {
         assert_invalid_path(
-            fx.backend.create_volume(&pv, path, RWX).await,
+            fx.backend.create_volume(&pv, path, RWX, Existing::Refuse).await,
             &format!("create {path:?}"),
         );
         assert_invalid_path(
@@ -1343,6 +1406,9 @@ conformance! {
     foreign_directory_is_refused_and_untouched =>
         mounted_foreign_directory_is_refused_and_untouched,
         direct_foreign_directory_is_refused_and_untouched;
+    existing_directory_is_reused_as_it_is_when_allowed =>
+        mounted_existing_directory_is_reused_as_it_is_when_allowed,
+        direct_existing_directory_is_reused_as_it_is_when_allowed;
     retry_adopts_only_its_own_attempt =>
         mounted_retry_adopts_only_its_own_attempt, direct_retry_adopts_only_its_own_attempt;
     interrupted_attempts_resume_from_their_staging_record =>
@@ -1473,7 +1539,10 @@ async fn mounted_operations_on_a_missing_export_root_fail_naming_the_root() {
     check("capacity", Backend::capacity(&backend).await.unwrap_err());
     check(
         "create",
-        backend.create_volume("pv-1", &p(&["a"]), RWX).await.unwrap_err(),
+        backend
+            .create_volume("pv-1", &p(&["a"]), RWX, Existing::Refuse)
+            .await
+            .unwrap_err(),
     );
     check("finish", backend.finish_volume("pv-1").await.unwrap_err());
     check("staged", backend.staged_volumes().await.unwrap_err());

@@ -23,7 +23,7 @@ use nfs::{EXPORT, EXPORT_ROOTSQUASH, EXPORT_SECURE, p, unique};
 use nfs_subdir_provisioner::core::params::DirMode;
 use nfs_subdir_provisioner::storage::nfs3::{MAX_CONNECTIONS, Nfs3Transport, NfsError};
 use nfs_subdir_provisioner::storage::transport::{Made, Opened, Transport, at};
-use nfs_subdir_provisioner::storage::{Created, Removed, StorageFailure, Volumes};
+use nfs_subdir_provisioner::storage::{Created, Existing, Removed, StorageFailure, Volumes};
 use nfs3_client::nfs3_types::mount::mountstat3;
 use nfs3_client::nfs3_types::nfs3::nfsstat3;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -193,7 +193,10 @@ async fn mkdir_drops_setgid_and_the_volume_gets_it_back() {
     );
     let pv = unique("pv");
     assert_eq!(
-        volumes.create(&pv, &p(&[&top, "vol"]), OWNED).await.unwrap(),
+        volumes
+            .create(&pv, &p(&[&top, "vol"]), OWNED, Existing::Refuse)
+            .await
+            .unwrap(),
         Created::New
     );
     let md = fs::metadata(backing.join("vol")).unwrap();
@@ -214,7 +217,10 @@ async fn root_squash_refuses_chown_with_an_error_naming_the_export_option() {
     let v = env.lazy_volumes(EXPORT_ROOTSQUASH, &[]);
     let top = unique("squash");
     let pv = unique("pv");
-    let err = v.create(&pv, &p(&[&top, "vol"]), OWNED).await.unwrap_err();
+    let err = v
+        .create(&pv, &p(&[&top, "vol"]), OWNED, Existing::Refuse)
+        .await
+        .unwrap_err();
     assert!(
         matches!(
             nfs_err(&err),
@@ -249,7 +255,9 @@ async fn root_squash_refuses_chown_with_an_error_naming_the_export_option() {
         ..OWNED
     };
     assert_eq!(
-        v.create(&pv, &p(&[&top, "plain"]), no_owner).await.unwrap(),
+        v.create(&pv, &p(&[&top, "plain"]), no_owner, Existing::Refuse)
+            .await
+            .unwrap(),
         Created::New
     );
     let md = fs::metadata(backing.join(&top).join("plain")).unwrap();
@@ -433,7 +441,10 @@ async fn resent_requests_are_read_as_the_first_send_succeeding() {
     let top = unique("resent");
     let pv = unique("pv");
     let path = p(&[&top, "ns", "vol"]);
-    assert_eq!(v.create(&pv, &path, OWNED).await.unwrap(), Created::New);
+    assert_eq!(
+        v.create(&pv, &path, OWNED, Existing::Refuse).await.unwrap(),
+        Created::New
+    );
     let md = fs::metadata(backing.join(&top).join("ns/vol")).unwrap();
     assert_eq!((md.uid(), md.gid(), md.mode() & 0o7777), (1000, 2000, 0o2770));
     assert_eq!(v.staged_target(&pv).await.unwrap(), Some(path.clone()));
@@ -444,7 +455,10 @@ async fn resent_requests_are_read_as_the_first_send_succeeding() {
         );
     }
     // The same volume again: its own attempt, adopted (not a foreign directory).
-    assert_eq!(v.create(&pv, &path, OWNED).await.unwrap(), Created::Adopted);
+    assert_eq!(
+        v.create(&pv, &path, OWNED, Existing::Refuse).await.unwrap(),
+        Created::Adopted
+    );
     v.finish(&pv).await.unwrap();
     assert!(!v.staged().await.unwrap().contains(&pv));
 

@@ -17,7 +17,7 @@ use nfs_subdir_provisioner::core::params::DirMode;
 use nfs_subdir_provisioner::health::{ExportStatus, Health};
 use nfs_subdir_provisioner::metrics::Metrics;
 use nfs_subdir_provisioner::storage::nfs3::NfsError;
-use nfs_subdir_provisioner::storage::{Backend, Limits, Removed, Storage, StorageFailure};
+use nfs_subdir_provisioner::storage::{Backend, Existing, Limits, Removed, Storage, StorageFailure};
 
 const SUITE: &str = "direct_nfs_stall";
 
@@ -56,7 +56,10 @@ async fn a_stopped_server_fails_each_call_within_its_deadline_and_the_pool_recov
     let pv = unique("pv-stop");
     let top = unique("stopped");
     let start = Instant::now();
-    let err = e.create(&pv, &p(&[&top, "v"]), RWX).await.unwrap_err();
+    let err = e
+        .create(&pv, &p(&[&top, "v"]), RWX, Existing::Refuse)
+        .await
+        .unwrap_err();
     let took = start.elapsed();
     assert!(
         matches!(err.transport(), Some(NfsError::TimedOut { .. })),

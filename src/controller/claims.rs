@@ -1,4 +1,5 @@
-//! Provisioning: PersistentVolumeClaim → directory → PersistentVolume.
+//! Provisioning: PersistentVolumeClaim → directory → PersistentVolume. A bound claim goes to
+//! [`super::resizes`] instead.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -10,11 +11,13 @@ use kube::runtime::reflector::{ObjectRef, Store};
 use kube::{Resource, ResourceExt};
 use tracing::{debug, info, warn};
 
-use super::{Ctx, Error, lock};
+use super::{Ctx, Error, lock, resizes};
 use crate::core::claim::{self, ClaimDecision, ProvisionPlan, Skip};
 use crate::core::events;
+use crate::core::resize;
 use crate::k8s;
 use crate::storage::{Created, Storage, StorageFailure};
+use k8s_openapi::jiff::Timestamp;
 
 /// A refused claim is looked at again after this long even without a change to it. A fixed
 /// StorageClass triggers a recheck at once, but through a different watch than the cache the
@@ -52,12 +55,16 @@ pub fn pending_claims_of_class(
         .collect()
 }
 
-/// Claims handed to us and still unbound, without a retry already scheduled: for the resync.
+/// Claims handed to us and still unbound, or bound to a volume of ours that is to grow, without
+/// a retry already scheduled: for the resync.
 pub fn pending_for_us(ctx: &Ctx) -> Vec<ObjectRef<PersistentVolumeClaim>> {
     ctx.claims
         .state()
         .iter()
-        .filter(|c| claim::awaits_provisioner(c, ctx.provisioner()) && !ctx.backing_off(&key(c)))
+        .filter(|c| {
+            (claim::awaits_provisioner(c, ctx.provisioner()) || resizes::wanted(c, ctx))
+                && !ctx.backing_off(&key(c))
+        })
         .map(|c| ObjectRef::from_obj(c.as_ref()))
         .collect()
 }
@@ -71,6 +78,16 @@ pub async fn reconcile(claim: Arc<PersistentVolumeClaim>, ctx: Arc<Ctx>) -> Resu
     let pv_exists = pv_name
         .as_ref()
         .is_some_and(|n| ctx.pvs.get(&ObjectRef::new(n)).is_some());
+    if resize::volume_name(&claim).is_some() {
+        if pv_exists && let Some(pv) = &pv_name {
+            lock(&ctx.reservations).remove(pv);
+        }
+        let result = resizes::reconcile(&claim, &ctx).await;
+        if result.is_ok() {
+            ctx.succeeded(&key(&claim));
+        }
+        return result;
+    }
     let class = ctx.class(class_name);
 
     match claim::decide(
@@ -101,6 +118,26 @@ pub async fn reconcile(claim: Arc<PersistentVolumeClaim>, ctx: Arc<Ctx>) -> Resu
             Ok(Action::requeue(REFUSAL_RECHECK))
         }
         ClaimDecision::Provision(plan) => {
+            let pvs = ctx.pvs.state();
+            if let Some(pv) = claim::pre_bound_volume(&claim, pvs.iter().map(AsRef::as_ref)) {
+                info!(
+                    pv,
+                    "a PersistentVolume is pre-bound to this claim; kube-controller-manager binds them"
+                );
+                ctx.shared
+                    .events
+                    .publish(events::waiting_for_pre_bound(pv), claim.object_ref(&()));
+                ctx.succeeded(&key(&claim));
+                return Ok(Action::await_change());
+            }
+            drop(pvs);
+            if let Some(wait) = claim::grace_left(&claim, Timestamp::now()) {
+                debug!(
+                    ?wait,
+                    "new claim: giving a PV pre-bound to it time to reach the cache"
+                );
+                return Ok(Action::requeue(wait));
+            }
             let result = provision(&claim, *plan, &ctx).await;
             if let Err(error) = &result {
                 warn!(%error, "provisioning failed; will retry");
@@ -156,13 +193,22 @@ async fn make_volume(
         .events
         .publish(events::provisioning(&claim_key), claim.object_ref(&()));
 
-    let created = match storage.create_volume(pv, &plan.path, plan.dir).await {
+    let created = match storage
+        .create_volume(pv, &plan.path, plan.dir, plan.existing)
+        .await
+    {
         Ok(created) => created,
-        Err(error) if error.is_taken() => return taken(pv, error, storage, ctx).await,
+        Err(error) if error.is_taken() => return taken(pv, plan, error, storage, ctx).await,
         Err(error) => return Err(error.into()),
     };
-    if created == Created::Adopted {
-        info!(pv, export = %plan.export, directory = %plan.path, "adopted directory of an earlier interrupted attempt");
+    match created {
+        Created::Adopted => {
+            info!(pv, export = %plan.export, directory = %plan.path, "adopted directory of an earlier interrupted attempt");
+        }
+        Created::Reused => {
+            info!(pv, export = %plan.export, directory = %plan.path, "reusing existing directory")
+        }
+        Created::New => {}
     }
     ctx.ensure_leader(pv)?;
     k8s::create_pv(&ctx.pv_api, &plan.pv)
@@ -177,9 +223,12 @@ async fn make_volume(
     ctx.shared
         .metrics
         .provisioned(claim::class_name(claim).unwrap_or_default(), started.elapsed());
-    ctx.shared
-        .events
-        .publish(events::provisioned(pv, &plan.path), claim.object_ref(&()));
+    let event = if created == Created::Reused {
+        events::reused(pv, &plan.path)
+    } else {
+        events::provisioned(pv, &plan.path)
+    };
+    ctx.shared.events.publish(event, claim.object_ref(&()));
     ctx.succeeded(&key(claim));
     Ok(Action::await_change())
 }
@@ -187,12 +236,24 @@ async fn make_volume(
 /// The directory is there but not as this volume's attempt in progress: either a stranger's, or
 /// our own finished one whose PV the cache has not seen yet (it lags after an API server restart).
 /// Only the API server can tell, and only this rare path asks it.
-async fn taken(pv: &str, error: StorageFailure, storage: Storage, ctx: &Ctx) -> Result<Action, Error> {
+async fn taken(
+    pv: &str,
+    plan: &ProvisionPlan,
+    error: StorageFailure,
+    storage: Storage,
+    ctx: &Ctx,
+) -> Result<Action, Error> {
     let exists = k8s::pv_exists(&ctx.pv_api, pv)
         .await
         .map_err(Error::api("get", pv))?;
     if !exists {
-        return Err(error.into());
+        return Err(match &plan.reuse_refused {
+            Some(rule) => Error::ReuseRefused {
+                path: plan.path.to_string(),
+                rule: rule.clone(),
+            },
+            None => error.into(),
+        });
     }
     // Keep the reservation until the cache sees the PV (the next reconcile then skips the claim
     // and drops it), so no overlapping claim slips in meanwhile.

@@ -4,6 +4,7 @@
 //! reports through Events and logs.
 
 pub mod claims;
+pub mod resizes;
 pub mod volumes;
 
 use std::collections::HashMap;
@@ -23,6 +24,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
 use crate::config::Config;
+use crate::core::claim::ReuseRule;
 use crate::core::export::{Access, Export, client_options};
 use crate::core::naming::VolumePath;
 use crate::core::params::ClassParams;
@@ -38,14 +40,17 @@ use crate::watch;
 pub enum Error {
     #[error(transparent)]
     Storage(#[from] StorageFailure),
-    #[error("{op} PersistentVolume {name}: {source}")]
+    /// `object`: its kind and name, as "PersistentVolume pvc-1".
+    #[error("{op} {object}: {source}")]
     Api {
         op: &'static str,
-        name: String,
+        object: String,
         source: kube::Error,
     },
     #[error("not the leader any more; leaving {0} to the next leader")]
     NotLeader(String),
+    #[error("create directory {path}: it already exists and is not reused: {rule}")]
+    ReuseRefused { path: String, rule: ReuseRule },
 }
 
 impl Error {
@@ -59,14 +64,14 @@ impl Error {
                 ..
             } => matches!(status.code, 401 | 403 | 429) || status.code >= 500,
             Error::Api { .. } => true,
-            Error::Storage(_) | Error::NotLeader(_) => false,
+            Error::Storage(_) | Error::NotLeader(_) | Error::ReuseRefused { .. } => false,
         }
     }
 
     /// For `map_err`: a failed `op` on the PersistentVolume `name`.
     fn api(op: &'static str, name: &str) -> impl FnOnce(kube::Error) -> Error {
-        let name = name.to_owned();
-        move |source| Error::Api { op, name, source }
+        let object = format!("PersistentVolume {name}");
+        move |source| Error::Api { op, object, source }
     }
 }
 
@@ -243,18 +248,22 @@ impl Slim for StorageClass {
 impl Slim for PersistentVolume {
     fn slim(&mut self) {
         slim_meta(&mut self.metadata);
-        // Release reads the phase, the source and the claim reference, never the size.
-        if let Some(spec) = self.spec.as_mut() {
-            spec.capacity = None;
-        }
     }
 }
 
 impl Slim for PersistentVolumeClaim {
     fn slim(&mut self) {
         slim_meta(&mut self.metadata);
-        // Provisioning reads the claim's spec and annotations; its status is kube-controller-manager's.
-        self.status = None;
+        // Provisioning reads the claim's spec and annotations; a resize also reads the phase, the
+        // recorded size and what newer API servers track of a resize in progress.
+        if let Some(status) = self.status.as_mut() {
+            status.access_modes = None;
+            status.modify_volume_status = None;
+            status.current_volume_attributes_class_name = None;
+            if let Some(conditions) = status.conditions.as_mut() {
+                conditions.retain(|c| c.type_ == "Resizing" || c.type_ == "FileSystemResizePending");
+            }
+        }
     }
 }
 
@@ -497,7 +506,7 @@ mod tests {
     fn api_error(code: u16) -> Error {
         Error::Api {
             op: "create",
-            name: "pvc-1".into(),
+            object: "PersistentVolume pvc-1".into(),
             source: kube::Error::Api(Status::failure("x", "y").with_code(code).boxed()),
         }
     }
@@ -537,7 +546,8 @@ mod tests {
         assert!(!Error::NotLeader("pvc-1".into()).api_unavailable());
     }
     use k8s_openapi::api::core::v1::{
-        PersistentVolumeClaimStatus, PersistentVolumeSpec, PersistentVolumeStatus,
+        PersistentVolumeClaimCondition, PersistentVolumeClaimStatus, PersistentVolumeSpec,
+        PersistentVolumeStatus,
     };
     use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
     use k8s_openapi::apimachinery::pkg::apis::meta::v1::ManagedFieldsEntry;
@@ -626,7 +636,7 @@ mod tests {
             ["pv.kubernetes.io/provisioned-by"]
         );
         let spec = pv.spec.as_ref().expect("spec kept");
-        assert_eq!(spec.capacity, None);
+        assert_eq!(spec.capacity, Some(size.clone()), "a resize compares it");
         assert_eq!(spec.storage_class_name.as_deref(), Some("nfs"));
         assert_eq!(pv.status.and_then(|s| s.phase).as_deref(), Some("Released"));
 
@@ -634,7 +644,19 @@ mod tests {
             metadata: meta(),
             spec: Some(Default::default()),
             status: Some(PersistentVolumeClaimStatus {
-                capacity: Some(size),
+                phase: Some("Bound".into()),
+                capacity: Some(size.clone()),
+                access_modes: Some(vec!["ReadWriteMany".into()]),
+                conditions: Some(vec![
+                    PersistentVolumeClaimCondition {
+                        type_: "Resizing".into(),
+                        ..Default::default()
+                    },
+                    PersistentVolumeClaimCondition {
+                        type_: "ModifyingVolume".into(),
+                        ..Default::default()
+                    },
+                ]),
                 ..Default::default()
             }),
         };
@@ -645,6 +667,16 @@ mod tests {
             ["pv.kubernetes.io/provisioned-by"]
         );
         assert!(claim.spec.is_some());
-        assert_eq!(claim.status, None);
+        let status = claim.status.expect("status kept for resizes");
+        assert_eq!(status.phase.as_deref(), Some("Bound"));
+        assert_eq!(status.capacity, Some(size));
+        assert_eq!(status.access_modes, None);
+        let conditions: Vec<_> = status
+            .conditions
+            .iter()
+            .flatten()
+            .map(|c| c.type_.as_str())
+            .collect();
+        assert_eq!(conditions, ["Resizing"]);
     }
 }

@@ -70,6 +70,8 @@ pub async fn reconcile(pv: Arc<PersistentVolume>, ctx: Arc<Ctx>) -> Result<Actio
             // not watch: look again now and then.
             Ok(Action::requeue(REFUSAL_RECHECK))
         }
+        VolumeDecision::Protect => protect(&pv, true, &ctx).await,
+        VolumeDecision::Unprotect => protect(&pv, false, &ctx).await,
         VolumeDecision::Release(plan) => {
             let result = release(&pv, &plan, &ctx).await;
             if let Err(error) = &result {
@@ -107,6 +109,9 @@ async fn release(pv: &PersistentVolume, plan: &ReleasePlan, ctx: &Ctx) -> Result
         },
         OnDelete::Retain => info!(directory = %plan.path, "retained"),
     }
+    if plan.protected {
+        protection(pv, false, ctx).await?;
+    }
     ctx.ensure_leader(&name)?;
     k8s::delete_pv(&ctx.pv_api, &name, pv.uid().as_deref())
         .await
@@ -114,6 +119,32 @@ async fn release(pv: &PersistentVolume, plan: &ReleasePlan, ctx: &Ctx) -> Result
     ctx.shared.metrics.released(class_of(pv), started.elapsed());
     ctx.succeeded(&key(pv));
     Ok(Action::await_change())
+}
+
+/// A change of protection, reconciled: the watch brings the changed PV back.
+async fn protect(pv: &PersistentVolume, on: bool, ctx: &Ctx) -> Result<Action, Error> {
+    protection(pv, on, ctx).await?;
+    ctx.succeeded(&key(pv));
+    Ok(Action::await_change())
+}
+
+/// Adds (`protect`) or removes the deletion-protection finalizer.
+async fn protection(pv: &PersistentVolume, protect: bool, ctx: &Ctx) -> Result<(), Error> {
+    let name = pv.name_any();
+    ctx.ensure_leader(&name)?;
+    let finalizers = volume::finalizers(pv, protect);
+    k8s::set_finalizers(&ctx.pv_api, &name, pv.resource_version().as_deref(), &finalizers)
+        .await
+        .map_err(Error::api(
+            if protect {
+                "add the deletion-protection finalizer to"
+            } else {
+                "remove the deletion-protection finalizer from"
+            },
+            &name,
+        ))?;
+    debug!(protect, "deletion protection changed");
+    Ok(())
 }
 
 pub fn error_policy(pv: Arc<PersistentVolume>, error: &Error, ctx: Arc<Ctx>) -> Action {

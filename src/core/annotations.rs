@@ -16,3 +16,9 @@ pub const PROVISIONED_BY: &str = "pv.kubernetes.io/provisioned-by";
 pub const DIRECTORY: &str = "nfs-subdir-provisioner/directory";
 /// Our record of what release does (archive, delete, retain), fixed when the volume was made.
 pub const ON_DELETE: &str = "nfs-subdir-provisioner/on-delete";
+/// The finalizer of deletion protection (KEP-2644), under sig-storage-lib-external-provisioner's
+/// name, so a PV of ours and one of an external-provisioner sidecar read alike.
+pub const FINALIZER: &str = "external-provisioner.volume.kubernetes.io/finalizer";
+/// On a StorageClass of ours: `"true"` lets claims of the class take a directory that already
+/// exists at their path (an annotation, because a class's parameters cannot be changed).
+pub const REUSE_EXISTING: &str = "nfs-subdir-provisioner/reuse-existing-directory";

@@ -3,16 +3,20 @@
 //! directories of live volumes. The order of checks follows sig-storage-lib-external-provisioner's
 //! `shouldProvision`, with refusals where it would silently make an empty volume.
 
+use std::time::Duration;
+
 use k8s_openapi::api::core::v1::{PersistentVolume, PersistentVolumeClaim};
 use k8s_openapi::api::storage::v1::StorageClass;
+use k8s_openapi::jiff::Timestamp;
 
 use crate::core::annotations::{
-    SELECTED_NODE, STORAGE_CLASS_BETA, STORAGE_PROVISIONER, STORAGE_PROVISIONER_BETA,
+    REUSE_EXISTING, SELECTED_NODE, STORAGE_CLASS_BETA, STORAGE_PROVISIONER, STORAGE_PROVISIONER_BETA,
 };
 use crate::core::export::{Access, OptionsError, client_options};
 use crate::core::naming::{self, ClaimNames, PathError, VolumePath};
-use crate::core::params::{ClassParams, DirMode, OnDelete, ParamError};
+use crate::core::params::{ClassParams, DirMode, OnDelete, ParamError, parse_go_bool};
 use crate::core::pv::{self, Export};
+use crate::core::staging::Existing;
 
 #[derive(Debug, Clone, PartialEq)]
 pub enum ClaimDecision {
@@ -65,6 +69,22 @@ pub enum Refusal {
         "this provisioner has no mounted export (NFS_SERVER and NFS_PATH are unset); name server and share in the StorageClass"
     )]
     NoMountedExport,
+    #[error("StorageClass annotation {REUSE_EXISTING}={0:?} is not a boolean (\"true\" or \"false\")")]
+    ReuseAnnotation(String),
+}
+
+/// Why a class that allows reuse may still not reuse this claim's directory. Only matters when the
+/// directory exists: the Warning then names the rule.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ReuseRule {
+    #[error(
+        "the StorageClass allows reusing existing directories, but its pathPattern {0:?} has no path component that is the namespace alone (or the PV name), so a claim in another namespace could render the same directory"
+    )]
+    NamespaceNotFixed(String),
+    #[error(
+        "the StorageClass allows reusing existing directories, but {0:?} is an archive (archived-*): the data of a released volume"
+    )]
+    Archive(String),
 }
 
 /// Everything needed to make the volume: the directory, how to make it, and the PV to write.
@@ -77,6 +97,10 @@ pub struct ProvisionPlan {
     pub path: VolumePath,
     pub dir: DirMode,
     pub on_delete: OnDelete,
+    /// Whether a directory already at `path` is taken as it is, and if the class allows reuse
+    /// but this path may not, why.
+    pub existing: Existing,
+    pub reuse_refused: Option<ReuseRule>,
     pub pv: PersistentVolume,
 }
 
@@ -124,6 +148,51 @@ pub fn awaits_provisioner(claim: &PersistentVolumeClaim, provisioner: &str) -> b
             .and_then(|s| s.volume_name.as_deref())
             .is_none_or(str::is_empty)
         && requested_provisioner(claim) == Some(provisioner)
+}
+
+/// How long after its creation a claim waits before a directory is made for it, so that a PV an
+/// admin pre-bound to it in the same `kubectl apply` (or Helm release, or GitOps sync) has
+/// reached the PV cache first. Measured from the claim's `creationTimestamp`; a claim older than
+/// this (the usual case by the time kube-controller-manager hands it over in a burst, and always
+/// after a restart) does not wait at all.
+pub const PRE_BOUND_GRACE: Duration = Duration::from_secs(1);
+
+/// The PV an admin pre-bound to this claim (`spec.claimRef` naming it, with its uid or none), if
+/// any: kube-controller-manager binds the two, and a volume of ours would be a second one, left
+/// Available or released as junk.
+pub fn pre_bound_volume<'a>(
+    claim: &PersistentVolumeClaim,
+    pvs: impl IntoIterator<Item = &'a PersistentVolume>,
+) -> Option<&'a str> {
+    let (namespace, name) = (
+        claim.metadata.namespace.as_deref(),
+        claim.metadata.name.as_deref(),
+    );
+    let uid = claim.metadata.uid.as_deref();
+    pvs.into_iter()
+        .filter(|pv| pv.metadata.deletion_timestamp.is_none())
+        .find(|pv| {
+            pv.spec
+                .as_ref()
+                .and_then(|s| s.claim_ref.as_ref())
+                .is_some_and(|r| {
+                    r.namespace.as_deref() == namespace
+                        && r.name.as_deref() == name
+                        && r.uid.as_deref().is_none_or(|u| u.is_empty() || Some(u) == uid)
+                })
+        })
+        .and_then(|pv| pv.metadata.name.as_deref())
+        .filter(|pv| pv_name(claim).as_deref() != Some(*pv))
+}
+
+/// How much longer the claim waits out [`PRE_BOUND_GRACE`] at `now`, if at all; never more than
+/// the grace itself, whatever the clocks say.
+pub fn grace_left(claim: &PersistentVolumeClaim, now: Timestamp) -> Option<Duration> {
+    let created = claim.metadata.creation_timestamp.as_ref()?.0;
+    let age_ms = now.as_millisecond().saturating_sub(created.as_millisecond());
+    let grace_ms = i64::try_from(PRE_BOUND_GRACE.as_millis()).unwrap_or(i64::MAX);
+    let left_ms = grace_ms.saturating_sub(age_ms.max(0));
+    (left_ms > 0).then(|| Duration::from_millis(left_ms.unsigned_abs()))
 }
 
 /// `mounted` is the export of `NFS_SERVER`/`NFS_PATH`, if configured; a class naming the same
@@ -223,6 +292,11 @@ pub fn decide(
         Ok(p) => p,
         Err(e) => return Refuse(e.into()),
     };
+    let (existing, reuse_refused) = match reuse(class, params.path_pattern.as_deref(), &path) {
+        Ok(Ok(existing)) => (existing, None),
+        Ok(Err(rule)) => (Existing::Refuse, Some(rule)),
+        Err(refusal) => return Refuse(refusal),
+    };
     let pv = pv::build(&pv::PvInputs {
         name: &pv_name,
         claim,
@@ -240,8 +314,38 @@ pub fn decide(
         path,
         dir: params.dir,
         on_delete: params.on_delete,
+        existing,
+        reuse_refused,
         pv,
     }))
+}
+
+/// What the class says of a directory already at `path`: [`Existing::Refuse`] unless the class
+/// allows reuse, and then only where no other claim could have rendered `path` and it is no
+/// archive. (The staging area is no volume path at all; a live volume's directory, or one inside
+/// or around it, is refused by [`find_overlap`]; a symlink by the storage layer.)
+fn reuse(
+    class: &StorageClass,
+    pattern: Option<&str>,
+    path: &VolumePath,
+) -> Result<Result<Existing, ReuseRule>, Refusal> {
+    let annotations = class.metadata.annotations.as_ref();
+    let allowed = match annotations.and_then(|a| a.get(REUSE_EXISTING)) {
+        None => false,
+        Some(value) => parse_go_bool(value).ok_or_else(|| Refusal::ReuseAnnotation(value.clone()))?,
+    };
+    if !allowed {
+        return Ok(Ok(Existing::Refuse));
+    }
+    if let Some(pattern) = pattern
+        && !naming::pattern_fixes_namespace(pattern)
+    {
+        return Ok(Err(ReuseRule::NamespaceNotFixed(pattern.to_owned())));
+    }
+    if let Some(archive) = path.components().iter().find(|c| c.starts_with("archived-")) {
+        return Ok(Err(ReuseRule::Archive(archive.clone())));
+    }
+    Ok(Ok(Existing::Reuse))
 }
 
 /// Refuses a directory equal to, inside, or around the directory of another live volume, so two
@@ -311,6 +415,79 @@ mod tests {
         }
     }
 
+    fn pre_bound(claim_ref: (&str, &str, Option<&str>)) -> PersistentVolume {
+        PersistentVolume {
+            metadata: ObjectMeta {
+                name: Some("admins-pv".into()),
+                ..Default::default()
+            },
+            spec: Some(k8s_openapi::api::core::v1::PersistentVolumeSpec {
+                claim_ref: Some(k8s_openapi::api::core::v1::ObjectReference {
+                    namespace: Some(claim_ref.0.into()),
+                    name: Some(claim_ref.1.into()),
+                    uid: claim_ref.2.map(Into::into),
+                    ..Default::default()
+                }),
+                ..Default::default()
+            }),
+            status: None,
+        }
+    }
+
+    #[test]
+    fn a_volume_pre_bound_to_the_claim_is_found() {
+        let c = claim();
+        let found = |pv: PersistentVolume| pre_bound_volume(&c, [&pv]).map(str::to_owned);
+        assert_eq!(
+            found(pre_bound(("team", "data", None))).as_deref(),
+            Some("admins-pv")
+        );
+        assert_eq!(
+            found(pre_bound(("team", "data", Some("")))).as_deref(),
+            Some("admins-pv")
+        );
+        assert_eq!(
+            found(pre_bound(("team", "data", Some("1234")))).as_deref(),
+            Some("admins-pv")
+        );
+        assert_eq!(
+            found(pre_bound(("team", "data", Some("old-uid")))),
+            None,
+            "an earlier claim's"
+        );
+        assert_eq!(found(pre_bound(("other", "data", None))), None);
+        assert_eq!(found(pre_bound(("team", "other", None))), None);
+        let mut ours = pre_bound(("team", "data", Some("1234")));
+        ours.metadata.name = Some("pvc-1234".into());
+        assert_eq!(found(ours), None, "our own PV is not pre-bound");
+        let mut deleting = pre_bound(("team", "data", None));
+        deleting.metadata.deletion_timestamp = Some(Time(Default::default()));
+        assert_eq!(found(deleting), None);
+    }
+
+    #[test]
+    fn a_young_claim_waits_out_the_grace_and_no_longer() {
+        let mut c = claim();
+        let created: Timestamp = "2026-01-01T00:00:00Z".parse().unwrap();
+        c.metadata.creation_timestamp = Some(Time(created));
+        let at = |ms: i64| {
+            created
+                .checked_add(k8s_openapi::jiff::SignedDuration::from_millis(ms))
+                .unwrap()
+        };
+        assert_eq!(grace_left(&c, at(0)), Some(PRE_BOUND_GRACE));
+        assert_eq!(grace_left(&c, at(300)), Some(Duration::from_millis(700)));
+        assert_eq!(grace_left(&c, at(1000)), None);
+        assert_eq!(grace_left(&c, at(60_000)), None);
+        assert_eq!(
+            grace_left(&c, at(-5000)),
+            Some(PRE_BOUND_GRACE),
+            "a clock behind waits no longer than the grace"
+        );
+        c.metadata.creation_timestamp = None;
+        assert_eq!(grace_left(&c, at(0)), None);
+    }
+
     #[test]
     fn the_resync_looks_at_unbound_claims_handed_to_us_only() {
         assert!(awaits_provisioner(&claim(), ME));
@@ -324,6 +501,43 @@ mod tests {
         let mut not_handed_over = claim();
         not_handed_over.metadata.annotations = None;
         assert!(!awaits_provisioner(&not_handed_over, ME));
+    }
+
+    fn reusing(params: &[(&str, &str)], value: &str) -> StorageClass {
+        let mut class = class(params);
+        class.metadata.annotations = Some(BTreeMap::from([(REUSE_EXISTING.into(), value.into())]));
+        class
+    }
+
+    #[test]
+    fn reuse_only_where_the_class_allows_it_and_the_path_is_this_namespaces() {
+        let fixed = [("pathPattern", "${.PVC.namespace}/${.PVC.name}")];
+        let p = plan(decide_with(&claim(), Some(&class(&fixed))));
+        assert_eq!(
+            (p.existing, p.reuse_refused),
+            (Existing::Refuse, None),
+            "off by default"
+        );
+        let p = plan(decide_with(&claim(), Some(&reusing(&fixed, "true"))));
+        assert_eq!((p.existing, p.reuse_refused), (Existing::Reuse, None));
+        let p = plan(decide_with(&claim(), Some(&reusing(&[], "true"))));
+        assert_eq!(p.existing, Existing::Reuse, "the default path holds the PV name");
+        let p = plan(decide_with(&claim(), Some(&reusing(&fixed, "false"))));
+        assert_eq!(p.existing, Existing::Refuse);
+
+        let loose = [("pathPattern", "${.PVC.namespace}-${.PVC.name}")];
+        let p = plan(decide_with(&claim(), Some(&reusing(&loose, "true"))));
+        assert_eq!(p.existing, Existing::Refuse);
+        assert!(matches!(p.reuse_refused, Some(ReuseRule::NamespaceNotFixed(_))));
+        let archive = [("pathPattern", "${.PVC.namespace}/archived-${.PVC.name}")];
+        let p = plan(decide_with(&claim(), Some(&reusing(&archive, "true"))));
+        assert_eq!(p.existing, Existing::Refuse);
+        assert_eq!(p.reuse_refused, Some(ReuseRule::Archive("archived-data".into())));
+
+        assert_eq!(
+            decide_with(&claim(), Some(&reusing(&fixed, "yes please"))),
+            ClaimDecision::Refuse(Refusal::ReuseAnnotation("yes please".into()))
+        );
     }
 
     #[test]

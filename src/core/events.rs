@@ -79,6 +79,59 @@ pub fn delete_failed(error: &dyn Display) -> UserEvent {
     event(true, "VolumeFailedDelete", "Delete", format!("{error}"))
 }
 
+/// external-resizer's three reasons and notes, so resize alerts and dashboards carry over.
+pub fn resizing(pv: &str) -> UserEvent {
+    event(
+        false,
+        "Resizing",
+        "Resize",
+        format!("External resizer is resizing volume {pv}"),
+    )
+}
+
+pub fn resized(pv: &str, capacity: &str) -> UserEvent {
+    event(
+        false,
+        "VolumeResizeSuccessful",
+        "Resize",
+        format!("Resize volume succeeded: {pv} holds {capacity}"),
+    )
+}
+
+pub fn resize_failed(pv: &str, error: &dyn Display) -> UserEvent {
+    event(
+        true,
+        "VolumeResizeFailed",
+        "Resize",
+        format!("resize volume {pv:?} failed: {error}"),
+    )
+}
+
+/// A claim an existing PV is pre-bound to: kube-controller-manager binds the two.
+pub fn waiting_for_pre_bound(pv: &str) -> UserEvent {
+    event(
+        false,
+        "WaitingForPreBoundVolume",
+        "Provision",
+        format!(
+            "PersistentVolume {pv} is pre-bound to this claim (spec.claimRef); nothing is provisioned, \
+             kube-controller-manager binds the two"
+        ),
+    )
+}
+
+pub fn reused(pv: &str, directory: &dyn Display) -> UserEvent {
+    event(
+        false,
+        "ProvisioningSucceeded",
+        "Provision",
+        format!(
+            "Successfully provisioned volume {pv} in the existing directory {directory} (reused, as the \
+             StorageClass allows; its contents, owner and mode are as they were)"
+        ),
+    )
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -98,5 +151,9 @@ mod tests {
         assert_eq!(provisioned("pvc-1", &"d").reason, "ProvisioningSucceeded");
         assert_eq!(delete_failed(&"x").reason, "VolumeFailedDelete");
         assert_eq!(archived(&"d", "archived-d").reason, "VolumeArchived");
+        assert_eq!(resizing("pvc-1").reason, "Resizing");
+        assert_eq!(resized("pvc-1", "5Mi").reason, "VolumeResizeSuccessful");
+        let failed = resize_failed("pvc-1", &"denied");
+        assert!(failed.warning && failed.reason == "VolumeResizeFailed");
     }
 }

@@ -9,6 +9,8 @@
 //!                 (server, share, mountOptions) ─ export::{Export, Access}: which export, reached how
 //!
 //!   PersistentVolume (Released) ──(volume::decide)──► Release { path, Archive | Delete | Retain }
+//!                    (Bound)    ──(volume::decide)──► Protect | Unprotect (the finalizer)
+//!   bound claim + its PV ──(resize::decide)──► Grow { to } | Finish { capacity }
 //!   Lease record ──(lease::decide)──► Create | Acquire | Renew | Wait
 //!   outcome ──(events)──► Kubernetes Event (reason, note) for users
 //! ```
@@ -21,6 +23,8 @@ pub mod lease;
 pub mod naming;
 pub mod params;
 pub mod pv;
+pub mod quantity;
+pub mod resize;
 pub mod staging;
 pub mod volume;
 

@@ -381,6 +381,22 @@ fn tokenise(pattern: &str) -> Result<Vec<Vec<Piece<'_>>>, PathError> {
     Ok(components)
 }
 
+/// Whether every directory `pattern` renders belongs to one namespace: a path component that is
+/// the namespace alone (a namespace name has no '/', so no other namespace renders the same
+/// component), or the PV's name (`pvc-<uid>`, unique to the claim) anywhere. Only such patterns
+/// may reuse an existing directory. `${.PVC.namespace}-${.PVC.name}` does not qualify: claim
+/// `b-c` in namespace `a` and claim `c` in namespace `a-b` both render `a-b-c`.
+pub fn pattern_fixes_namespace(pattern: &str) -> bool {
+    tokenise(pattern).is_ok_and(|components| {
+        components.iter().any(|pieces| {
+            matches!(pieces.as_slice(), [Piece::Value(Placeholder::Namespace)])
+                || pieces
+                    .iter()
+                    .any(|p| matches!(p, Piece::Value(Placeholder::PvName)))
+        })
+    })
+}
+
 /// Renders a StorageClass pathPattern.
 ///
 /// nfs-subdir cleaned the rendered string with filepath.Join, which is what let a crafted value land
@@ -557,6 +573,22 @@ pub fn find_overlap<'a>(
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn only_a_namespace_component_of_its_own_or_the_pv_name_fixes_the_namespace() {
+        use super::pattern_fixes_namespace as fixes;
+        assert!(fixes("${.PVC.namespace}/${.PVC.name}"));
+        assert!(fixes("/${.PVC.namespace}/data/${.PVC.name}/"));
+        assert!(fixes(
+            "vols/${.PVC.namespace}/${.PVC.annotations.nfs.io/storage-path}"
+        ));
+        assert!(fixes("${.PVC.name}-${.PV.name}"));
+        assert!(!fixes("${.PVC.namespace}-${.PVC.name}"), "a-b + c = a + b-c");
+        assert!(!fixes("${.PVC.name}"));
+        assert!(!fixes("ns${.PVC.namespace}/${.PVC.name}"));
+        assert!(!fixes("${.PVC.labels.team}/${.PVC.name}"));
+        assert!(!fixes("${.PVC.namespace"), "not a pattern");
+    }
+
     use super::*;
     use proptest::prelude::*;
 

@@ -11,7 +11,7 @@ use k8s_openapi::api::storage::v1::StorageClass;
 use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 
-use crate::core::annotations::{DIRECTORY, ON_DELETE, PROVISIONED_BY};
+use crate::core::annotations::{DIRECTORY, FINALIZER, ON_DELETE, PROVISIONED_BY};
 use crate::core::naming::{VolumePath, server_path};
 use crate::core::params::OnDelete;
 
@@ -36,10 +36,18 @@ pub fn build(input: &PvInputs<'_>) -> PersistentVolume {
         (DIRECTORY.to_owned(), input.path.to_string()),
         (ON_DELETE.to_owned(), input.on_delete.as_str().to_owned()),
     ]);
+    let reclaim_policy = input
+        .class
+        .reclaim_policy
+        .clone()
+        .unwrap_or_else(|| "Delete".into());
+    // Deletion protection from the start: the PV cannot go before its directory is released.
+    let finalizers = (reclaim_policy == "Delete").then(|| vec![FINALIZER.to_owned()]);
     PersistentVolume {
         metadata: ObjectMeta {
             name: Some(input.name.to_owned()),
             annotations: Some(annotations),
+            finalizers,
             ..Default::default()
         },
         spec: Some(PersistentVolumeSpec {
@@ -60,13 +68,7 @@ pub fn build(input: &PvInputs<'_>) -> PersistentVolume {
                 path: server_path(&input.export.path, input.path),
                 read_only: None,
             }),
-            persistent_volume_reclaim_policy: Some(
-                input
-                    .class
-                    .reclaim_policy
-                    .clone()
-                    .unwrap_or_else(|| "Delete".into()),
-            ),
+            persistent_volume_reclaim_policy: Some(reclaim_policy),
             storage_class_name: input.class.metadata.name.clone(),
             volume_mode: Some("Filesystem".into()),
             ..Default::default()
@@ -133,6 +135,7 @@ mod tests {
         let claim_ref = spec.claim_ref.unwrap();
         assert_eq!(claim_ref.uid.as_deref(), Some("u1"));
         assert_eq!(claim_ref.namespace.as_deref(), Some("team"));
+        assert_eq!(pv.metadata.finalizers, None, "a Retain volume is not protected");
         let annotations = pv.metadata.annotations.unwrap();
         assert_eq!(annotations[ON_DELETE], "retain");
         assert_eq!(annotations[DIRECTORY], "team/data");
@@ -157,5 +160,6 @@ mod tests {
             pv.spec.unwrap().persistent_volume_reclaim_policy.as_deref(),
             Some("Delete")
         );
+        assert_eq!(pv.metadata.finalizers, Some(vec![FINALIZER.to_owned()]));
     }
 }

@@ -127,10 +127,23 @@ impl AtTarget {
     }
 }
 
+/// What creating a volume does with a directory already at its path that it did not make.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Existing {
+    /// Refused as taken: the default, as nobody else's data may become a new volume.
+    Refuse,
+    /// Taken as it is, contents, owner and mode unchanged: the StorageClass allows it, for
+    /// directories that only this claim could have rendered (the claim layer checks that).
+    Reuse,
+}
+
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Staging {
     /// This volume's own earlier attempt placed it: done.
     Adopt,
+    /// A directory this volume did not make is at the path, and may be reused: done, and a
+    /// record of an earlier attempt (if any) is dropped once the PV exists.
+    Reuse,
     /// No record: build one, then place its directory.
     Build,
     /// The record's directory was placed and removed by someone since: drop it, build anew.
@@ -152,8 +165,18 @@ pub enum StagingRefusal {
     StagedElsewhere { recorded: Vec<String> },
 }
 
-/// What creating `requested` does, given the volume's record (if any) and what is at the path.
-pub fn decide(requested: &[String], record: Option<&Record>, at: AtTarget) -> Staging {
+/// What creating `requested` does, given the volume's record (if any), what is at the path and
+/// whether an existing directory may be reused.
+pub fn decide(requested: &[String], record: Option<&Record>, at: AtTarget, existing: Existing) -> Staging {
+    use Staging::*;
+    use StagingRefusal::*;
+    match (decide_exclusive(requested, record, at), existing) {
+        (Refuse(Taken), Existing::Reuse) => Reuse,
+        (decision, _) => decision,
+    }
+}
+
+fn decide_exclusive(requested: &[String], record: Option<&Record>, at: AtTarget) -> Staging {
     use Staging::*;
     use StagingRefusal::*;
     match (record, at) {
@@ -236,8 +259,51 @@ mod tests {
             (Some(record("ns/b", false, false)), Nothing, elsewhere),
         ];
         for (record, at, want) in table {
-            assert_eq!(decide(&p("ns/a"), record.as_ref(), at), want, "{record:?} {at:?}");
+            assert_eq!(
+                decide(&p("ns/a"), record.as_ref(), at, Existing::Refuse),
+                want,
+                "{record:?} {at:?}"
+            );
         }
+    }
+
+    #[test]
+    fn reuse_takes_a_directory_that_would_be_refused_as_taken_and_nothing_else() {
+        use AtTarget::{Nothing, Other};
+        let staged = record("ns/a", false, false);
+        let placing = record("ns/a", false, true);
+        let placed = record("ns/a", true, false);
+        for (record, at) in [
+            (None, Nothing),
+            (None, Other),
+            (None, OURS),
+            (Some(staged.clone()), Nothing),
+            (Some(staged), FOREIGN),
+            (Some(placing.clone()), CLAIM),
+            (Some(placing), Other),
+            (Some(placed.clone()), OURS),
+            (Some(placed.clone()), FOREIGN),
+            (Some(placed), Nothing),
+            (Some(record("ns/b", true, false)), OURS),
+        ] {
+            let exclusive = decide(&p("ns/a"), record.as_ref(), at, Existing::Refuse);
+            let want = if exclusive == Staging::Refuse(StagingRefusal::Taken) {
+                Staging::Reuse
+            } else {
+                exclusive
+            };
+            assert_eq!(
+                decide(&p("ns/a"), record.as_ref(), at, Existing::Reuse),
+                want,
+                "{record:?} {at:?}"
+            );
+        }
+        assert_eq!(decide(&p("ns/a"), None, OURS, Existing::Reuse), Staging::Reuse);
+        assert_eq!(
+            decide(&p("ns/a"), None, Other, Existing::Reuse),
+            Staging::Refuse(StagingRefusal::NotADirectory),
+            "never a symlink or a file"
+        );
     }
 
     #[test]
@@ -246,7 +312,10 @@ mod tests {
             inode: None,
             ..record("a", true, false)
         };
-        assert_eq!(decide(&p("a"), Some(&old), FOREIGN), Staging::Adopt);
+        assert_eq!(
+            decide(&p("a"), Some(&old), FOREIGN, Existing::Refuse),
+            Staging::Adopt
+        );
     }
 
     #[test]

@@ -2,11 +2,16 @@
 //! (plus the StorageClass, only for volumes made by nfs-subdir-external-provisioner, which recorded
 //! nothing). The recorded directory is re-validated against the configured export before anything
 //! is touched: a forged or foreign PV is left alone.
+//!
+//! Deletion protection (KEP-2644, as sig-storage-lib-external-provisioner does it): a PV of ours
+//! with reclaim policy Delete carries [`FINALIZER`] while it is bound, so a PV deleted before its
+//! claim waits, Terminating, until the claim is gone and its directory is released; a PV whose
+//! policy became Retain loses it.
 
 use k8s_openapi::api::core::v1::PersistentVolume;
 use k8s_openapi::api::storage::v1::StorageClass;
 
-use crate::core::annotations::{DIRECTORY, ON_DELETE, PROVISIONED_BY};
+use crate::core::annotations::{DIRECTORY, FINALIZER, ON_DELETE, PROVISIONED_BY};
 use crate::core::export::{Access, OptionsError, client_options};
 use crate::core::naming::{PathError, VolumePath, relative_to_export};
 use crate::core::params::OnDelete;
@@ -18,12 +23,20 @@ pub enum VolumeDecision {
     /// Ours by annotation but not safe to touch: a Warning Event, the PV and directory stay.
     Refuse(VolumeRefusal),
     Release(ReleasePlan),
+    /// Bound with reclaim policy Delete and not protected yet: add [`FINALIZER`].
+    Protect,
+    /// Protected, but the reclaim policy is not Delete (any more): remove [`FINALIZER`], keep the
+    /// directory.
+    Unprotect,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum VolumeSkip {
     NotOurs,
+    /// Being deleted without our finalizer: Kubernetes removes it, nothing of ours holds it.
     Deleting,
+    /// Being deleted while its claim still holds it: released once the claim is gone.
+    DeletingWhileBound,
     NotReleased,
     /// reclaimPolicy Retain (or Recycle): Kubernetes keeps the PV and so do we.
     ReclaimPolicyNotDelete,
@@ -55,6 +68,8 @@ pub struct ReleasePlan {
     pub action: OnDelete,
     /// Made by nfs-subdir-external-provisioner (no records of ours): policy came from the class.
     pub legacy: bool,
+    /// The PV carries [`FINALIZER`], to be removed once the directory is released.
+    pub protected: bool,
 }
 
 pub fn is_ours(pv: &PersistentVolume, provisioner: &str) -> bool {
@@ -65,12 +80,59 @@ pub fn is_ours(pv: &PersistentVolume, provisioner: &str) -> bool {
         .is_some_and(|p| p == provisioner)
 }
 
-/// A PV of ours that its claim has released and that is not being deleted: the release
-/// controller has work on it. What the periodic resync re-examines.
+pub fn is_protected(pv: &PersistentVolume) -> bool {
+    pv.metadata
+        .finalizers
+        .as_ref()
+        .is_some_and(|f| f.iter().any(|f| f == FINALIZER))
+}
+
+/// The PV's finalizers with ours added (`protect`) or removed, the others as they were.
+pub fn finalizers(pv: &PersistentVolume, protect: bool) -> Vec<String> {
+    let mut finalizers: Vec<String> = pv
+        .metadata
+        .finalizers
+        .iter()
+        .flatten()
+        .filter(|f| *f != FINALIZER)
+        .cloned()
+        .collect();
+    if protect {
+        finalizers.push(FINALIZER.to_owned());
+    }
+    finalizers
+}
+
+/// The part of [`decide_among`] that reads the PV's state only: `Ok(protected)` when the volume
+/// is released and its directory is to be released too, else what to do instead.
+fn lifecycle(pv: &PersistentVolume, provisioner: &str) -> Result<bool, VolumeDecision> {
+    use VolumeDecision::{Protect, Skip, Unprotect};
+    if !is_ours(pv, provisioner) {
+        return Err(Skip(VolumeSkip::NotOurs));
+    }
+    let protected = is_protected(pv);
+    let deleting = pv.metadata.deletion_timestamp.is_some();
+    let phase = pv.status.as_ref().and_then(|s| s.phase.as_deref());
+    let reclaim_delete = pv
+        .spec
+        .as_ref()
+        .and_then(|s| s.persistent_volume_reclaim_policy.as_deref())
+        == Some("Delete");
+    match (deleting, protected, reclaim_delete, phase) {
+        (true, false, _, _) => Err(Skip(VolumeSkip::Deleting)),
+        (_, true, false, _) => Err(Unprotect),
+        (false, false, true, Some("Bound")) => Err(Protect),
+        (_, _, true, Some("Released")) => Ok(protected),
+        (true, true, true, _) => Err(Skip(VolumeSkip::DeletingWhileBound)),
+        (false, _, false, Some("Released")) => Err(Skip(VolumeSkip::ReclaimPolicyNotDelete)),
+        (false, _, _, _) => Err(Skip(VolumeSkip::NotReleased)),
+    }
+}
+
+/// A PV of ours with work for the volume controller: released (and not deleted by anyone but
+/// us), or its protection to change. What the periodic resync re-examines.
 pub fn awaits_release(pv: &PersistentVolume, provisioner: &str) -> bool {
-    is_ours(pv, provisioner)
-        && pv.metadata.deletion_timestamp.is_none()
-        && pv.status.as_ref().and_then(|s| s.phase.as_deref()) == Some("Released")
+    !matches!(lifecycle(pv, provisioner), Err(VolumeDecision::Skip(_)))
 }
 
 /// The directory of a PV in our export, whoever made it; `None` for PVs elsewhere.
@@ -102,21 +164,13 @@ pub fn decide_among(
     served: &[Export],
     class: Option<&StorageClass>,
 ) -> VolumeDecision {
-    use VolumeDecision::{Refuse, Skip};
+    use VolumeDecision::Refuse;
 
-    if !is_ours(pv, provisioner) {
-        return Skip(VolumeSkip::NotOurs);
-    }
-    if pv.metadata.deletion_timestamp.is_some() {
-        return Skip(VolumeSkip::Deleting);
-    }
-    if pv.status.as_ref().and_then(|s| s.phase.as_deref()) != Some("Released") {
-        return Skip(VolumeSkip::NotReleased);
-    }
+    let protected = match lifecycle(pv, provisioner) {
+        Ok(protected) => protected,
+        Err(decision) => return decision,
+    };
     let spec = pv.spec.clone().unwrap_or_default();
-    if spec.persistent_volume_reclaim_policy.as_deref() != Some("Delete") {
-        return Skip(VolumeSkip::ReclaimPolicyNotDelete);
-    }
     let Some(nfs) = spec.nfs else {
         return Refuse(VolumeRefusal::NotNfs);
     };
@@ -198,6 +252,7 @@ pub fn decide_among(
         path,
         action,
         legacy,
+        protected,
     })
 }
 
@@ -272,7 +327,7 @@ mod tests {
             "the Go provisioner's volumes too"
         );
         assert!(!awaits_release(&ours("delete"), "other.example.com/nfs"));
-        let mut bound = ours("delete");
+        let mut bound = protected(ours("delete"));
         bound.status.as_mut().unwrap().phase = Some("Bound".into());
         assert!(!awaits_release(&bound, ME));
         let mut deleting = ours("delete");
@@ -310,12 +365,98 @@ mod tests {
 
     #[test]
     fn skip_volume_that_is_not_released() {
-        let mut pv = ours("delete");
+        let mut pv = protected(ours("delete"));
         pv.status.as_mut().unwrap().phase = Some("Bound".into());
         assert_eq!(
             decide(&pv, ME, &export(), None),
             VolumeDecision::Skip(VolumeSkip::NotReleased)
         );
+    }
+
+    fn protected(mut pv: PersistentVolume) -> PersistentVolume {
+        pv.metadata.finalizers = Some(vec!["kubernetes.io/pv-protection".into(), FINALIZER.into()]);
+        pv
+    }
+
+    fn with(mut pv: PersistentVolume, phase: &str, policy: &str, deleting: bool) -> PersistentVolume {
+        pv.status.as_mut().unwrap().phase = Some(phase.into());
+        pv.spec.as_mut().unwrap().persistent_volume_reclaim_policy = Some(policy.into());
+        if deleting {
+            pv.metadata.deletion_timestamp = Some(Time(Default::default()));
+        }
+        pv
+    }
+
+    #[test]
+    fn a_bound_volume_with_policy_delete_is_protected_and_one_with_retain_is_not() {
+        let decide = |pv: &PersistentVolume| decide(pv, ME, &export(), None);
+        assert_eq!(
+            decide(&with(ours("delete"), "Bound", "Delete", false)),
+            VolumeDecision::Protect
+        );
+        assert_eq!(
+            decide(&with(legacy_pv(), "Bound", "Delete", false)),
+            VolumeDecision::Protect,
+            "the Go provisioner's volumes too"
+        );
+        assert_eq!(
+            decide(&with(protected(ours("delete")), "Bound", "Retain", false)),
+            VolumeDecision::Unprotect
+        );
+        assert_eq!(
+            decide(&with(protected(ours("delete")), "Bound", "Retain", true)),
+            VolumeDecision::Unprotect,
+            "a Retain volume being deleted goes, its directory stays"
+        );
+        assert_eq!(
+            decide(&with(ours("delete"), "Bound", "Retain", false)),
+            VolumeDecision::Skip(VolumeSkip::NotReleased)
+        );
+        assert_eq!(
+            decide(&with(ours("delete"), "Available", "Delete", false)),
+            VolumeDecision::Skip(VolumeSkip::NotReleased),
+            "protection starts once bound, as sig-storage-lib does"
+        );
+        let mut other = with(ours("delete"), "Bound", "Delete", false);
+        other
+            .metadata
+            .annotations
+            .as_mut()
+            .unwrap()
+            .insert(PROVISIONED_BY.into(), "x".into());
+        assert_eq!(decide(&other), VolumeDecision::Skip(VolumeSkip::NotOurs));
+        assert!(awaits_release(
+            &with(ours("delete"), "Bound", "Delete", false),
+            ME
+        ));
+        assert!(!awaits_release(
+            &with(protected(ours("delete")), "Bound", "Delete", false),
+            ME
+        ));
+    }
+
+    #[test]
+    fn a_protected_volume_deleted_before_its_claim_waits_then_is_released() {
+        let bound = with(protected(ours("archive")), "Bound", "Delete", true);
+        assert_eq!(
+            decide(&bound, ME, &export(), None),
+            VolumeDecision::Skip(VolumeSkip::DeletingWhileBound)
+        );
+        assert!(!awaits_release(&bound, ME));
+        let released = with(protected(ours("archive")), "Released", "Delete", true);
+        let plan = release(&released, None);
+        assert_eq!(plan.action, OnDelete::Archive);
+        assert!(plan.protected);
+        assert!(awaits_release(&released, ME));
+        assert!(!release(&ours("archive"), None).protected);
+    }
+
+    #[test]
+    fn finalizers_change_only_ours() {
+        let pv = protected(ours("delete"));
+        assert_eq!(finalizers(&pv, false), ["kubernetes.io/pv-protection"]);
+        assert_eq!(finalizers(&pv, true), ["kubernetes.io/pv-protection", FINALIZER]);
+        assert_eq!(finalizers(&ours("delete"), true), [FINALIZER]);
     }
 
     #[test]

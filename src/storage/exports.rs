@@ -19,6 +19,7 @@ use crate::config::Config;
 use crate::core::export::{Access, ClientOptions, Export};
 use crate::core::naming::VolumePath;
 use crate::core::params::DirMode;
+use crate::core::staging::Existing;
 use crate::health::{ExportStatus, Health};
 use crate::metrics::Metrics;
 
@@ -122,12 +123,14 @@ impl Storage {
         pv_name: &str,
         path: &VolumePath,
         dir: DirMode,
+        existing: Existing,
     ) -> Result<Created, StorageFailure> {
         self.run(
             "create directory",
             path.to_string(),
             self.limits.timeout,
-            self.backend.create_volume(pv_name, path.components(), dir),
+            self.backend
+                .create_volume(pv_name, path.components(), dir, existing),
         )
         .await
     }

@@ -28,6 +28,7 @@ pub mod walker;
 #[cfg(test)]
 mod faults;
 
+pub use crate::core::staging::Existing;
 pub use error::{Refusal, StorageFailure};
 pub use exports::{Exports, Limits, Storage};
 pub use protocol::{Archived, Backend, Created, Removed, Volumes};

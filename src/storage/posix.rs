@@ -35,7 +35,7 @@ use super::transport::{
     At, Capacity, Entry, Kind, Made, Move, Opened, Page, ReadFile, Renamed, Stat, Transport, Unlinked,
 };
 use crate::core::params::DirMode;
-use crate::core::staging::{CLAIM_MODE, RECORD_FILE_MAX};
+use crate::core::staging::{CLAIM_MODE, Existing, RECORD_FILE_MAX};
 
 /// Threads the mounted export may occupy at once unless more are asked for. Enough for the
 /// controllers' parallel work; bounded so a hung mount cannot exhaust the blocking pool.
@@ -565,10 +565,16 @@ impl MountedExport {
 }
 
 impl Backend for MountedExport {
-    fn create_volume<'a>(&'a self, pv: &'a str, path: &'a [String], dir: DirMode) -> OpFuture<'a, Created> {
+    fn create_volume<'a>(
+        &'a self,
+        pv: &'a str,
+        path: &'a [String],
+        dir: DirMode,
+        existing: Existing,
+    ) -> OpFuture<'a, Created> {
         let (pv, path) = (pv.to_owned(), path.to_vec());
         self.on_a_thread("create directory", move |v| async move {
-            v.create(&pv, &path, dir).await
+            v.create(&pv, &path, dir, existing).await
         })
     }
 
@@ -704,7 +710,10 @@ mod tests {
             let path = vec![name.clone()];
             let pv = format!("pv-{dirs}");
             assert_eq!(
-                export.create_volume(&pv, &path, mode).await.unwrap(),
+                export
+                    .create_volume(&pv, &path, mode, Existing::Refuse)
+                    .await
+                    .unwrap(),
                 Created::New
             );
             export.finish_volume(&pv).await.unwrap();

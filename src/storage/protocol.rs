@@ -19,8 +19,8 @@ use super::walker::{TreeStats, Walker};
 use crate::core::naming::{archive_name, check_single_component};
 use crate::core::params::DirMode;
 use crate::core::staging::{
-    self, AtTarget, INODE_FILE, MAX_ARCHIVE_ATTEMPTS, PLACING_FILE, PROBE_PREFIX, Record, STAGING_DIR,
-    Staging, StagingRefusal, TARGET_FILE, VOL_DIR, staging_path, tmp_name,
+    self, AtTarget, Existing, INODE_FILE, MAX_ARCHIVE_ATTEMPTS, PLACING_FILE, PROBE_PREFIX, Record,
+    STAGING_DIR, Staging, StagingRefusal, TARGET_FILE, VOL_DIR, staging_path, tmp_name,
 };
 
 const S_ISGID: u32 = 0o2000;
@@ -32,6 +32,8 @@ pub enum Created {
     New,
     /// This claim's own earlier, interrupted attempt had already placed the directory.
     Adopted,
+    /// A directory that was already there, taken as it is ([`Existing::Reuse`]).
+    Reused,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -62,7 +64,13 @@ pub type OpFuture<'a, T> = BoxFuture<'a, StorageResult<T>>;
 
 /// The volume operations of one export, whichever transport reaches it.
 pub trait Backend: Send + Sync {
-    fn create_volume<'a>(&'a self, pv: &'a str, path: &'a [String], dir: DirMode) -> OpFuture<'a, Created>;
+    fn create_volume<'a>(
+        &'a self,
+        pv: &'a str,
+        path: &'a [String],
+        dir: DirMode,
+        existing: Existing,
+    ) -> OpFuture<'a, Created>;
     /// Drops the staging record of `pv` (once its PV exists). Idempotent.
     fn finish_volume<'a>(&'a self, pv: &'a str) -> OpFuture<'a, ()>;
     /// The volumes with something in the staging area (a record, or a leftover of one).
@@ -145,8 +153,15 @@ struct Loaded<D> {
 
 impl<T: Transport> Volumes<T> {
     /// Creates the directory for `pv` at `path` exclusively, with exactly `dir`'s mode and owner.
-    /// An existing directory there is adopted only if it is this volume's own earlier attempt.
-    pub async fn create(&self, pv: &str, path: &[String], dir: DirMode) -> StorageResult<Created> {
+    /// An existing directory there is adopted if it is this volume's own earlier attempt, reused
+    /// as it is if `existing` says so, and refused otherwise.
+    pub async fn create(
+        &self,
+        pv: &str,
+        path: &[String],
+        dir: DirMode,
+        existing: Existing,
+    ) -> StorageResult<Created> {
         const OP: &str = "create directory";
         check_pv(OP, pv)?;
         check_path(OP, path)?;
@@ -176,9 +191,10 @@ impl<T: Transport> Volumes<T> {
                 Some(_) => AtTarget::Other,
             },
         };
-        let decision = staging::decide(path, loaded.as_ref().map(|l| &l.record), at_target);
+        let decision = staging::decide(path, loaded.as_ref().map(|l| &l.record), at_target, existing);
         let (record, vol) = match (decision, loaded) {
             (Staging::Adopt, _) => return Ok(Created::Adopted),
+            (Staging::Reuse, _) => return Ok(Created::Reused),
             (Staging::Refuse(refusal), _) => {
                 return Err(match refusal {
                     StagingRefusal::Taken => Refusal::Taken { path: vol_path },
@@ -701,8 +717,14 @@ impl<T: Transport> Volumes<T> {
 }
 
 impl<T: Transport> Backend for Volumes<T> {
-    fn create_volume<'a>(&'a self, pv: &'a str, path: &'a [String], dir: DirMode) -> OpFuture<'a, Created> {
-        Box::pin(self.create(pv, path, dir))
+    fn create_volume<'a>(
+        &'a self,
+        pv: &'a str,
+        path: &'a [String],
+        dir: DirMode,
+        existing: Existing,
+    ) -> OpFuture<'a, Created> {
+        Box::pin(self.create(pv, path, dir, existing))
     }
 
     fn finish_volume<'a>(&'a self, pv: &'a str) -> OpFuture<'a, ()> {
@@ -812,7 +834,9 @@ mod tests {
         let steps = primitives(
             |_| {},
             |v| async move {
-                v.create("pv-1", &p("ns/a-vol"), MODE).await.unwrap();
+                v.create("pv-1", &p("ns/a-vol"), MODE, Existing::Refuse)
+                    .await
+                    .unwrap();
                 v.transport().calls()
             },
         )
@@ -822,11 +846,14 @@ mod tests {
             let tmp = tempfile::tempdir().unwrap();
             let crashed = Volumes::new(Faulty::crash_at(posix(tmp.path()), crash));
             assert!(
-                crashed.create("pv-1", &path, MODE).await.is_err(),
+                crashed
+                    .create("pv-1", &path, MODE, Existing::Refuse)
+                    .await
+                    .is_err(),
                 "crash at {crash}"
             );
             let retry = Volumes::new(posix(tmp.path()));
-            let created = retry.create("pv-1", &path, MODE).await;
+            let created = retry.create("pv-1", &path, MODE, Existing::Refuse).await;
             assert!(
                 matches!(created, Ok(Created::New | Created::Adopted)),
                 "crash at {crash}: {created:?}"
@@ -836,7 +863,10 @@ mod tests {
             assert_eq!(mode_of(&vol), 0o2770, "crash at {crash}");
             assert_eq!(names(&tmp.path().join("ns")), ["a-vol"], "crash at {crash}");
             // A second retry (the PV not yet seen) adopts; finishing leaves the staging area empty.
-            assert_eq!(retry.create("pv-1", &path, MODE).await.unwrap(), Created::Adopted);
+            assert_eq!(
+                retry.create("pv-1", &path, MODE, Existing::Refuse).await.unwrap(),
+                Created::Adopted
+            );
             retry.finish("pv-1").await.unwrap();
             assert!(names(&staging(tmp.path())).is_empty(), "crash at {crash}");
             assert_eq!(names(tmp.path()), [STAGING_DIR, "ns"], "crash at {crash}");
@@ -911,7 +941,10 @@ mod tests {
         let tmp = tempfile::tempdir().unwrap();
         let v = Volumes::new(posix(tmp.path()));
         record(tmp.path(), &format!("pv-1{TMP_SUFFIX}"), "elsewhere", true);
-        assert_eq!(v.create("pv-1", &p("vol"), MODE).await.unwrap(), Created::New);
+        assert_eq!(
+            v.create("pv-1", &p("vol"), MODE, Existing::Refuse).await.unwrap(),
+            Created::New
+        );
         assert_eq!(v.staged_target("pv-1").await.unwrap(), Some(p("vol")));
         assert!(!tmp.path().join("elsewhere").exists());
         assert_eq!(names(&staging(tmp.path())), ["pv-1"]);
@@ -923,7 +956,12 @@ mod tests {
         let v = Volumes::new(posix(tmp.path()));
         let rec = record(tmp.path(), "pv-1", "ns/vol", true);
         fs::write(rec.join("vol/kept"), b"from the first attempt").unwrap();
-        assert_eq!(v.create("pv-1", &p("ns/vol"), MODE).await.unwrap(), Created::New);
+        assert_eq!(
+            v.create("pv-1", &p("ns/vol"), MODE, Existing::Refuse)
+                .await
+                .unwrap(),
+            Created::New
+        );
         assert!(tmp.path().join("ns/vol/kept").exists());
         assert_eq!(mode_of(&tmp.path().join("ns/vol")), 0o2770);
     }
@@ -936,11 +974,22 @@ mod tests {
         let ino = fs::metadata(tmp.path().join("vol")).unwrap().ino();
         let rec = record(tmp.path(), "pv-1", "vol", false);
         fs::write(rec.join(INODE_FILE), format!("{}\n", ino + 1)).unwrap();
-        assert!(v.create("pv-1", &p("vol"), MODE).await.unwrap_err().is_taken());
+        assert!(
+            v.create("pv-1", &p("vol"), MODE, Existing::Refuse)
+                .await
+                .unwrap_err()
+                .is_taken()
+        );
         fs::write(rec.join(INODE_FILE), format!("{ino}\n")).unwrap();
-        assert_eq!(v.create("pv-1", &p("vol"), MODE).await.unwrap(), Created::Adopted);
+        assert_eq!(
+            v.create("pv-1", &p("vol"), MODE, Existing::Refuse).await.unwrap(),
+            Created::Adopted
+        );
         fs::remove_dir(tmp.path().join("vol")).unwrap();
-        assert_eq!(v.create("pv-1", &p("vol"), MODE).await.unwrap(), Created::New);
+        assert_eq!(
+            v.create("pv-1", &p("vol"), MODE, Existing::Refuse).await.unwrap(),
+            Created::New
+        );
         assert_eq!(mode_of(&tmp.path().join("vol")), 0o2770);
     }
 
@@ -949,7 +998,10 @@ mod tests {
         let tmp = tempfile::tempdir().unwrap();
         let v = Volumes::new(posix(tmp.path()));
         record(tmp.path(), "pv-1", "other", true);
-        let err = v.create("pv-1", &p("new/vol"), MODE).await.unwrap_err();
+        let err = v
+            .create("pv-1", &p("new/vol"), MODE, Existing::Refuse)
+            .await
+            .unwrap_err();
         assert_eq!(
             err.to_string(),
             "create directory new/vol for volume pv-1: an earlier attempt of this volume staged it for other"
@@ -965,9 +1017,17 @@ mod tests {
         fs::create_dir(&claim).unwrap();
         fs::set_permissions(&claim, fs::Permissions::from_mode(CLAIM_MODE)).unwrap();
         let rec = record(tmp.path(), "pv-1", "vol", true);
-        assert!(v.create("pv-1", &p("vol"), MODE).await.unwrap_err().is_taken());
+        assert!(
+            v.create("pv-1", &p("vol"), MODE, Existing::Refuse)
+                .await
+                .unwrap_err()
+                .is_taken()
+        );
         fs::write(rec.join(PLACING_FILE), b"").unwrap();
-        assert_eq!(v.create("pv-1", &p("vol"), MODE).await.unwrap(), Created::New);
+        assert_eq!(
+            v.create("pv-1", &p("vol"), MODE, Existing::Refuse).await.unwrap(),
+            Created::New
+        );
         assert_eq!(mode_of(&claim), 0o2770);
     }
 

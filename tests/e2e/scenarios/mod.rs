@@ -3,6 +3,7 @@
 
 pub mod direct;
 pub mod fixture;
+pub mod lifecycle;
 pub mod operations;
 pub mod provisioning;
 pub mod release;
@@ -18,5 +19,6 @@ pub fn trials() -> Vec<E2eTrial> {
     all.extend(operations::trials());
     all.extend(direct::trials());
     all.extend(watches::trials());
+    all.extend(lifecycle::trials());
     all
 }

@@ -179,8 +179,12 @@ impl ControlPlane {
 
         let kcm_args = vec![
             format!("--kubeconfig={}", kcm_kubeconfig.display()),
-            "--controllers=persistentvolume-binder,pv-protection,pvc-protection,namespace,serviceaccount,\
-             serviceaccount-token,garbagecollector"
+            // The storage controllers a provisioner works with (binding, protection, the
+            // expander that hands a growing claim to an external resizer), and the ones the
+            // trials' objects need: StatefulSets make claims, the garbage collector removes
+            // their pods.
+            "--controllers=persistentvolume-binder,persistentvolume-expander,pv-protection,pvc-protection,\
+             namespace,serviceaccount,serviceaccount-token,garbagecollector,statefulset"
                 .to_owned(),
             "--kube-api-qps=200".to_owned(),
             "--kube-api-burst=400".to_owned(),
