@@ -137,37 +137,22 @@ pub async fn delete_pv(
     }
 }
 
-/// Sets the PV's finalizers, only if it is still at `resource_version` (409 otherwise, and the
-/// caller retries from a fresher copy), so a finalizer someone else added meanwhile is never
-/// dropped. A PV that is gone needs none.
-pub async fn set_finalizers(
+/// Applies a merge patch to the PV: its size, or its finalizers (a patch with a resourceVersion
+/// fails with 409 if the PV changed meanwhile, and the caller retries from a fresher copy). A PV
+/// that is gone needs no patch.
+pub async fn patch_pv(
     api: &Api<PersistentVolume>,
     name: &str,
-    resource_version: Option<&str>,
-    finalizers: &[String],
+    patch: &serde_json::Value,
 ) -> Result<(), kube::Error> {
-    let patch = serde_json::json!({
-        "metadata": { "resourceVersion": resource_version, "finalizers": finalizers },
-    });
     match api
-        .patch(name, &PatchParams::default(), &Patch::Merge(&patch))
+        .patch(name, &PatchParams::default(), &Patch::Merge(patch))
         .await
     {
         Ok(_) => Ok(()),
         Err(e) if status_code(&e) == Some(404) => Ok(()),
         Err(e) => Err(e),
     }
-}
-
-/// Applies a merge patch to the PV (its size). Writing the same size again changes nothing.
-pub async fn patch_pv(
-    api: &Api<PersistentVolume>,
-    name: &str,
-    patch: &serde_json::Value,
-) -> Result<(), kube::Error> {
-    api.patch(name, &PatchParams::default(), &Patch::Merge(patch))
-        .await
-        .map(drop)
 }
 
 /// Applies a merge patch to the claim's status (its size once grown).

@@ -983,7 +983,7 @@ fn storage_classes_come_from_values() {
     assert_eq!(plain.parameters, None);
     assert_eq!(plain.reclaim_policy.as_deref(), Some("Delete"));
     assert_eq!(plain.volume_binding_mode.as_deref(), Some("Immediate"));
-    assert_eq!(plain.allow_volume_expansion, Some(false));
+    assert_eq!(plain.allow_volume_expansion, Some(true));
     assert_eq!(plain.mount_options, None);
 }
 

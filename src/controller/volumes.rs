@@ -72,6 +72,7 @@ pub async fn reconcile(pv: Arc<PersistentVolume>, ctx: Arc<Ctx>) -> Result<Actio
         }
         VolumeDecision::Protect => protect(&pv, true, &ctx).await,
         VolumeDecision::Unprotect => protect(&pv, false, &ctx).await,
+        VolumeDecision::DeletePv => delete_pv(&pv, &ctx).await,
         VolumeDecision::Release(plan) => {
             let result = release(&pv, &plan, &ctx).await;
             if let Err(error) = &result {
@@ -110,7 +111,14 @@ async fn release(pv: &PersistentVolume, plan: &ReleasePlan, ctx: &Ctx) -> Result
         OnDelete::Retain => info!(directory = %plan.path, "retained"),
     }
     if plan.protected {
-        protection(pv, false, ctx).await?;
+        let released = volume::released_patch(pv);
+        patch(
+            pv,
+            &released,
+            "mark released and remove the deletion-protection finalizer from",
+            ctx,
+        )
+        .await?;
     }
     ctx.ensure_leader(&name)?;
     k8s::delete_pv(&ctx.pv_api, &name, pv.uid().as_deref())
@@ -123,28 +131,39 @@ async fn release(pv: &PersistentVolume, plan: &ReleasePlan, ctx: &Ctx) -> Result
 
 /// A change of protection, reconciled: the watch brings the changed PV back.
 async fn protect(pv: &PersistentVolume, on: bool, ctx: &Ctx) -> Result<Action, Error> {
-    protection(pv, on, ctx).await?;
+    let op = if on {
+        "add the deletion-protection finalizer to"
+    } else {
+        "remove the deletion-protection finalizer from"
+    };
+    patch(pv, &volume::protection_patch(pv, on), op, ctx).await?;
+    debug!(protect = on, "deletion protection changed");
     ctx.succeeded(&key(pv));
     Ok(Action::await_change())
 }
 
-/// Adds (`protect`) or removes the deletion-protection finalizer.
-async fn protection(pv: &PersistentVolume, protect: bool, ctx: &Ctx) -> Result<(), Error> {
+async fn patch(
+    pv: &PersistentVolume,
+    what: &serde_json::Value,
+    op: &'static str,
+    ctx: &Ctx,
+) -> Result<(), Error> {
     let name = pv.name_any();
     ctx.ensure_leader(&name)?;
-    let finalizers = volume::finalizers(pv, protect);
-    k8s::set_finalizers(&ctx.pv_api, &name, pv.resource_version().as_deref(), &finalizers)
+    k8s::patch_pv(&ctx.pv_api, &name, what)
         .await
-        .map_err(Error::api(
-            if protect {
-                "add the deletion-protection finalizer to"
-            } else {
-                "remove the deletion-protection finalizer from"
-            },
-            &name,
-        ))?;
-    debug!(protect, "deletion protection changed");
-    Ok(())
+        .map_err(Error::api(op, &name))
+}
+
+/// The last step of a release whose directory an earlier attempt released.
+async fn delete_pv(pv: &PersistentVolume, ctx: &Ctx) -> Result<Action, Error> {
+    let name = pv.name_any();
+    ctx.ensure_leader(&name)?;
+    k8s::delete_pv(&ctx.pv_api, &name, pv.uid().as_deref())
+        .await
+        .map_err(Error::api("delete", &name))?;
+    ctx.succeeded(&key(pv));
+    Ok(Action::await_change())
 }
 
 pub fn error_policy(pv: Arc<PersistentVolume>, error: &Error, ctx: Arc<Ctx>) -> Action {

@@ -22,3 +22,6 @@ pub const FINALIZER: &str = "external-provisioner.volume.kubernetes.io/finalizer
 /// On a StorageClass of ours: `"true"` lets claims of the class take a directory that already
 /// exists at their path (an annotation, because a class's parameters cannot be changed).
 pub const REUSE_EXISTING: &str = "nfs-subdir-provisioner/reuse-existing-directory";
+/// Set on a protected PV together with the removal of [`FINALIZER`], once its directory is
+/// released: what is left is deleting the PV.
+pub const RELEASED: &str = "nfs-subdir-provisioner/released";

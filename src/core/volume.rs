@@ -11,7 +11,9 @@
 use k8s_openapi::api::core::v1::PersistentVolume;
 use k8s_openapi::api::storage::v1::StorageClass;
 
-use crate::core::annotations::{DIRECTORY, FINALIZER, ON_DELETE, PROVISIONED_BY};
+use serde_json::{Value, json};
+
+use crate::core::annotations::{DIRECTORY, FINALIZER, ON_DELETE, PROVISIONED_BY, RELEASED};
 use crate::core::export::{Access, OptionsError, client_options};
 use crate::core::naming::{PathError, VolumePath, relative_to_export};
 use crate::core::params::OnDelete;
@@ -28,6 +30,9 @@ pub enum VolumeDecision {
     /// Protected, but the reclaim policy is not Delete (any more): remove [`FINALIZER`], keep the
     /// directory.
     Unprotect,
+    /// The directory was released and the protection removed (marked [`RELEASED`]) by an earlier
+    /// attempt: only the PV is left to delete.
+    DeletePv,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -87,6 +92,24 @@ pub fn is_protected(pv: &PersistentVolume) -> bool {
         .is_some_and(|f| f.iter().any(|f| f == FINALIZER))
 }
 
+/// The merge patch that adds (`protect`) or removes [`FINALIZER`]. It carries the PV's
+/// resourceVersion, so it fails (409) rather than drop a finalizer someone added meanwhile.
+pub fn protection_patch(pv: &PersistentVolume, protect: bool) -> Value {
+    json!({ "metadata": {
+        "resourceVersion": pv.metadata.resource_version,
+        "finalizers": finalizers(pv, protect),
+    } })
+}
+
+/// The merge patch, once a protected PV's directory is released, that removes [`FINALIZER`] and
+/// marks the PV [`RELEASED`] in one write: a look at the PV between this and its deletion then
+/// only deletes it, never releases (or counts) it twice.
+pub fn released_patch(pv: &PersistentVolume) -> Value {
+    let mut patch = protection_patch(pv, false);
+    patch["metadata"]["annotations"] = json!({ RELEASED: "true" });
+    patch
+}
+
 /// The PV's finalizers with ours added (`protect`) or removed, the others as they were.
 pub fn finalizers(pv: &PersistentVolume, protect: bool) -> Vec<String> {
     let mut finalizers: Vec<String> = pv
@@ -118,8 +141,14 @@ fn lifecycle(pv: &PersistentVolume, provisioner: &str) -> Result<bool, VolumeDec
         .as_ref()
         .and_then(|s| s.persistent_volume_reclaim_policy.as_deref())
         == Some("Delete");
+    let released = pv
+        .metadata
+        .annotations
+        .as_ref()
+        .is_some_and(|a| a.contains_key(RELEASED));
     match (deleting, protected, reclaim_delete, phase) {
         (true, false, _, _) => Err(Skip(VolumeSkip::Deleting)),
+        (false, false, true, _) if released => Err(VolumeDecision::DeletePv),
         (_, true, false, _) => Err(Unprotect),
         (false, false, true, Some("Bound")) => Err(Protect),
         (_, _, true, Some("Released")) => Ok(protected),
@@ -449,6 +478,37 @@ mod tests {
         assert!(plan.protected);
         assert!(awaits_release(&released, ME));
         assert!(!release(&ours("archive"), None).protected);
+    }
+
+    #[test]
+    fn a_volume_marked_released_is_only_deleted() {
+        let mut pv = with(protected(ours("archive")), "Released", "Delete", false);
+        pv.metadata.resource_version = Some("42".into());
+        let patch = released_patch(&pv);
+        assert_eq!(patch["metadata"]["resourceVersion"], "42");
+        assert_eq!(
+            patch["metadata"]["finalizers"],
+            json!(["kubernetes.io/pv-protection"])
+        );
+        assert_eq!(patch["metadata"]["annotations"][RELEASED], "true");
+        // As the patch leaves it: a second look deletes the PV and touches no directory.
+        pv.metadata.finalizers = Some(vec!["kubernetes.io/pv-protection".into()]);
+        pv.metadata
+            .annotations
+            .as_mut()
+            .unwrap()
+            .insert(RELEASED.into(), "true".into());
+        assert_eq!(decide(&pv, ME, &export(), None), VolumeDecision::DeletePv);
+        assert!(awaits_release(&pv, ME));
+        pv.metadata.deletion_timestamp = Some(Time(Default::default()));
+        assert_eq!(
+            decide(&pv, ME, &export(), None),
+            VolumeDecision::Skip(VolumeSkip::Deleting)
+        );
+        assert_eq!(
+            protection_patch(&pv, true)["metadata"]["finalizers"],
+            json!(["kubernetes.io/pv-protection", FINALIZER])
+        );
     }
 
     #[test]
