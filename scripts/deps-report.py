@@ -13,6 +13,8 @@ import json
 import re
 import subprocess
 import sys
+import time
+import urllib.error
 import urllib.request
 from collections import defaultdict
 from concurrent.futures import ThreadPoolExecutor
@@ -94,12 +96,27 @@ def yanked(pkg):
     if "crates.io" not in source:
         return False
     url = f"https://index.crates.io/{index_path(pkg['name'])}"
-    with urllib.request.urlopen(url, timeout=30) as response:
-        for line in response.read().decode().splitlines():
-            entry = json.loads(line)
-            if entry["vers"] == pkg["version"]:
-                return entry.get("yanked", False)
+    for line in fetch(url).splitlines():
+        entry = json.loads(line)
+        if entry["vers"] == pkg["version"]:
+            return entry.get("yanked", False)
     return False
+
+
+def fetch(url, attempts=4):
+    """The body at url. A failed name lookup or connection is tried again (after 1, 2, 4 s): one
+    DNS hiccup among a hundred parallel requests turned a whole CI run red."""
+    for attempt in range(attempts):
+        try:
+            with urllib.request.urlopen(url, timeout=30) as response:
+                return response.read().decode()
+        except urllib.error.HTTPError:
+            raise
+        except (urllib.error.URLError, TimeoutError, ConnectionError) as error:
+            if attempt == attempts - 1:
+                raise
+            print(f"deps-report: {url}: {error}; retrying", file=sys.stderr)
+            time.sleep(2**attempt)
 
 
 def main():
