@@ -60,3 +60,7 @@ python3 scripts/deps-report.py
 cargo fmt --all -- --check
 cargo clippy --all-targets --locked -- -D warnings
 cargo test --locked
+
+# The README's first command, played once: the trial's whole scenario on a fresh control plane,
+# NFS server container and provisioner, torn down again (it reuses the caches built above).
+bash scripts/trial.sh --once

@@ -6,8 +6,6 @@
 
 use std::net::SocketAddr;
 use std::os::unix::fs::MetadataExt;
-use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
 use std::time::Duration;
 
 use anyhow::{Context, Result, bail, ensure};
@@ -16,92 +14,8 @@ use serde_json::json;
 
 use super::fixture::{Env, WAIT};
 use crate::support::http::get;
-use crate::support::{E2eTrial, free_ports, poll_until, trial};
-
-const SCRIPT: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/scripts/nfs-server.sh");
-
-/// An nfs-ganesha container serving `dir/export` on `bind`, removed on drop.
-struct NfsServer {
-    name: String,
-    bind: String,
-    backing: PathBuf,
-    port: u16,
-    mount_port: u16,
-}
-
-fn podman_usable() -> bool {
-    Command::new("podman")
-        .arg("--version")
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .status()
-        .is_ok_and(|s| s.success())
-}
-
-impl NfsServer {
-    async fn start(name: &str, bind: &str, dir: &Path) -> Result<NfsServer> {
-        let [port, mount_port] = free_ports::<2>()?;
-        let mut cmd = Command::new("bash");
-        cmd.arg(SCRIPT)
-            .args(["start", name])
-            .arg(dir)
-            .args([port.to_string(), mount_port.to_string()])
-            .env("NFS_SERVER_BIND", bind)
-            .stdin(Stdio::null());
-        let output = tokio::task::spawn_blocking(move || cmd.output())
-            .await?
-            .context("running scripts/nfs-server.sh")?;
-        if !output.status.success() {
-            bail!(
-                "scripts/nfs-server.sh start {name} failed:\n{}",
-                String::from_utf8_lossy(&output.stderr)
-            );
-        }
-        Ok(NfsServer {
-            name: name.to_owned(),
-            bind: bind.to_owned(),
-            backing: dir.join("export"),
-            port,
-            mount_port,
-        })
-    }
-
-    fn podman(&self, verb: &str) -> Result<()> {
-        let status = Command::new("podman")
-            .args([verb, &self.name])
-            .stdout(Stdio::null())
-            .status()
-            .with_context(|| format!("podman {verb} {}", self.name))?;
-        ensure!(status.success(), "podman {verb} {} failed: {status}", self.name);
-        Ok(())
-    }
-
-    fn mount_options(&self) -> serde_json::Value {
-        json!([
-            "nfsvers=3",
-            format!("port={},mountport={}", self.port, self.mount_port),
-            // 1 s per request, one resend: a stopped server fails an operation within seconds.
-            "timeo=10",
-            "retrans=1",
-        ])
-    }
-}
-
-impl Drop for NfsServer {
-    fn drop(&mut self) {
-        let _ = Command::new("podman")
-            .args(["unpause", &self.name])
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .status();
-        let _ = Command::new("bash")
-            .arg(SCRIPT)
-            .args(["stop", &self.name])
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .status();
-    }
-}
+use crate::support::nfs_server::{NfsServer, podman_usable};
+use crate::support::{E2eTrial, poll_until, trial};
 
 fn leaf(pv: &PersistentVolume) -> Result<String> {
     let nfs = pv

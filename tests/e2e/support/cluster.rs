@@ -253,6 +253,15 @@ impl ControlPlane {
 
     /// A new client authenticated as cluster admin (`O=system:masters`). Must be called inside a
     /// tokio runtime (the client's worker task is spawned on it), and used only there.
+    /// The processes, for their memory.
+    pub fn pids(&self) -> [(&'static str, u32); 3] {
+        [
+            ("etcd", self.etcd.pid()),
+            ("kube-apiserver", self.apiserver.pid()),
+            ("kube-controller-manager", self.kcm.pid()),
+        ]
+    }
+
     pub fn admin_client(&self) -> Client {
         Client::try_from(self.admin_config.clone()).expect("kube client from a config that worked before")
     }

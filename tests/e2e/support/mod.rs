@@ -6,6 +6,7 @@
 
 pub mod cluster;
 pub mod http;
+pub mod nfs_server;
 pub mod poll;
 pub mod process;
 
