@@ -20,6 +20,17 @@ if ! command -v cargo >/dev/null; then
   exit 1
 fi
 
+# The control-plane build needs a few GiB once; say so rather than fail deep inside it.
+cache=${NFS_PROVISIONER_CACHE:-/var/cache/nfs-subdir-provisioner}
+if [[ ! -x $cache/control-plane-v1.20.2/bin/kube-apiserver ]]; then
+  mkdir -p "$cache" 2>/dev/null || { echo "trial: cannot create $cache (run as root, or set NFS_PROVISIONER_CACHE)" >&2; exit 1; }
+  free_kib=$(df -Pk "$cache" | awk 'NR == 2 { print $4 }')
+  if ((free_kib < 8 * 1024 * 1024)); then
+    echo "trial: only $((free_kib / 1024 / 1024)) GiB free in $cache; building the control plane once needs about 8 GiB" >&2
+    exit 1
+  fi
+fi
+
 t0=$SECONDS
 echo "trial: the control plane (built once from Debian's kubernetes source package, then cached)" >&2
 assets=$(bash scripts/build-control-plane.sh)

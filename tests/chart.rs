@@ -93,6 +93,7 @@ mod render {
         ("quote", quote as Func),
         ("toString", to_string as Func),
         ("kindIs", kind_is as Func),
+        ("hasKey", has_key as Func),
         ("int", int as Func),
         ("trunc", trunc as Func),
         ("trimSuffix", trim_suffix as Func),
@@ -237,6 +238,16 @@ mod render {
 
     fn to_string(args: &[Value]) -> Result<Value, FuncError> {
         Ok(Value::String(text(arg(args, 0, "toString")?)))
+    }
+
+    /// sprig's `hasKey`: whether the map has the key, whatever its value (`default` treats an
+    /// explicit `false` as missing).
+    fn has_key(args: &[Value]) -> Result<Value, FuncError> {
+        let key = text(arg(args, 1, "hasKey")?);
+        match arg(args, 0, "hasKey")? {
+            Value::Map(m) | Value::Object(m) => Ok(Value::Bool(m.contains_key(&key))),
+            other => Err(err(format!("hasKey of a non-map: {other}"))),
+        }
     }
 
     /// reflect.Kind names as Helm's values have them: a number from a values file is a float64.

@@ -79,9 +79,22 @@ fn run(once: bool, t0: Instant) -> Result<()> {
         .map_err(|why| anyhow::anyhow!("{why}; scripts/trial.sh builds the control plane and sets it"))?;
     let workdir = std::env::temp_dir().join(format!("nfs-subdir-trial-{}", std::process::id()));
     std::fs::create_dir_all(&workdir).with_context(|| format!("create {}", workdir.display()))?;
-    step(t0, &format!("starting etcd, kube-apiserver and kube-controller-manager (Kubernetes 1.20) in {}", workdir.display()));
+    step(
+        t0,
+        &format!(
+            "starting etcd, kube-apiserver and kube-controller-manager (Kubernetes 1.20) in {}",
+            workdir.display()
+        ),
+    );
     let cp = ControlPlane::start(&assets, &workdir.join("control-plane"))?;
-    step(t0, &format!("control plane ready at {} ({})", cp.server_url(), cp.startup_phases()));
+    step(
+        t0,
+        &format!(
+            "control plane ready at {} ({})",
+            cp.server_url(),
+            cp.startup_phases()
+        ),
+    );
     let mut started = Started {
         cp,
         nfs: None,
@@ -96,7 +109,10 @@ fn run(once: bool, t0: Instant) -> Result<()> {
     runtime.shutdown_timeout(Duration::from_secs(5));
     match &result {
         Ok(()) => step(t0, "stopped everything the trial started"),
-        Err(_) => eprintln!("trial: logs of every process are kept in {}", started.workdir.display()),
+        Err(_) => eprintln!(
+            "trial: logs of every process are kept in {}",
+            started.workdir.display()
+        ),
     }
     let workdir = started.workdir.clone();
     drop(started);
@@ -114,19 +130,29 @@ async fn scenario(s: &mut Started, once: bool, t0: Instant) -> Result<()> {
     // The NFS server, for a class served directly, without a mount.
     s.nfs = match nfs_server(&s.workdir).await {
         Ok(server) => {
-            step(t0, &format!("NFS server (nfs-ganesha in podman) serving {}:{} /export from {}", server.bind, server.port, server.backing.display()));
+            step(
+                t0,
+                &format!(
+                    "NFS server (nfs-ganesha in podman) serving {}:{} /export from {}",
+                    server.bind,
+                    server.port,
+                    server.backing.display()
+                ),
+            );
             Some(server)
         }
         Err(why) => {
-            step(t0, &format!("no NFS server container: {why}; going on with the local directory only"));
+            step(
+                t0,
+                &format!("no NFS server container: {why}; going on with the local directory only"),
+            );
             None
         }
     };
 
-    let kubeconfig = s
-        .cp
-        .service_account_kubeconfig(PROVISIONER_NAMESPACE, &support::rbac_dir())
-        .await?;
+    let kubeconfig =
+        s.cp.service_account_kubeconfig(PROVISIONER_NAMESPACE, &support::rbac_dir())
+            .await?;
     let [port] = free_ports::<1>()?;
     let http: SocketAddr = ([127, 0, 0, 1], port).into();
     let log = s.workdir.join("provisioner.log");
@@ -141,12 +167,28 @@ async fn scenario(s: &mut Started, once: bool, t0: Instant) -> Result<()> {
         ("HTTP_ADDR", http.to_string()),
         ("LOG_FORMAT", "text".to_owned()),
     ];
-    s.provisioner = Some(ManagedChild::spawn("provisioner", Path::new(BINARY), std::iter::empty::<&str>(), env, &log)?);
+    s.provisioner = Some(ManagedChild::spawn(
+        "provisioner",
+        Path::new(BINARY),
+        std::iter::empty::<&str>(),
+        env,
+        &log,
+    )?);
     poll_until("the provisioner to lead and be ready", WAIT, || async {
-        Ok(support::http::get(http, "/readyz").await.ok().filter(|(code, _)| *code == 200).map(|_| ()))
+        Ok(support::http::get(http, "/readyz")
+            .await
+            .ok()
+            .filter(|(code, _)| *code == 200)
+            .map(|_| ()))
     })
     .await?;
-    step(t0, &format!("provisioner of this checkout leading (Lease in {PROVISIONER_NAMESPACE}), probes and metrics on http://{http}, log {}", log.display()));
+    step(
+        t0,
+        &format!(
+            "provisioner of this checkout leading (Lease in {PROVISIONER_NAMESPACE}), probes and metrics on http://{http}, log {}",
+            log.display()
+        ),
+    );
 
     // The classes of the tutorials: a default one, and one per release policy and layout.
     let classes: Api<StorageClass> = Api::all(client.clone());
@@ -154,7 +196,11 @@ async fn scenario(s: &mut Started, once: bool, t0: Instant) -> Result<()> {
         class("nfs-client", json!({ "archiveOnDelete": "false" }), None),
         class("nfs-archive", json!({}), None),
         class("nfs-retain", json!({ "onDelete": "retain" }), None),
-        class("nfs-pattern", json!({ "pathPattern": "${.PVC.namespace}/${.PVC.name}" }), None),
+        class(
+            "nfs-pattern",
+            json!({ "pathPattern": "${.PVC.namespace}/${.PVC.name}" }),
+            None,
+        ),
     ];
     if let Some(nfs) = &s.nfs {
         made.push(class(
@@ -164,12 +210,29 @@ async fn scenario(s: &mut Started, once: bool, t0: Instant) -> Result<()> {
         ));
     }
     for c in &made {
-        classes.create(&PostParams::default(), &serde_json::from_value(c.clone())?).await?;
+        classes
+            .create(&PostParams::default(), &serde_json::from_value(c.clone())?)
+            .await?;
     }
-    step(t0, &format!("StorageClasses {}", made.iter().map(|c| c["metadata"]["name"].as_str().unwrap_or_default()).collect::<Vec<_>>().join(", ")));
-    let default = json!({ "metadata": { "annotations": { "storageclass.kubernetes.io/is-default-class": "true" } } });
-    classes.patch("nfs-client", &PatchParams::default(), &Patch::Merge(&default)).await?;
-    step(t0, "kubectl patch storageclass nfs-client -p '{\"metadata\":{\"annotations\":{\"storageclass.kubernetes.io/is-default-class\":\"true\"}}}'");
+    step(
+        t0,
+        &format!(
+            "StorageClasses {}",
+            made.iter()
+                .map(|c| c["metadata"]["name"].as_str().unwrap_or_default())
+                .collect::<Vec<_>>()
+                .join(", ")
+        ),
+    );
+    let default =
+        json!({ "metadata": { "annotations": { "storageclass.kubernetes.io/is-default-class": "true" } } });
+    classes
+        .patch("nfs-client", &PatchParams::default(), &Patch::Merge(&default))
+        .await?;
+    step(
+        t0,
+        "kubectl patch storageclass nfs-client -p '{\"metadata\":{\"annotations\":{\"storageclass.kubernetes.io/is-default-class\":\"true\"}}}'",
+    );
 
     // The API server's admission fills in the default class from its own cache of classes: ask
     // it (a dry run) until it has seen the patch.
@@ -183,56 +246,128 @@ async fn scenario(s: &mut Started, once: bool, t0: Instant) -> Result<()> {
         Ok((c.spec.and_then(|s| s.storage_class_name).as_deref() == Some("nfs-client")).then_some(()))
     })
     .await?;
-    claims.create(&PostParams::default(), &claim("data", None)?).await?;
+    claims
+        .create(&PostParams::default(), &claim("data", None)?)
+        .await?;
     step(t0, "claim data, with no class: the default class's");
     let sets: Api<StatefulSet> = Api::namespaced(client.clone(), NAMESPACE);
     sets.create(&PostParams::default(), &statefulset()?).await?;
-    step(t0, "StatefulSet web, 3 replicas, volumeClaimTemplates www: claims www-web-0, www-web-1, www-web-2");
-    let mut own = vec![("archived", "nfs-archive"), ("kept", "nfs-retain"), ("patterned", "nfs-pattern")];
+    step(
+        t0,
+        "StatefulSet web, 3 replicas, volumeClaimTemplates www: claims www-web-0, www-web-1, www-web-2",
+    );
+    let mut own = vec![
+        ("archived", "nfs-archive"),
+        ("kept", "nfs-retain"),
+        ("patterned", "nfs-pattern"),
+    ];
     if s.nfs.is_some() {
         own.push(("direct", "nfs-direct"));
     }
     for (name, class) in &own {
-        claims.create(&PostParams::default(), &claim(name, Some(class))?).await?;
+        claims
+            .create(&PostParams::default(), &claim(name, Some(class))?)
+            .await?;
     }
-    step(t0, &format!("claims {}", own.iter().map(|(n, c)| format!("{n} ({c})")).collect::<Vec<_>>().join(", ")));
+    step(
+        t0,
+        &format!(
+            "claims {}",
+            own.iter()
+                .map(|(n, c)| format!("{n} ({c})"))
+                .collect::<Vec<_>>()
+                .join(", ")
+        ),
+    );
 
-    let mut names: Vec<String> = vec!["data".into(), "www-web-0".into(), "www-web-1".into(), "www-web-2".into()];
+    let mut names: Vec<String> = vec![
+        "data".into(),
+        "www-web-0".into(),
+        "www-web-1".into(),
+        "www-web-2".into(),
+    ];
     names.extend(own.iter().map(|(n, _)| (*n).to_owned()));
     let mut rows = Vec::new();
     for name in &names {
         let pv = bound(&client, name).await?;
-        let class = pv.spec.as_ref().and_then(|s| s.storage_class_name.clone()).unwrap_or_default();
-        let nfs = pv.spec.as_ref().and_then(|s| s.nfs.clone()).context("PV without nfs")?;
+        let class = pv
+            .spec
+            .as_ref()
+            .and_then(|s| s.storage_class_name.clone())
+            .unwrap_or_default();
+        let nfs = pv
+            .spec
+            .as_ref()
+            .and_then(|s| s.nfs.clone())
+            .context("PV without nfs")?;
         let on_disk = on_disk(&nfs.server, &nfs.path, &export, s.nfs.as_ref())?;
-        ensure!(on_disk.is_dir(), "{name}: {} is not a directory", on_disk.display());
+        ensure!(
+            on_disk.is_dir(),
+            "{name}: {} is not a directory",
+            on_disk.display()
+        );
         std::fs::write(on_disk.join("hello.txt"), format!("written for {name}\n"))?;
-        rows.push([name.clone(), class, pv.name_any(), format!("{}:{}", nfs.server, nfs.path), on_disk.display().to_string()]);
+        rows.push([
+            name.clone(),
+            class,
+            pv.name_any(),
+            format!("{}:{}", nfs.server, nfs.path),
+            on_disk.display().to_string(),
+        ]);
     }
-    ensure!(rows[0][1] == "nfs-client", "data got class {} instead of the default", rows[0][1]);
+    ensure!(
+        rows[0][1] == "nfs-client",
+        "data got class {} instead of the default",
+        rows[0][1]
+    );
     step(t0, "every claim is Bound, each with its own directory:");
-    print_table(&["claim", "class", "PV", "server:path", "directory on disk"], &rows);
+    print_table(
+        &["claim", "class", "PV", "server:path", "directory on disk"],
+        &rows,
+    );
 
     // Release one claim of each policy.
     let dir_of = |claim: &str| PathBuf::from(&rows.iter().find(|r| r[0] == claim).expect("row")[4]);
     let released = [("data", "delete"), ("archived", "archive"), ("kept", "retain")];
     for (claim, _) in &released {
-        let pv = claims.get(claim).await?.spec.and_then(|s| s.volume_name).context("volume")?;
+        let pv = claims
+            .get(claim)
+            .await?
+            .spec
+            .and_then(|s| s.volume_name)
+            .context("volume")?;
         claims.delete(claim, &DeleteParams::default()).await?;
         let volumes: Api<PersistentVolume> = Api::all(client.clone());
-        poll_until(&format!("PV {pv} of {claim} to be released and deleted"), WAIT, || async {
-            Ok(volumes.get_opt(&pv).await?.is_none().then_some(()))
-        })
+        poll_until(
+            &format!("PV {pv} of {claim} to be released and deleted"),
+            WAIT,
+            || async { Ok(volumes.get_opt(&pv).await?.is_none().then_some(())) },
+        )
         .await?;
     }
-    step(t0, "released data (nfs-client: delete), archived (nfs-archive: archive), kept (nfs-retain: retain):");
+    step(
+        t0,
+        "released data (nfs-client: delete), archived (nfs-archive: archive), kept (nfs-retain: retain):",
+    );
     for (claim, policy) in &released {
         let dir = dir_of(claim);
-        let archive = dir.with_file_name(format!("archived-{}", dir.file_name().unwrap_or_default().to_string_lossy()));
+        let archive = dir.with_file_name(format!(
+            "archived-{}",
+            dir.file_name().unwrap_or_default().to_string_lossy()
+        ));
         let (held, shown) = match *policy {
-            "delete" => (!dir.exists() && !archive.exists(), format!("{} is gone", dir.display())),
-            "archive" => (!dir.exists() && archive.join("hello.txt").is_file(), format!("now {}", archive.display())),
-            _ => (dir.join("hello.txt").is_file(), format!("{} is still there", dir.display())),
+            "delete" => (
+                !dir.exists() && !archive.exists(),
+                format!("{} is gone", dir.display()),
+            ),
+            "archive" => (
+                !dir.exists() && archive.join("hello.txt").is_file(),
+                format!("now {}", archive.display()),
+            ),
+            _ => (
+                dir.join("hello.txt").is_file(),
+                format!("{} is still there", dir.display()),
+            ),
         };
         ensure!(held, "{claim} ({policy}): {shown} does not hold");
         println!("    {claim:<10} {policy:<8} {shown}");
@@ -245,8 +380,12 @@ async fn scenario(s: &mut Started, once: bool, t0: Instant) -> Result<()> {
     println!("  export KUBECONFIG={}", s.cp.admin_kubeconfig().display());
     println!("  metrics: curl http://{http}/metrics   readiness: curl http://{http}/readyz");
     println!("  1. kubectl get pvc,pv");
-    println!("  2. grow a claim: kubectl patch pvc www-web-0 -p '{{\"spec\":{{\"resources\":{{\"requests\":{{\"storage\":\"5Mi\"}}}}}}}}'");
-    println!("  3. reuse directories: kubectl annotate storageclass nfs-pattern nfs-subdir-provisioner/reuse-existing-directory=true");
+    println!(
+        "  2. grow a claim: kubectl patch pvc www-web-0 -p '{{\"spec\":{{\"resources\":{{\"requests\":{{\"storage\":\"5Mi\"}}}}}}}}'"
+    );
+    println!(
+        "  3. reuse directories: kubectl annotate storageclass nfs-pattern nfs-subdir-provisioner/reuse-existing-directory=true"
+    );
     if once {
         return Ok(());
     }
@@ -265,7 +404,13 @@ async fn nfs_server(workdir: &Path) -> Result<NfsServer, String> {
     let name = format!("nfs-subdir-trial-{}", std::process::id());
     NfsServer::start(&name, NFS_SERVER_BIND, &workdir.join("nfs-server"))
         .await
-        .map_err(|e| support::error_chain(&e).lines().next().unwrap_or_default().to_owned())
+        .map_err(|e| {
+            support::error_chain(&e)
+                .lines()
+                .next()
+                .unwrap_or_default()
+                .to_owned()
+        })
 }
 
 fn nix_is_root() -> bool {
@@ -353,7 +498,10 @@ async fn bound(client: &Client, claim: &str) -> Result<PersistentVolume> {
         Ok(c.filter(|c| c.status.as_ref().and_then(|s| s.phase.as_deref()) == Some("Bound")))
     })
     .await?;
-    let pv = bound.spec.and_then(|s| s.volume_name).context("bound claim without volumeName")?;
+    let pv = bound
+        .spec
+        .and_then(|s| s.volume_name)
+        .context("bound claim without volumeName")?;
     Ok(Api::<PersistentVolume>::all(client.clone()).get(&pv).await?)
 }
 
@@ -365,7 +513,11 @@ fn print_table<const N: usize>(header: &[&str; N], rows: &[[String; N]]) {
         }
     }
     let line = |cells: Vec<&str>| {
-        let padded: Vec<String> = cells.iter().zip(widths).map(|(c, w)| format!("{c:<w$}")).collect();
+        let padded: Vec<String> = cells
+            .iter()
+            .zip(widths)
+            .map(|(c, w)| format!("{c:<w$}"))
+            .collect();
         println!("    {}", padded.join("  ").trim_end());
     };
     line(header.to_vec());
@@ -383,10 +535,37 @@ fn memory(s: &Started) -> String {
     if let Some(p) = &s.provisioner {
         parts.insert("provisioner", rss_kib(p.pid()));
     }
+    if let Some(nfs) = &s.nfs {
+        parts.insert("NFS server container", container_kib(&nfs.name));
+    }
     let total: u64 = parts.values().sum();
-    let listed: Vec<String> = parts.iter().map(|(n, k)| format!("{n} {:.0} MiB", *k as f64 / 1024.0)).collect();
-    let container = if s.nfs.is_some() { " (and the NFS server container)" } else { "" };
-    format!("{} MiB in all{container}: {}", total / 1024, listed.join(", "))
+    let listed: Vec<String> = parts
+        .iter()
+        .map(|(n, k)| format!("{n} {:.0} MiB", *k as f64 / 1024.0))
+        .collect();
+    format!("{} MiB in all: {}", total / 1024, listed.join(", "))
+}
+
+/// The container's memory as podman counts it (its cgroup), e.g. "41.2MB / 25.2GB".
+fn container_kib(name: &str) -> u64 {
+    let out = std::process::Command::new("podman")
+        .args(["stats", "--no-stream", "--format", "{{.MemUsage}}", name])
+        .output();
+    let text = out
+        .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
+        .unwrap_or_default();
+    let used = text.split('/').next().unwrap_or_default().trim();
+    let (number, unit) = used.split_at(used.find(|c: char| c.is_ascii_alphabetic()).unwrap_or(used.len()));
+    let number: f64 = number.parse().unwrap_or(0.0);
+    let factor = match unit {
+        "kB" => 1000.0,
+        "MB" => 1e6,
+        "GB" => 1e9,
+        _ => 1.0,
+    };
+    #[allow(clippy::cast_possible_truncation, clippy::cast_sign_loss)]
+    let kib = (number * factor / 1024.0) as u64;
+    kib
 }
 
 fn rss_kib(pid: u32) -> u64 {
