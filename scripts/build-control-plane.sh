@@ -85,17 +85,33 @@ elapsed() { # $1 = start (EPOCHREALTIME) -> seconds with 1 decimal
   awk -v a="$1" -v b="$now" 'BEGIN { printf "%.1f", b - a }'
 }
 
+# Long steps (go build of kube-apiserver takes minutes) are never silent: every 30 s a line says
+# which step is still running and for how long.
+STEP_FILE=$(mktemp)
+heartbeat() {
+  local t0=$EPOCHREALTIME current
+  while sleep 30; do
+    IFS= read -r current <"$STEP_FILE" || current=?
+    log "... still in step '$current' ($(elapsed "$t0")s since the build started)"
+  done
+}
+heartbeat 3>&- &
+HEARTBEAT=$!
+
 step() {
   if [[ $STEP != startup ]]; then
     log "step '$STEP' done in $(elapsed "$STEP_T0")s"
   fi
   STEP=$1
   STEP_T0=$EPOCHREALTIME
+  printf '%s\n' "$STEP" >"$STEP_FILE"
   log "==> step '$STEP'"
 }
 
 on_exit() {
   local rc=$?
+  kill "$HEARTBEAT" 2>/dev/null || true
+  rm -f "$STEP_FILE"
   if ((rc != 0)); then
     log "FAILED in step '$STEP' (exit $rc) after $(elapsed "$SCRIPT_T0")s; no stamp written, re-run to retry"
     # Remove half-done artefacts of this run; the next run also cleans them up.
