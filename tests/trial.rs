@@ -128,7 +128,7 @@ async fn scenario(s: &mut Started, once: bool, t0: Instant) -> Result<()> {
     std::fs::create_dir_all(&export)?;
 
     // The NFS server, for a class served directly, without a mount.
-    s.nfs = match nfs_server(&s.workdir).await {
+    s.nfs = match nfs_server(&s.workdir, t0).await {
         Ok(server) => {
             step(
                 t0,
@@ -394,12 +394,15 @@ async fn scenario(s: &mut Started, once: bool, t0: Instant) -> Result<()> {
     Ok(())
 }
 
-async fn nfs_server(workdir: &Path) -> Result<NfsServer, String> {
-    if !podman_usable() {
-        return Err("podman is not installed (bash scripts/podman-setup.sh installs it)".into());
-    }
+async fn nfs_server(workdir: &Path, t0: Instant) -> Result<NfsServer, String> {
     if !nix_is_root() {
         return Err("the NFS server container needs root (rootful podman)".into());
+    }
+    if !podman_usable() {
+        step(
+            t0,
+            "installing podman and building the NFS server image from Debian's archive (once, about a minute)",
+        );
     }
     let name = format!("nfs-subdir-trial-{}", std::process::id());
     NfsServer::start(&name, NFS_SERVER_BIND, &workdir.join("nfs-server"))
