@@ -237,26 +237,8 @@ async fn adopted_volumes_are_protected(t: crate::support::TrialCtx) -> Result<()
     let env = Env::new(&t, "adopt-protect").await?;
     let _p = env.start(&[])?;
     let class = env.class("nfs", &[], json!({})).await?;
-    let pv_name = format!("pvc-legacy-{}", env.ns);
-    let dir = format!("{}-data-{pv_name}", env.ns);
-    std::fs::create_dir(env.export.join(&dir))?;
-    let pv: PersistentVolume = serde_json::from_value(json!({
-        "metadata": {
-            "name": pv_name,
-            "annotations": { "pv.kubernetes.io/provisioned-by": env.provisioner },
-        },
-        "spec": {
-            "accessModes": ["ReadWriteMany"],
-            "capacity": { "storage": "1Mi" },
-            "nfs": { "server": SERVER, "path": format!("{}/{dir}", env.nfs_path) },
-            "persistentVolumeReclaimPolicy": "Delete",
-            "storageClassName": class,
-            "claimRef": { "namespace": env.ns, "name": "data" },
-        },
-    }))?;
-    env.volumes().create(&PostParams::default(), &pv).await?;
-    env.claim("data", Some(&class), json!({})).await?;
-    env.wait_bound("data").await?;
+    // Exactly as nfs-subdir-external-provisioner made it: no finalizer, no records of ours.
+    let (pv_name, _) = super::release::legacy_volume(&env, "data", &class).await?;
     let volumes = env.volumes();
     let has_finalizer = |want: bool| {
         let volumes = volumes.clone();

@@ -30,7 +30,7 @@ async fn release(env: &Env, claim: &str, pv: &str) -> Result<()> {
 }
 
 /// A PV exactly as nfs-subdir-external-provisioner writes it: only its provisioned-by annotation.
-async fn legacy_volume(env: &Env, claim: &str, class: &str) -> Result<(String, String)> {
+pub(super) async fn legacy_volume(env: &Env, claim: &str, class: &str) -> Result<(String, String)> {
     let pv_name = format!("pvc-legacy-{}-{claim}", env.ns);
     let dir = format!("{}-{claim}-{pv_name}", env.ns);
     std::fs::create_dir(env.export.join(&dir))?;
