@@ -395,7 +395,7 @@ async fn scenario(s: &mut Started, once: bool, t0: Instant) -> Result<()> {
 }
 
 async fn nfs_server(workdir: &Path, t0: Instant) -> Result<NfsServer, String> {
-    if !nix_is_root() {
+    if !is_root() {
         return Err("the NFS server container needs root (rootful podman)".into());
     }
     if !podman_usable() {
@@ -416,7 +416,7 @@ async fn nfs_server(workdir: &Path, t0: Instant) -> Result<NfsServer, String> {
         })
 }
 
-fn nix_is_root() -> bool {
+fn is_root() -> bool {
     std::fs::read_to_string("/proc/self/status").is_ok_and(|s| {
         s.lines()
             .find(|l| l.starts_with("Uid:"))

@@ -12,7 +12,7 @@ use kube::{Resource, ResourceExt};
 use tracing::{debug, info, warn};
 
 use super::{Ctx, Error, lock, resizes};
-use crate::core::claim::{self, ClaimDecision, ProvisionPlan, Skip};
+use crate::core::claim::{self, ClaimDecision, ProvisionPlan, Reuse, Skip};
 use crate::core::events;
 use crate::core::resize;
 use crate::k8s;
@@ -118,6 +118,15 @@ pub async fn reconcile(claim: Arc<PersistentVolumeClaim>, ctx: Arc<Ctx>) -> Resu
             Ok(Action::requeue(REFUSAL_RECHECK))
         }
         ClaimDecision::Provision(plan) => {
+            // The grace first: the scan of every cached PV for a pre-bound one then runs once
+            // per claim, after the PV has had its time to arrive.
+            if let Some(wait) = claim::grace_left(&claim, Timestamp::now()) {
+                debug!(
+                    ?wait,
+                    "new claim: giving a PV pre-bound to it time to reach the cache"
+                );
+                return Ok(Action::requeue(wait));
+            }
             let pvs = ctx.pvs.state();
             if let Some(pv) = claim::pre_bound_volume(&claim, pvs.iter().map(AsRef::as_ref)) {
                 info!(
@@ -131,13 +140,6 @@ pub async fn reconcile(claim: Arc<PersistentVolumeClaim>, ctx: Arc<Ctx>) -> Resu
                 return Ok(Action::await_change());
             }
             drop(pvs);
-            if let Some(wait) = claim::grace_left(&claim, Timestamp::now()) {
-                debug!(
-                    ?wait,
-                    "new claim: giving a PV pre-bound to it time to reach the cache"
-                );
-                return Ok(Action::requeue(wait));
-            }
             let result = provision(&claim, *plan, &ctx).await;
             if let Err(error) = &result {
                 warn!(%error, "provisioning failed; will retry");
@@ -194,7 +196,7 @@ async fn make_volume(
         .publish(events::provisioning(&claim_key), claim.object_ref(&()));
 
     let created = match storage
-        .create_volume(pv, &plan.path, plan.dir, plan.existing)
+        .create_volume(pv, &plan.path, plan.dir, plan.reuse.existing())
         .await
     {
         Ok(created) => created,
@@ -247,12 +249,12 @@ async fn taken(
         .await
         .map_err(Error::api("get", pv))?;
     if !exists {
-        return Err(match &plan.reuse_refused {
-            Some(rule) => Error::ReuseRefused {
+        return Err(match &plan.reuse {
+            Reuse::Forbidden(rule) => Error::ReuseRefused {
                 path: plan.path.to_string(),
                 rule: rule.clone(),
             },
-            None => error.into(),
+            Reuse::Off | Reuse::Allowed => error.into(),
         });
     }
     // Keep the reservation until the cache sees the PV (the next reconcile then skips the claim

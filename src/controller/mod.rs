@@ -261,7 +261,7 @@ impl Slim for PersistentVolumeClaim {
             status.modify_volume_status = None;
             status.current_volume_attributes_class_name = None;
             if let Some(conditions) = status.conditions.as_mut() {
-                conditions.retain(|c| c.type_ == "Resizing" || c.type_ == "FileSystemResizePending");
+                conditions.retain(|c| crate::core::resize::is_resize_condition(&c.type_));
             }
         }
     }

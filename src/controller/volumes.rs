@@ -72,7 +72,12 @@ pub async fn reconcile(pv: Arc<PersistentVolume>, ctx: Arc<Ctx>) -> Result<Actio
         }
         VolumeDecision::Protect => protect(&pv, true, &ctx).await,
         VolumeDecision::Unprotect => protect(&pv, false, &ctx).await,
-        VolumeDecision::DeletePv => delete_pv(&pv, &ctx).await,
+        // The directory was released by an earlier attempt (and counted then).
+        VolumeDecision::DeletePv => {
+            delete_pv(&pv, &ctx).await?;
+            ctx.succeeded(&key(&pv));
+            Ok(Action::await_change())
+        }
         VolumeDecision::Release(plan) => {
             let result = release(&pv, &plan, &ctx).await;
             if let Err(error) = &result {
@@ -120,10 +125,7 @@ async fn release(pv: &PersistentVolume, plan: &ReleasePlan, ctx: &Ctx) -> Result
         )
         .await?;
     }
-    ctx.ensure_leader(&name)?;
-    k8s::delete_pv(&ctx.pv_api, &name, pv.uid().as_deref())
-        .await
-        .map_err(Error::api("delete", &name))?;
+    delete_pv(pv, ctx).await?;
     ctx.shared.metrics.released(class_of(pv), started.elapsed());
     ctx.succeeded(&key(pv));
     Ok(Action::await_change())
@@ -155,15 +157,13 @@ async fn patch(
         .map_err(Error::api(op, &name))
 }
 
-/// The last step of a release whose directory an earlier attempt released.
-async fn delete_pv(pv: &PersistentVolume, ctx: &Ctx) -> Result<Action, Error> {
+/// The last step of every release: deleting exactly the PV that was released.
+async fn delete_pv(pv: &PersistentVolume, ctx: &Ctx) -> Result<(), Error> {
     let name = pv.name_any();
     ctx.ensure_leader(&name)?;
     k8s::delete_pv(&ctx.pv_api, &name, pv.uid().as_deref())
         .await
-        .map_err(Error::api("delete", &name))?;
-    ctx.succeeded(&key(pv));
-    Ok(Action::await_change())
+        .map_err(Error::api("delete", &name))
 }
 
 pub fn error_policy(pv: Arc<PersistentVolume>, error: &Error, ctx: Arc<Ctx>) -> Action {

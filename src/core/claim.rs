@@ -73,8 +73,28 @@ pub enum Refusal {
     ReuseAnnotation(String),
 }
 
-/// Why a class that allows reuse may still not reuse this claim's directory. Only matters when the
-/// directory exists: the Warning then names the rule.
+/// What a claim's class says of a directory already at its path.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Reuse {
+    /// The class does not allow reuse: an existing directory is refused as taken.
+    Off,
+    Allowed,
+    /// The class allows reuse, but not of this path; only matters when the directory exists,
+    /// and the Warning then names the rule.
+    Forbidden(ReuseRule),
+}
+
+impl Reuse {
+    /// What the storage layer does with an existing directory.
+    pub fn existing(&self) -> Existing {
+        match self {
+            Reuse::Allowed => Existing::Reuse,
+            Reuse::Off | Reuse::Forbidden(_) => Existing::Refuse,
+        }
+    }
+}
+
+/// Why a class that allows reuse may still not reuse this claim's directory.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum ReuseRule {
     #[error(
@@ -97,10 +117,8 @@ pub struct ProvisionPlan {
     pub path: VolumePath,
     pub dir: DirMode,
     pub on_delete: OnDelete,
-    /// Whether a directory already at `path` is taken as it is, and if the class allows reuse
-    /// but this path may not, why.
-    pub existing: Existing,
-    pub reuse_refused: Option<ReuseRule>,
+    /// Whether a directory already at `path` is taken as it is.
+    pub reuse: Reuse,
     pub pv: PersistentVolume,
 }
 
@@ -292,9 +310,8 @@ pub fn decide(
         Ok(p) => p,
         Err(e) => return Refuse(e.into()),
     };
-    let (existing, reuse_refused) = match reuse(class, params.path_pattern.as_deref(), &path) {
-        Ok(Ok(existing)) => (existing, None),
-        Ok(Err(rule)) => (Existing::Refuse, Some(rule)),
+    let reuse = match reuse(class, params.path_pattern.as_deref(), &path) {
+        Ok(reuse) => reuse,
         Err(refusal) => return Refuse(refusal),
     };
     let pv = pv::build(&pv::PvInputs {
@@ -314,38 +331,32 @@ pub fn decide(
         path,
         dir: params.dir,
         on_delete: params.on_delete,
-        existing,
-        reuse_refused,
+        reuse,
         pv,
     }))
 }
 
-/// What the class says of a directory already at `path`: [`Existing::Refuse`] unless the class
-/// allows reuse, and then only where no other claim could have rendered `path` and it is no
-/// archive. (The staging area is no volume path at all; a live volume's directory, or one inside
+/// What the class says of a directory already at `path`: off unless the class allows reuse, and
+/// then allowed only where no other claim could have rendered `path` and it is no archive. (The staging area is no volume path at all; a live volume's directory, or one inside
 /// or around it, is refused by [`find_overlap`]; a symlink by the storage layer.)
-fn reuse(
-    class: &StorageClass,
-    pattern: Option<&str>,
-    path: &VolumePath,
-) -> Result<Result<Existing, ReuseRule>, Refusal> {
+fn reuse(class: &StorageClass, pattern: Option<&str>, path: &VolumePath) -> Result<Reuse, Refusal> {
     let annotations = class.metadata.annotations.as_ref();
     let allowed = match annotations.and_then(|a| a.get(REUSE_EXISTING)) {
         None => false,
         Some(value) => parse_go_bool(value).ok_or_else(|| Refusal::ReuseAnnotation(value.clone()))?,
     };
     if !allowed {
-        return Ok(Ok(Existing::Refuse));
+        return Ok(Reuse::Off);
     }
     if let Some(pattern) = pattern
         && !naming::pattern_fixes_namespace(pattern)
     {
-        return Ok(Err(ReuseRule::NamespaceNotFixed(pattern.to_owned())));
+        return Ok(Reuse::Forbidden(ReuseRule::NamespaceNotFixed(pattern.to_owned())));
     }
     if let Some(archive) = path.components().iter().find(|c| c.starts_with("archived-")) {
-        return Ok(Err(ReuseRule::Archive(archive.clone())));
+        return Ok(Reuse::Forbidden(ReuseRule::Archive(archive.clone())));
     }
-    Ok(Ok(Existing::Reuse))
+    Ok(Reuse::Allowed)
 }
 
 /// Refuses a directory equal to, inside, or around the directory of another live volume, so two
@@ -512,27 +523,26 @@ mod tests {
     #[test]
     fn reuse_only_where_the_class_allows_it_and_the_path_is_this_namespaces() {
         let fixed = [("pathPattern", "${.PVC.namespace}/${.PVC.name}")];
-        let p = plan(decide_with(&claim(), Some(&class(&fixed))));
+        let reuse = |class: &StorageClass| plan(decide_with(&claim(), Some(class))).reuse;
+        assert_eq!(reuse(&class(&fixed)), Reuse::Off, "off by default");
+        assert_eq!(reuse(&reusing(&fixed, "true")), Reuse::Allowed);
+        assert_eq!(reuse(&reusing(&fixed, "true")).existing(), Existing::Reuse);
         assert_eq!(
-            (p.existing, p.reuse_refused),
-            (Existing::Refuse, None),
-            "off by default"
+            reuse(&reusing(&[], "true")),
+            Reuse::Allowed,
+            "the default path holds the PV name"
         );
-        let p = plan(decide_with(&claim(), Some(&reusing(&fixed, "true"))));
-        assert_eq!((p.existing, p.reuse_refused), (Existing::Reuse, None));
-        let p = plan(decide_with(&claim(), Some(&reusing(&[], "true"))));
-        assert_eq!(p.existing, Existing::Reuse, "the default path holds the PV name");
-        let p = plan(decide_with(&claim(), Some(&reusing(&fixed, "false"))));
-        assert_eq!(p.existing, Existing::Refuse);
+        assert_eq!(reuse(&reusing(&fixed, "false")), Reuse::Off);
+        assert_eq!(reuse(&reusing(&fixed, "false")).existing(), Existing::Refuse);
 
         let loose = [("pathPattern", "${.PVC.namespace}-${.PVC.name}")];
-        let p = plan(decide_with(&claim(), Some(&reusing(&loose, "true"))));
-        assert_eq!(p.existing, Existing::Refuse);
-        assert!(matches!(p.reuse_refused, Some(ReuseRule::NamespaceNotFixed(_))));
+        let p = reuse(&reusing(&loose, "true"));
+        assert_eq!(p.existing(), Existing::Refuse);
+        assert!(matches!(p, Reuse::Forbidden(ReuseRule::NamespaceNotFixed(_))));
         let archive = [("pathPattern", "${.PVC.namespace}/archived-${.PVC.name}")];
-        let p = plan(decide_with(&claim(), Some(&reusing(&archive, "true"))));
-        assert_eq!(p.existing, Existing::Refuse);
-        assert_eq!(p.reuse_refused, Some(ReuseRule::Archive("archived-data".into())));
+        let p = reuse(&reusing(&archive, "true"));
+        assert_eq!(p.existing(), Existing::Refuse);
+        assert_eq!(p, Reuse::Forbidden(ReuseRule::Archive("archived-data".into())));
 
         assert_eq!(
             decide_with(&claim(), Some(&reusing(&fixed, "yes please"))),

@@ -141,6 +141,12 @@ pub fn wanted(claim: &PersistentVolumeClaim, pv: Option<&PersistentVolume>, prov
     )
 }
 
+/// The claim conditions of a resize in progress, which a finished resize clears (and the claim
+/// cache keeps, alone of all conditions).
+pub fn is_resize_condition(type_: &str) -> bool {
+    type_ == "Resizing" || type_ == "FileSystemResizePending"
+}
+
 /// The merge patch of the PV's size.
 pub fn pv_patch(to: &Quantity) -> Value {
     json!({ "spec": { "capacity": { "storage": to.0 } } })
@@ -155,13 +161,10 @@ pub fn claim_status_patch(claim: &PersistentVolumeClaim, capacity: &Quantity) ->
     let status = claim.status.clone().unwrap_or_default();
     let mut patch = json!({ "capacity": { "storage": capacity.0 } });
     let conditions = status.conditions.unwrap_or_default();
-    if conditions
-        .iter()
-        .any(|c| c.type_ == "Resizing" || c.type_ == "FileSystemResizePending")
-    {
+    if conditions.iter().any(|c| is_resize_condition(&c.type_)) {
         let kept: Vec<_> = conditions
             .into_iter()
-            .filter(|c| c.type_ != "Resizing" && c.type_ != "FileSystemResizePending")
+            .filter(|c| !is_resize_condition(&c.type_))
             .collect();
         patch["conditions"] = json!(kept);
     }
