@@ -48,6 +48,7 @@ fn storage(root: &Path) -> Storage {
         timeout: Duration::from_secs(60),
         delete_timeout: Duration::from_secs(600),
         delete_concurrency: 16,
+        ..Limits::default()
     };
     let metrics = Metrics::new();
     let health = Health::new(metrics.clone());

@@ -86,6 +86,23 @@ pub struct Args {
     /// Directory-tree removals keep this many operations in flight.
     #[arg(long, global = true, env = "DELETE_CONCURRENCY", default_value = "32")]
     delete_concurrency: usize,
+    /// Deadline of copying one claim's volume into a clone (a claim with a dataSource); a clone
+    /// that misses it is retried, resuming where it stopped.
+    #[arg(long, global = true, env = "CLONE_TIMEOUT", default_value = "6h")]
+    clone_timeout: String,
+    /// A clone keeps this many operations in flight on its source and on its destination.
+    #[arg(long, global = true, env = "CLONE_CONCURRENCY", default_value = "16")]
+    clone_concurrency: usize,
+    /// Clones copied at once; further clones wait, and never hold up other claims.
+    #[arg(long, global = true, env = "MAX_CONCURRENT_CLONES", default_value = "2")]
+    max_concurrent_clones: usize,
+    /// How often the leader measures what each of its volumes takes (bytes and files, for the
+    /// volume usage metrics and over-capacity Events); 0 turns measuring off.
+    #[arg(long, global = true, env = "USAGE_INTERVAL", default_value = "5m")]
+    usage_interval: String,
+    /// Requests per second the usage measurements may send to one export, all volumes together.
+    #[arg(long, global = true, env = "USAGE_OPS_PER_SECOND", default_value = "200")]
+    usage_ops_per_second: u32,
     /// Upper bound of the exponential retry backoff of a failing claim or volume.
     #[arg(long, global = true, env = "RETRY_MAX_INTERVAL", default_value = "5m")]
     retry_max: String,
@@ -135,11 +152,32 @@ pub struct Config {
     pub fs_timeout: Duration,
     pub delete_timeout: Duration,
     pub delete_concurrency: usize,
+    pub clone: CloneLimits,
+    pub usage: UsageConfig,
     pub retry_max: Duration,
     pub resync: Duration,
     pub watch_bounds: WatchBounds,
     pub log_format: LogFormat,
     pub http_addr: SocketAddr,
+}
+
+/// How clones are copied.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct CloneLimits {
+    pub timeout: Duration,
+    /// Requests in flight of one clone, on each side.
+    pub concurrency: usize,
+    /// Clones copied at once.
+    pub at_once: usize,
+}
+
+/// How volumes are measured.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct UsageConfig {
+    /// Between the starts of two rounds over every volume; `None`: not measured.
+    pub interval: Option<Duration>,
+    /// Requests per second on one export.
+    pub ops_per_second: u32,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -184,6 +222,13 @@ fn duration(var: &'static str, value: &str) -> Result<Duration, ConfigError> {
             var,
             format!("{value:?} is not a duration like 15s or 2m ({e})"),
         )),
+    }
+}
+
+fn at_least_one(var: &'static str, value: usize) -> Result<usize, ConfigError> {
+    match value {
+        0 => Err(bad(var, "must be at least 1")),
+        n => Ok(n),
     }
 }
 
@@ -242,6 +287,22 @@ impl Args {
         if self.delete_concurrency == 0 {
             return Err(bad("DELETE_CONCURRENCY", "must be at least 1"));
         }
+        let clone = CloneLimits {
+            timeout: duration("CLONE_TIMEOUT", &self.clone_timeout)?,
+            concurrency: at_least_one("CLONE_CONCURRENCY", self.clone_concurrency)?,
+            at_once: at_least_one("MAX_CONCURRENT_CLONES", self.max_concurrent_clones)?,
+        };
+        let usage = UsageConfig {
+            interval: match self.usage_interval.trim() {
+                "0" | "off" => None,
+                value => Some(duration("USAGE_INTERVAL", value)?),
+            },
+            ops_per_second: u32::try_from(at_least_one(
+                "USAGE_OPS_PER_SECOND",
+                self.usage_ops_per_second as usize,
+            )?)
+            .unwrap_or(u32::MAX),
+        };
         let watch_bounds = WatchBounds {
             unready_after: duration("WATCH_UNREADY_AFTER", &self.watch_unready_after)?,
             unhealthy_after: duration("WATCH_UNHEALTHY_AFTER", &self.watch_unhealthy_after)?,
@@ -271,6 +332,8 @@ impl Args {
             fs_timeout: duration("FS_OPERATION_TIMEOUT", &self.fs_timeout)?,
             delete_timeout: duration("DELETE_TIMEOUT", &self.delete_timeout)?,
             delete_concurrency: self.delete_concurrency,
+            clone,
+            usage,
             retry_max: duration("RETRY_MAX_INTERVAL", &self.retry_max)?,
             resync: duration("RESYNC_PERIOD", &self.resync_period)?,
             watch_bounds,
@@ -375,6 +438,32 @@ mod tests {
             parse(&args).expect_err("equal bounds").var,
             "WATCH_UNHEALTHY_AFTER"
         );
+    }
+
+    #[test]
+    fn clones_and_usage_have_defaults_and_usage_can_be_turned_off() {
+        let c = parse(&BASE).expect("valid");
+        assert_eq!(
+            c.clone,
+            CloneLimits {
+                timeout: Duration::from_secs(6 * 3600),
+                concurrency: 16,
+                at_once: 2,
+            }
+        );
+        assert_eq!(c.usage.interval, Some(Duration::from_secs(300)));
+        assert_eq!(c.usage.ops_per_second, 200);
+        for off in ["0", "off"] {
+            let mut args = BASE.to_vec();
+            args.extend(["--usage-interval", off]);
+            assert_eq!(parse(&args).expect("valid").usage.interval, None, "{off}");
+        }
+        let mut args = BASE.to_vec();
+        args.extend(["--max-concurrent-clones", "0"]);
+        assert_eq!(parse(&args).unwrap_err().var, "MAX_CONCURRENT_CLONES");
+        let mut args = BASE.to_vec();
+        args.extend(["--usage-interval", "often"]);
+        assert_eq!(parse(&args).unwrap_err().var, "USAGE_INTERVAL");
     }
 
     #[test]

@@ -194,7 +194,7 @@ async fn mkdir_drops_setgid_and_the_volume_gets_it_back() {
     let pv = unique("pv");
     assert_eq!(
         volumes
-            .create(&pv, &p(&[&top, "vol"]), OWNED, Existing::Refuse)
+            .create(&pv, &p(&[&top, "vol"]), OWNED, Existing::Refuse, None)
             .await
             .unwrap(),
         Created::New
@@ -218,7 +218,7 @@ async fn root_squash_refuses_chown_with_an_error_naming_the_export_option() {
     let top = unique("squash");
     let pv = unique("pv");
     let err = v
-        .create(&pv, &p(&[&top, "vol"]), OWNED, Existing::Refuse)
+        .create(&pv, &p(&[&top, "vol"]), OWNED, Existing::Refuse, None)
         .await
         .unwrap_err();
     assert!(
@@ -255,7 +255,7 @@ async fn root_squash_refuses_chown_with_an_error_naming_the_export_option() {
         ..OWNED
     };
     assert_eq!(
-        v.create(&pv, &p(&[&top, "plain"]), no_owner, Existing::Refuse)
+        v.create(&pv, &p(&[&top, "plain"]), no_owner, Existing::Refuse, None)
             .await
             .unwrap(),
         Created::New
@@ -442,7 +442,7 @@ async fn resent_requests_are_read_as_the_first_send_succeeding() {
     let pv = unique("pv");
     let path = p(&[&top, "ns", "vol"]);
     assert_eq!(
-        v.create(&pv, &path, OWNED, Existing::Refuse).await.unwrap(),
+        v.create(&pv, &path, OWNED, Existing::Refuse, None).await.unwrap(),
         Created::New
     );
     let md = fs::metadata(backing.join(&top).join("ns/vol")).unwrap();
@@ -456,7 +456,7 @@ async fn resent_requests_are_read_as_the_first_send_succeeding() {
     }
     // The same volume again: its own attempt, adopted (not a foreign directory).
     assert_eq!(
-        v.create(&pv, &path, OWNED, Existing::Refuse).await.unwrap(),
+        v.create(&pv, &path, OWNED, Existing::Refuse, None).await.unwrap(),
         Created::Adopted
     );
     v.finish(&pv).await.unwrap();

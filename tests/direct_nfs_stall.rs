@@ -57,7 +57,7 @@ async fn a_stopped_server_fails_each_call_within_its_deadline_and_the_pool_recov
     let top = unique("stopped");
     let start = Instant::now();
     let err = e
-        .create(&pv, &p(&[&top, "v"]), RWX, Existing::Refuse)
+        .create(&pv, &p(&[&top, "v"]), RWX, Existing::Refuse, None)
         .await
         .unwrap_err();
     let took = start.elapsed();
@@ -128,6 +128,7 @@ async fn storage_deadlines_mark_a_frozen_export_failing_until_a_probe_passes() {
         timeout: Duration::from_millis(500),
         delete_timeout: Duration::from_millis(500),
         delete_concurrency: 4,
+        ..Limits::default()
     };
     let storage = Storage::new(
         Arc::clone(&backend) as Arc<dyn Backend>,

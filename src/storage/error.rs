@@ -42,13 +42,13 @@ pub enum Refusal {
     #[error("archive directory {path}: all {attempts} archive names are taken")]
     ArchiveNamesExhausted { path: String, attempts: u32 },
     #[error(
-        "delete directory {path}: it is on another filesystem than the volume (a nested mount or export); \
+        "{op} {path}: it is on another filesystem than the volume (a nested mount or export); \
          refusing to enter it"
     )]
-    OtherFilesystem { path: String },
+    OtherFilesystem { op: &'static str, path: String },
     #[error("{op} {path}: it disappeared while in use (removed by someone else?)")]
     Vanished { op: &'static str, path: String },
-    #[error("{op} {path}: it keeps getting new entries while being emptied")]
+    #[error("{op} {path}: it keeps getting new entries while being walked")]
     KeepsFilling { op: &'static str, path: String },
 }
 

@@ -10,11 +10,14 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use super::copy::Progress;
 use super::error::StorageFailure;
 use super::nfs3::Nfs3Transport;
 use super::posix::MountedExport;
-use super::protocol::{Archived, Backend, Created, OpFuture, Removed, Volumes};
+use super::protocol::{Archived, Backend, Created, Fill, OpFuture, Removed, Volumes};
 use super::transport::Capacity;
+use super::usage::Usage;
+use super::walker::Pace;
 use crate::config::Config;
 use crate::core::export::{Access, ClientOptions, Export};
 use crate::core::naming::VolumePath;
@@ -29,7 +32,31 @@ pub struct Limits {
     pub timeout: Duration,
     pub delete_timeout: Duration,
     pub delete_concurrency: usize,
+    pub clone_timeout: Duration,
+    /// Requests in flight of one clone, on each side.
+    pub clone_concurrency: usize,
+    /// Requests per second of the usage walks on one export.
+    pub usage_ops_per_second: u32,
 }
+
+impl Default for Limits {
+    /// The configuration's defaults (src/config.rs).
+    fn default() -> Self {
+        Limits {
+            timeout: Duration::from_secs(60),
+            delete_timeout: Duration::from_secs(30 * 60),
+            delete_concurrency: 32,
+            clone_timeout: Duration::from_secs(6 * 3600),
+            clone_concurrency: 16,
+            usage_ops_per_second: 200,
+        }
+    }
+}
+
+/// Requests in flight of one usage walk: its pace, not this, bounds its load.
+pub const USAGE_CONCURRENCY: usize = 4;
+/// Deadline of measuring one volume: a paced walk of a large volume takes long, by design.
+pub const USAGE_TIMEOUT: Duration = Duration::from_secs(3600);
 
 /// One export's operations under deadlines, reported to [`Health`]. Cheap to clone.
 #[derive(Clone)]
@@ -41,6 +68,8 @@ pub struct Storage {
     health: Health,
     metrics: Metrics,
     probes: Arc<AtomicU64>,
+    /// The pace of every usage walk on this export.
+    usage_pace: Pace,
 }
 
 impl Storage {
@@ -54,6 +83,7 @@ impl Storage {
         Storage {
             backend,
             name,
+            usage_pace: Pace::per_second(limits.usage_ops_per_second),
             limits,
             health,
             metrics,
@@ -95,6 +125,30 @@ impl Storage {
         }
     }
 
+    /// An operation that is long by nature (a clone, a paced usage walk): its deadline passing
+    /// says nothing of the export's health.
+    async fn run_long<T>(
+        &self,
+        op: &'static str,
+        path: String,
+        timeout: Duration,
+        operation: OpFuture<'_, T>,
+    ) -> Result<T, StorageFailure> {
+        match tokio::time::timeout(timeout, operation).await {
+            Ok(result) => {
+                if result.is_ok() {
+                    self.health.export_status(&self.name, ExportStatus::Healthy);
+                }
+                result
+            }
+            Err(_) => Err(StorageFailure::TimedOut {
+                op,
+                path,
+                after: timeout,
+            }),
+        }
+    }
+
     /// Checks that the export answers and takes writes (a directory created and removed in the
     /// staging area), and records the verdict in [`Health`] either way.
     pub async fn probe(&self) -> Result<(), StorageFailure> {
@@ -130,7 +184,46 @@ impl Storage {
             path.to_string(),
             self.limits.timeout,
             self.backend
-                .create_volume(pv_name, path.components(), dir, existing),
+                .create_volume(pv_name, path.components(), dir, existing, None),
+        )
+        .await
+    }
+
+    /// Creates `pv`'s directory at `path` as a copy of the volume at `source_path` of `source`
+    /// (this export or another), placed only once the copy is whole; a retry resumes the copy.
+    pub async fn clone_volume(
+        &self,
+        pv_name: &str,
+        path: &VolumePath,
+        dir: DirMode,
+        source: &Storage,
+        source_path: &VolumePath,
+        progress: Arc<Progress>,
+    ) -> Result<Created, StorageFailure> {
+        let fill = Fill {
+            source: &*source.backend,
+            path: source_path.components(),
+            concurrency: self.limits.clone_concurrency,
+            progress,
+        };
+        self.run_long(
+            "clone into directory",
+            path.to_string(),
+            self.limits.clone_timeout,
+            self.backend
+                .create_volume(pv_name, path.components(), dir, Existing::Refuse, Some(&fill)),
+        )
+        .await
+    }
+
+    /// What the volume at `path` takes (`None`: it is not there), paced by this export's budget.
+    pub async fn measure_volume(&self, path: &VolumePath) -> Result<Option<Usage>, StorageFailure> {
+        self.run_long(
+            "measure directory",
+            path.to_string(),
+            USAGE_TIMEOUT,
+            self.backend
+                .measure_volume(path.components(), USAGE_CONCURRENCY, self.usage_pace.clone()),
         )
         .await
     }
@@ -216,6 +309,9 @@ impl Exports {
             timeout: config.fs_timeout,
             delete_timeout: config.delete_timeout,
             delete_concurrency: config.delete_concurrency,
+            clone_timeout: config.clone.timeout,
+            clone_concurrency: config.clone.concurrency,
+            usage_ops_per_second: config.usage.ops_per_second,
         };
         let mounted = config
             .mounted

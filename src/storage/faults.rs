@@ -10,7 +10,8 @@ use nix::errno::Errno;
 use super::error::StorageResult;
 use super::posix::PosixError;
 use super::transport::{
-    At, Capacity, Kind, Made, Move, Opened, Page, ReadFile, Renamed, Stat, Transport, Unlinked,
+    At, Attrs, Capacity, Kind, Made, Move, Opened, OpenedFile, Owner, Page, ReadFile, Renamed, Stat, Target,
+    Transport, Unlinked,
 };
 
 /// Fails every primitive from the `crash_at`-th on (0-based; a crash: nothing after it runs), and
@@ -68,6 +69,7 @@ impl<T: Transport> Faulty<T> {
 impl<T: Transport> Transport for Faulty<T> {
     type Dir = T::Dir;
     type Cursor = T::Cursor;
+    type File = T::File;
 
     async fn root(&self) -> StorageResult<T::Dir> {
         self.enter("root", super::transport::at("open export root", ""))?;
@@ -156,6 +158,63 @@ impl<T: Transport> Transport for Faulty<T> {
     async fn statfs(&self, dir: &T::Dir, at: At<'_>) -> StorageResult<Capacity> {
         self.enter("statfs", at)?;
         self.inner.statfs(dir, at).await
+    }
+    async fn open_file(&self, dir: &T::Dir, name: &[u8], at: At<'_>) -> StorageResult<OpenedFile<T::File>> {
+        self.enter("open_file", at)?;
+        self.inner.open_file(dir, name, at).await
+    }
+    async fn read(
+        &self,
+        file: &T::File,
+        offset: u64,
+        len: usize,
+        at: At<'_>,
+    ) -> StorageResult<Option<Vec<u8>>> {
+        self.enter("read", at)?;
+        self.inner.read(file, offset, len, at).await
+    }
+    async fn create_file(&self, dir: &T::Dir, name: &[u8], at: At<'_>) -> StorageResult<Made<T::File>> {
+        self.enter("create_file", at)?;
+        self.inner.create_file(dir, name, at).await
+    }
+    async fn write(
+        &self,
+        file: &T::File,
+        offset: u64,
+        data: &[u8],
+        durable: bool,
+        at: At<'_>,
+    ) -> StorageResult<()> {
+        self.enter("write", at)?;
+        self.inner.write(file, offset, data, durable, at).await
+    }
+    async fn commit(&self, file: &T::File, at: At<'_>) -> StorageResult<()> {
+        self.enter("commit", at)?;
+        self.inner.commit(file, at).await
+    }
+    async fn sync(&self, dir: &T::Dir, at: At<'_>) -> StorageResult<()> {
+        self.enter("sync", at)?;
+        self.inner.sync(dir, at).await
+    }
+    async fn read_link(&self, dir: &T::Dir, name: &[u8], at: At<'_>) -> StorageResult<Option<Vec<u8>>> {
+        self.enter("read_link", at)?;
+        self.inner.read_link(dir, name, at).await
+    }
+    async fn symlink(&self, dir: &T::Dir, name: &[u8], target: &[u8], at: At<'_>) -> StorageResult<Made<()>> {
+        self.enter("symlink", at)?;
+        self.inner.symlink(dir, name, target, at).await
+    }
+    async fn set_attrs(
+        &self,
+        target: Target<'_, T::Dir, T::File>,
+        attrs: &Attrs,
+        at: At<'_>,
+    ) -> StorageResult<Owner> {
+        self.enter("set_attrs", at)?;
+        self.inner.set_attrs(target, attrs, at).await
+    }
+    fn io_size(&self) -> usize {
+        self.inner.io_size()
     }
     fn max_open_dirs(&self) -> Option<usize> {
         self.inner.max_open_dirs()

@@ -3,11 +3,16 @@
 //!
 //! ```text
 //!   exports::Storage ── deadlines, health ──► protocol::Volumes<T> ── create (staging record,
-//!        ▲                                        │                    adoption), finish, sweep,
-//!   exports::Exports (one Storage per export)     │ walker: delete     archive, delete, capacity
+//!        ▲                                        │                    adoption, filled by a clone),
+//!   exports::Exports (one Storage per export)     │                    finish, sweep, archive,
+//!                                                 │                    delete, usage, capacity
+//!                                                 ▼
+//!                   walker::Walker<T, V> (list, descend by handle, bounds) with a visitor V:
+//!                     remove::Remove · usage::Measure · copy::Copy (into a copy::Sink of any export)
 //!                                                 ▼
 //!                               transport::Transport (lookup, mkdir, rename without replacing,
-//!                                 record files, read a directory, remove, statfs)
+//!                                 record files, read a directory, remove, statfs, file I/O,
+//!                                 symlinks, attributes)
 //!                                   ├─ posix::PosixTransport: the export mounted at NFS_MOUNT_PATH
 //!                                   └─ nfs3::Nfs3Transport: our userspace NFSv3 client, no mount
 //! ```
@@ -17,19 +22,25 @@
 //! stays inside it. Errors: [`error::Refusal`] for what the protocol refuses, whichever transport
 //! carried it, and each transport's own failures wrapped in [`StorageFailure`].
 
+pub mod copy;
 pub mod error;
 pub mod exports;
 pub mod nfs3;
 pub mod posix;
 pub mod protocol;
+pub mod remove;
 pub mod transport;
+pub mod usage;
 pub mod walker;
 
 #[cfg(test)]
 mod faults;
 
 pub use crate::core::staging::Existing;
+pub use copy::{Copied, Progress};
 pub use error::{Refusal, StorageFailure};
 pub use exports::{Exports, Limits, Storage};
-pub use protocol::{Archived, Backend, Created, Removed, Volumes};
+pub use protocol::{Archived, Backend, Created, Fill, Removed, Volumes};
 pub use transport::Capacity;
+pub use usage::Usage;
+pub use walker::Pace;

@@ -23,17 +23,25 @@ use std::sync::atomic::{AtomicBool, Ordering};
 
 use nix::dir::{Dir, Type};
 use nix::errno::Errno;
-use nix::fcntl::{AtFlags, OFlag, openat, renameat};
-use nix::sys::stat::{FileStat, Mode, SFlag, fchmod, fstat, fstatat, mkdirat};
+use nix::fcntl::{AtFlags, OFlag, openat, readlinkat, renameat};
+use nix::sys::stat::{
+    FileStat, Mode, SFlag, UtimensatFlags, fchmod, fstat, fstatat, futimens, mkdirat, utimensat,
+};
 use nix::sys::statvfs::fstatvfs;
-use nix::unistd::{Gid, Uid, UnlinkatFlags, fchown, unlinkat};
+use nix::sys::time::TimeSpec;
+use nix::sys::uio::{pread, pwrite};
+use nix::unistd::{Gid, Uid, UnlinkatFlags, fchown, fchownat, ftruncate, symlinkat, syncfs, unlinkat};
 use tokio::sync::Semaphore;
 
+use super::copy::{Progress, Sink, SinkDir};
 use super::error::{StorageFailure, StorageResult};
-use super::protocol::{Archived, Backend, Created, OpFuture, Removed, Volumes};
+use super::protocol::{Archived, Backend, Created, Fill, OpFuture, Removed, Volumes};
 use super::transport::{
-    At, Capacity, Entry, Kind, Made, Move, Opened, Page, ReadFile, Renamed, Stat, Transport, Unlinked,
+    At, Attrs, Capacity, Entry, FileType, Kind, Made, Move, Opened, OpenedFile, Owner, Page, ReadFile,
+    Renamed, Stat, Target, Time, Transport, Unlinked,
 };
+use super::usage::Usage;
+use super::walker::Pace;
 use crate::core::params::DirMode;
 use crate::core::staging::{CLAIM_MODE, Existing, RECORD_FILE_MAX};
 
@@ -42,6 +50,8 @@ use crate::core::staging::{CLAIM_MODE, Existing, RECORD_FILE_MAX};
 pub const MAX_BLOCKED: usize = 16;
 /// Directory fds a walk holds at once (plus a few per worker).
 pub const MAX_OPEN_DIRS: usize = 128;
+/// Bytes per read and write of a copy on the mounted export.
+pub const POSIX_IO_SIZE: usize = 1 << 20;
 
 /// A failure of the mounted export's system calls.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -106,19 +116,157 @@ fn io_errno(e: std::io::Error) -> Errno {
 }
 
 fn is_dir(st: &FileStat) -> bool {
-    SFlag::from_bits_truncate(st.st_mode & SFlag::S_IFMT.bits()) == SFlag::S_IFDIR
+    file_type(st) == FileType::Dir
 }
 
+fn file_type(st: &FileStat) -> FileType {
+    let format = SFlag::from_bits_truncate(st.st_mode & SFlag::S_IFMT.bits());
+    if format == SFlag::S_IFDIR {
+        FileType::Dir
+    } else if format == SFlag::S_IFLNK {
+        FileType::Symlink
+    } else if format == SFlag::S_IFIFO {
+        FileType::Fifo
+    } else if format == SFlag::S_IFSOCK {
+        FileType::Socket
+    } else if format == SFlag::S_IFCHR {
+        FileType::CharDevice
+    } else if format == SFlag::S_IFBLK {
+        FileType::BlockDevice
+    } else {
+        FileType::Regular
+    }
+}
+
+#[allow(clippy::useless_conversion, clippy::unnecessary_cast)] // stat's field types differ between platforms
 fn stat_of(st: &FileStat) -> Stat {
+    let time = |seconds: i64, nanos: i64| Time {
+        seconds,
+        nanos: u32::try_from(nanos).unwrap_or(0),
+    };
     Stat {
-        kind: if is_dir(st) { Kind::Dir } else { Kind::Other },
+        file_type: file_type(st),
         id: st.st_ino,
-        #[allow(clippy::useless_conversion)] // st_dev's type differs between platforms
         fs: u64::from(st.st_dev),
         mode: st.st_mode & 0o7777,
         uid: st.st_uid,
         gid: st.st_gid,
+        nlink: u64::from(st.st_nlink),
+        size: u64::try_from(st.st_size).unwrap_or(0),
+        used: u64::try_from(st.st_blocks).unwrap_or(0).saturating_mul(512),
+        atime: time(st.st_atime as i64, st.st_atime_nsec as i64),
+        mtime: time(st.st_mtime as i64, st.st_mtime_nsec as i64),
     }
+}
+
+fn timespec(t: Time) -> TimeSpec {
+    #[allow(clippy::useless_conversion)] // time_t and the nanosecond type differ between platforms
+    TimeSpec::new(t.seconds.into(), i64::from(t.nanos).try_into().unwrap_or(0))
+}
+
+fn offset(offset: u64) -> nix::Result<nix::libc::off_t> {
+    nix::libc::off_t::try_from(offset).map_err(|_| Errno::EFBIG)
+}
+
+/// Opens a regular file for reading: never through a symlink (O_NOFOLLOW), and without blocking
+/// on a FIFO swapped in since the listing (O_NONBLOCK; the type is checked on the open file).
+fn open_for_reading(dir: &OwnedFd, name: &[u8]) -> nix::Result<OpenedFile<Arc<OwnedFd>>> {
+    let flags = OFlag::O_RDONLY | OFlag::O_NOFOLLOW | OFlag::O_NONBLOCK | OFlag::O_NOCTTY | OFlag::O_CLOEXEC;
+    let fd = match openat(dir, name, flags, Mode::empty()) {
+        Ok(fd) => fd,
+        Err(Errno::ENOENT) => return Ok(OpenedFile::Missing),
+        Err(Errno::ELOOP) => return Ok(OpenedFile::Other(FileType::Symlink)),
+        Err(e) => return Err(e),
+    };
+    let st = fstat(&fd)?;
+    Ok(match file_type(&st) {
+        FileType::Regular => OpenedFile::File(Arc::new(fd)),
+        other => OpenedFile::Other(other),
+    })
+}
+
+fn read_at(fd: &OwnedFd, from: u64, len: usize) -> nix::Result<Vec<u8>> {
+    let mut buf = vec![0; len];
+    let mut done = 0;
+    while done < len {
+        match pread(fd, &mut buf[done..], offset(from + done as u64)?) {
+            Ok(0) => break,
+            Ok(n) => done += n,
+            Err(Errno::EINTR) => {}
+            Err(e) => return Err(e),
+        }
+    }
+    buf.truncate(done);
+    Ok(buf)
+}
+
+fn write_at(fd: &OwnedFd, from: u64, data: &[u8]) -> nix::Result<()> {
+    let mut done = 0;
+    while done < data.len() {
+        match pwrite(fd, &data[done..], offset(from + done as u64)?) {
+            Ok(0) => return Err(Errno::EIO),
+            Ok(n) => done += n,
+            Err(Errno::EINTR) => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(())
+}
+
+/// chown, refused quietly where we may not choose owners (no CAP_CHOWN, a squashed mount).
+fn owner_result(result: nix::Result<()>) -> nix::Result<Owner> {
+    match result {
+        Ok(()) => Ok(Owner::Kept),
+        Err(Errno::EPERM | Errno::EINVAL) => Ok(Owner::Refused),
+        Err(e) => Err(e),
+    }
+}
+
+fn set_fd_attrs(fd: &OwnedFd, attrs: &Attrs) -> nix::Result<Owner> {
+    let owner = if attrs.sets_owner() {
+        owner_result(fchown(
+            fd,
+            attrs.uid.map(Uid::from_raw),
+            attrs.gid.map(Gid::from_raw),
+        ))?
+    } else {
+        Owner::Kept
+    };
+    if let Some(mode) = attrs.mode {
+        fchmod(fd, Mode::from_bits_truncate(mode))?;
+    }
+    if let Some(size) = attrs.size {
+        ftruncate(fd, offset(size)?)?;
+    }
+    if let Some((atime, mtime)) = attrs.times {
+        futimens(fd, &timespec(atime), &timespec(mtime))?;
+    }
+    Ok(owner)
+}
+
+/// A symlink's owner and times, by name (its mode cannot be changed on Linux, nor does it matter).
+fn set_link_attrs(dir: &OwnedFd, name: &[u8], attrs: &Attrs) -> nix::Result<Owner> {
+    let owner = if attrs.sets_owner() {
+        owner_result(fchownat(
+            dir,
+            name,
+            attrs.uid.map(Uid::from_raw),
+            attrs.gid.map(Gid::from_raw),
+            AtFlags::AT_SYMLINK_NOFOLLOW,
+        ))?
+    } else {
+        Owner::Kept
+    };
+    if let Some((atime, mtime)) = attrs.times {
+        utimensat(
+            dir,
+            name,
+            &timespec(atime),
+            &timespec(mtime),
+            UtimensatFlags::NoFollowSymlink,
+        )?;
+    }
+    Ok(owner)
 }
 
 fn stat_nofollow(dir: &OwnedFd, name: &[u8]) -> nix::Result<Option<FileStat>> {
@@ -221,6 +369,7 @@ fn list(dir: &OwnedFd) -> nix::Result<Vec<Entry<Arc<OwnedFd>>>> {
         entries.push(Entry {
             name: name.to_vec(),
             kind,
+            stat: None,
             dir: None,
         });
     }
@@ -242,7 +391,7 @@ impl PosixTransport {
     }
 
     /// Primitives called on the calling thread until `stop` is set.
-    fn here(root: PathBuf, stop: Arc<AtomicBool>) -> Self {
+    pub(crate) fn here(root: PathBuf, stop: Arc<AtomicBool>) -> Self {
         PosixTransport {
             root,
             calls: Calls::Here(stop),
@@ -293,6 +442,7 @@ impl Transport for PosixTransport {
     type Dir = Arc<OwnedFd>;
     /// A directory is listed in one page.
     type Cursor = ();
+    type File = Arc<OwnedFd>;
 
     async fn root(&self) -> StorageResult<Self::Dir> {
         const OP: &str = "open export root";
@@ -485,6 +635,114 @@ impl Transport for PosixTransport {
         })
     }
 
+    async fn open_file(
+        &self,
+        dir: &Self::Dir,
+        name: &[u8],
+        at: At<'_>,
+    ) -> StorageResult<OpenedFile<Self::File>> {
+        self.at_dir(dir, name, at, open_for_reading).await
+    }
+
+    async fn read(
+        &self,
+        file: &Self::File,
+        offset: u64,
+        len: usize,
+        at: At<'_>,
+    ) -> StorageResult<Option<Vec<u8>>> {
+        self.at_dir(file, b"", at, move |fd, _| read_at(fd, offset, len).map(Some))
+            .await
+    }
+
+    async fn create_file(&self, dir: &Self::Dir, name: &[u8], at: At<'_>) -> StorageResult<Made<Self::File>> {
+        self.at_dir(dir, name, at, |dir, name| {
+            let flags =
+                OFlag::O_WRONLY | OFlag::O_CREAT | OFlag::O_EXCL | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC;
+            match openat(dir, name, flags, Mode::from_bits_truncate(0o600)) {
+                Ok(fd) => Ok(Made::New(Arc::new(fd))),
+                Err(Errno::EEXIST) => Ok(Made::Exists),
+                Err(e) => Err(e),
+            }
+        })
+        .await
+    }
+
+    /// Durability comes from [`Transport::sync`] of the whole tree.
+    async fn write(
+        &self,
+        file: &Self::File,
+        offset: u64,
+        data: &[u8],
+        _durable: bool,
+        at: At<'_>,
+    ) -> StorageResult<()> {
+        let data = data.to_vec();
+        self.at_dir(file, b"", at, move |fd, _| write_at(fd, offset, &data))
+            .await
+    }
+
+    async fn commit(&self, _file: &Self::File, _at: At<'_>) -> StorageResult<()> {
+        Ok(())
+    }
+
+    async fn sync(&self, dir: &Self::Dir, at: At<'_>) -> StorageResult<()> {
+        self.at_dir(dir, b"", at, |fd, _| syncfs(fd)).await
+    }
+
+    async fn read_link(&self, dir: &Self::Dir, name: &[u8], at: At<'_>) -> StorageResult<Option<Vec<u8>>> {
+        use std::os::unix::ffi::OsStringExt;
+        self.at_dir(dir, name, at, |dir, name| match readlinkat(dir, name) {
+            Ok(target) => Ok(Some(target.into_vec())),
+            Err(Errno::ENOENT | Errno::EINVAL) => Ok(None),
+            Err(e) => Err(e),
+        })
+        .await
+    }
+
+    async fn symlink(
+        &self,
+        dir: &Self::Dir,
+        name: &[u8],
+        target: &[u8],
+        at: At<'_>,
+    ) -> StorageResult<Made<()>> {
+        let target = target.to_vec();
+        self.at_dir(dir, name, at, move |dir, name| {
+            match symlinkat(target.as_slice(), dir, name) {
+                Ok(()) => Ok(Made::New(())),
+                Err(Errno::EEXIST) => Ok(Made::Exists),
+                Err(e) => Err(e),
+            }
+        })
+        .await
+    }
+
+    async fn set_attrs(
+        &self,
+        target: Target<'_, Self::Dir, Self::File>,
+        attrs: &Attrs,
+        at: At<'_>,
+    ) -> StorageResult<Owner> {
+        let attrs = *attrs;
+        match target {
+            Target::Dir(fd) | Target::File(fd) => {
+                self.at_dir(fd, b"", at, move |fd, _| set_fd_attrs(fd, &attrs))
+                    .await
+            }
+            Target::Link(dir, name) => {
+                self.at_dir(dir, name, at, move |dir, name| set_link_attrs(dir, name, &attrs))
+                    .await
+            }
+        }
+    }
+
+    /// A mounted export's reads and writes have no size of their own: this many bytes keep the
+    /// calls few and the buffers small.
+    fn io_size(&self) -> usize {
+        POSIX_IO_SIZE
+    }
+
     fn max_open_dirs(&self) -> Option<usize> {
         Some(MAX_OPEN_DIRS)
     }
@@ -565,16 +823,21 @@ impl MountedExport {
 }
 
 impl Backend for MountedExport {
+    /// A clone's copy spreads its primitives over threads, in parallel, as a large delete does.
     fn create_volume<'a>(
         &'a self,
         pv: &'a str,
         path: &'a [String],
         dir: DirMode,
         existing: Existing,
+        fill: Option<&'a Fill<'a>>,
     ) -> OpFuture<'a, Created> {
+        if fill.is_some() {
+            return Box::pin(self.spread.create(pv, path, dir, existing, fill));
+        }
         let (pv, path) = (pv.to_owned(), path.to_vec());
         self.on_a_thread("create directory", move |v| async move {
-            v.create(&pv, &path, dir, existing).await
+            v.create(&pv, &path, dir, existing, None).await
         })
     }
 
@@ -612,11 +875,32 @@ impl Backend for MountedExport {
         Box::pin(async move {
             let first = first.await?;
             if !first.unfinished {
-                return Ok(Removed::of(first.removed));
+                return Ok(Removed::of(first.entries));
             }
             let rest = self.spread.delete_some(path, concurrency, None).await?;
-            Ok(Removed::of(first.removed + rest.removed))
+            Ok(Removed::of(first.entries + rest.entries))
         })
+    }
+
+    fn copy_volume_into<'a>(
+        &'a self,
+        path: &'a [String],
+        sink: Arc<dyn Sink>,
+        dest: SinkDir,
+        concurrency: usize,
+        progress: Arc<Progress>,
+    ) -> OpFuture<'a, ()> {
+        Box::pin(self.spread.copy_into(path, sink, dest, concurrency, progress))
+    }
+
+    /// In parallel on threads, paced: a background walk, most of it waiting for its pace.
+    fn measure_volume<'a>(
+        &'a self,
+        path: &'a [String],
+        concurrency: usize,
+        pace: Pace,
+    ) -> OpFuture<'a, Option<Usage>> {
+        Box::pin(self.spread.measure(path, concurrency, pace))
     }
 
     fn capacity(&self) -> OpFuture<'_, Capacity> {
@@ -711,7 +995,7 @@ mod tests {
             let pv = format!("pv-{dirs}");
             assert_eq!(
                 export
-                    .create_volume(&pv, &path, mode, Existing::Refuse)
+                    .create_volume(&pv, &path, mode, Existing::Refuse, None)
                     .await
                     .unwrap(),
                 Created::New

@@ -1,7 +1,8 @@
 //! The volume protocol, written once over any [`Transport`]: exclusive, crash-safe creation with
 //! the staging record of [`crate::core::staging`] (adopting only this volume's own interrupted
-//! attempt), the sweep of staged leftovers, collision-free archives, deletes that never follow a
-//! symlink out of the volume, capacity and a write probe.
+//! attempt), filled with a copy of another volume before it is placed (a clone), the sweep of
+//! staged leftovers, collision-free archives, deletes that never follow a symlink out of the
+//! volume, a volume's usage, capacity and a write probe.
 //!
 //! Paths are volume path components relative to the export root, checked again here with the
 //! rules they were built with. Calls for the same PV must not run concurrently (the controllers
@@ -11,11 +12,14 @@ use std::sync::Arc;
 
 use futures::future::BoxFuture;
 
+use super::copy::{Dest, Progress, Sink, SinkDir, copy_tree};
 use super::error::{Refusal, StorageFailure, StorageResult};
+use super::remove::Remove;
 use super::transport::{
     At, Capacity, Entry, Kind, Made, Move, Opened, ReadFile, Renamed, Transport, Unlinked, at,
 };
-use super::walker::{TreeStats, Walker};
+use super::usage::{Measure, Usage};
+use super::walker::{Pace, TreeStats, Walker};
 use crate::core::naming::{archive_name, check_single_component};
 use crate::core::params::DirMode;
 use crate::core::staging::{
@@ -62,14 +66,25 @@ impl Removed {
 /// The result of one volume operation.
 pub type OpFuture<'a, T> = BoxFuture<'a, StorageResult<T>>;
 
+/// What a new volume is filled with before it is placed: a copy of the volume at `path` of
+/// `source` (any export, reached any way), `concurrency` requests in flight on each side.
+pub struct Fill<'a> {
+    pub source: &'a dyn Backend,
+    pub path: &'a [String],
+    pub concurrency: usize,
+    pub progress: Arc<Progress>,
+}
+
 /// The volume operations of one export, whichever transport reaches it.
 pub trait Backend: Send + Sync {
+    /// `fill`: a clone's source, copied into the volume before it is placed (a retry resumes it).
     fn create_volume<'a>(
         &'a self,
         pv: &'a str,
         path: &'a [String],
         dir: DirMode,
         existing: Existing,
+        fill: Option<&'a Fill<'a>>,
     ) -> OpFuture<'a, Created>;
     /// Drops the staging record of `pv` (once its PV exists). Idempotent.
     fn finish_volume<'a>(&'a self, pv: &'a str) -> OpFuture<'a, ()>;
@@ -79,6 +94,23 @@ pub trait Backend: Send + Sync {
     fn staged_target<'a>(&'a self, pv: &'a str) -> OpFuture<'a, Option<Vec<String>>>;
     fn archive_volume<'a>(&'a self, path: &'a [String]) -> OpFuture<'a, Archived>;
     fn delete_volume<'a>(&'a self, path: &'a [String], concurrency: usize) -> OpFuture<'a, Removed>;
+    /// Copies the tree inside the volume at `path` into `dest` of `sink` (the other half of
+    /// [`Backend::create_volume`] with a [`Fill`]).
+    fn copy_volume_into<'a>(
+        &'a self,
+        path: &'a [String],
+        sink: Arc<dyn Sink>,
+        dest: SinkDir,
+        concurrency: usize,
+        progress: Arc<Progress>,
+    ) -> OpFuture<'a, ()>;
+    /// What the volume at `path` takes (`None`: it is not there), its walk paced by `pace`.
+    fn measure_volume<'a>(
+        &'a self,
+        path: &'a [String],
+        concurrency: usize,
+        pace: Pace,
+    ) -> OpFuture<'a, Option<Usage>>;
     fn capacity(&self) -> OpFuture<'_, Capacity>;
     /// Creates and removes an empty directory named after `tag` in the staging area.
     fn probe_writable<'a>(&'a self, tag: &'a str) -> OpFuture<'a, ()>;
@@ -152,15 +184,16 @@ struct Loaded<D> {
 }
 
 impl<T: Transport> Volumes<T> {
-    /// Creates the directory for `pv` at `path` exclusively, with exactly `dir`'s mode and owner.
-    /// An existing directory there is adopted if it is this volume's own earlier attempt, reused
-    /// as it is if `existing` says so, and refused otherwise.
+    /// Creates the directory for `pv` at `path` exclusively, with exactly `dir`'s mode and owner,
+    /// filled first as `fill` says. An existing directory there is adopted if it is this volume's
+    /// own earlier attempt, reused as it is if `existing` says so, and refused otherwise.
     pub async fn create(
         &self,
         pv: &str,
         path: &[String],
         dir: DirMode,
         existing: Existing,
+        fill: Option<&Fill<'_>>,
     ) -> StorageResult<Created> {
         const OP: &str = "create directory";
         check_pv(OP, pv)?;
@@ -187,7 +220,7 @@ impl<T: Transport> Volumes<T> {
             None => AtTarget::Nothing,
             Some(p) => match t.stat(p, leaf.as_bytes(), at("stat", &vol_path)).await? {
                 None => AtTarget::Nothing,
-                Some(st) if st.kind == Kind::Dir => AtTarget::directory(st.id, st.mode),
+                Some(st) if st.kind() == Kind::Dir => AtTarget::directory(st.id, st.mode),
                 Some(_) => AtTarget::Other,
             },
         };
@@ -235,6 +268,21 @@ impl<T: Transport> Volumes<T> {
                 .await?
                 .ok_or_else(|| vanished(OP, join(parents)))?,
         };
+        if let Some(fill) = fill {
+            // Never placed before the copy is whole: a crash leaves it staged, and the retry
+            // resumes it.
+            self.t.prepare_parallel(fill.concurrency);
+            let sink: Arc<dyn Sink> = Arc::new(Dest::new(Arc::clone(&self.t)));
+            fill.source
+                .copy_volume_into(
+                    fill.path,
+                    sink,
+                    SinkDir::new(vol.clone()),
+                    fill.concurrency,
+                    Arc::clone(&fill.progress),
+                )
+                .await?;
+        }
         self.apply_mode(&vol, dir, &parent, &vol_path).await?;
         if !record.record.placing && t.placing_may_leave_a_claim() {
             let marker = staging_path(&format!("{pv}/{PLACING_FILE}"));
@@ -320,7 +368,7 @@ impl<T: Transport> Volumes<T> {
                 None => t
                     .stat(&staging, &entry.name, at(OP, &staging_path(name)))
                     .await?
-                    .map(|st| st.kind),
+                    .map(|st| st.kind()),
             };
             if kind == Some(Kind::Dir) {
                 names.push(pv.to_owned());
@@ -376,7 +424,7 @@ impl<T: Transport> Volumes<T> {
         };
         let vol = match t.stat(&parent, leaf.as_bytes(), at("stat", &vol_path)).await? {
             None => return Ok(Archived::Missing),
-            Some(st) if st.kind != Kind::Dir => return Err(not_a_directory(OP, vol_path)),
+            Some(st) if st.kind() != Kind::Dir => return Err(not_a_directory(OP, vol_path)),
             Some(st) => st,
         };
         for attempt in 0..MAX_ARCHIVE_ATTEMPTS {
@@ -416,7 +464,7 @@ impl<T: Transport> Volumes<T> {
     /// flight. A volume path that is a symlink (or another non-directory) is removed itself.
     pub async fn delete(&self, path: &[String], concurrency: usize) -> StorageResult<Removed> {
         let stats = self.delete_some(path, concurrency, None).await?;
-        Ok(Removed::of(stats.removed))
+        Ok(Removed::of(stats.entries))
     }
 
     /// [`Volumes::delete`], stopping (`unfinished`) once `budget` entries are removed; a later
@@ -435,10 +483,60 @@ impl<T: Transport> Volumes<T> {
             return Ok(TreeStats::default());
         };
         self.t.prepare_parallel(concurrency);
-        Walker::new(Arc::clone(&self.t), concurrency)
+        Walker::new(Arc::clone(&self.t), Remove, concurrency, OP)
             .stop_after(budget)
-            .remove(&parent, leaf, &join(parents))
+            .walk(&parent, (), leaf, &join(parents))
             .await
+    }
+
+    /// Copies the tree inside the volume at `path` into `dest` of `sink`.
+    pub async fn copy_into(
+        &self,
+        path: &[String],
+        sink: Arc<dyn Sink>,
+        dest: SinkDir,
+        concurrency: usize,
+        progress: Arc<Progress>,
+    ) -> StorageResult<()> {
+        const OP: &str = "copy from";
+        check_path(OP, path)?;
+        let vol_path = join(path);
+        let root = self.t.root().await?;
+        let Some(vol) = self.walk(&root, path, false, OP).await? else {
+            return Err(vanished(OP, vol_path));
+        };
+        self.t.prepare_parallel(concurrency);
+        copy_tree(
+            Arc::clone(&self.t),
+            vol,
+            &vol_path,
+            sink,
+            dest,
+            concurrency,
+            progress,
+        )
+        .await
+    }
+
+    /// What the volume at `path` takes; `None`: it is not there.
+    pub async fn measure(
+        &self,
+        path: &[String],
+        concurrency: usize,
+        pace: Pace,
+    ) -> StorageResult<Option<Usage>> {
+        const OP: &str = "measure";
+        check_path(OP, path)?;
+        let vol_path = join(path);
+        let root = self.t.root().await?;
+        let Some(vol) = self.walk(&root, path, false, OP).await? else {
+            return Ok(None);
+        };
+        let st = self.t.dir_stat(&vol, at("stat", &vol_path)).await?;
+        let walker = Walker::new(Arc::clone(&self.t), Measure::default(), concurrency, OP).paced(Some(pace));
+        walker.visitor().add(&st);
+        walker.walk_inside(vol, (), &vol_path).await?;
+        Ok(Some(walker.visitor().usage()))
     }
 
     pub async fn capacity(&self) -> StorageResult<Capacity> {
@@ -593,7 +691,7 @@ impl<T: Transport> Volumes<T> {
         };
         let placed = match t.stat(&dir, VOL_DIR.as_bytes(), at(OP, &file(VOL_DIR))).await? {
             None => true,
-            Some(st) if st.kind == Kind::Dir => false,
+            Some(st) if st.kind() == Kind::Dir => false,
             Some(_) => return Err(not_a_directory(OP, file(VOL_DIR))),
         };
         let placing = t
@@ -709,10 +807,15 @@ impl<T: Transport> Volumes<T> {
 
     /// Removes an unpublished `<pv>.tmp` record (ours by name) and everything in it.
     async fn remove_leftover(&self, staging: &T::Dir, tmp: &str) -> StorageResult<()> {
-        Walker::new(Arc::clone(&self.t), LEFTOVER_CONCURRENCY)
-            .remove(staging, tmp, STAGING_DIR)
-            .await
-            .map(drop)
+        Walker::new(
+            Arc::clone(&self.t),
+            Remove,
+            LEFTOVER_CONCURRENCY,
+            "remove staging record",
+        )
+        .walk(staging, (), tmp, STAGING_DIR)
+        .await
+        .map(drop)
     }
 }
 
@@ -723,8 +826,9 @@ impl<T: Transport> Backend for Volumes<T> {
         path: &'a [String],
         dir: DirMode,
         existing: Existing,
+        fill: Option<&'a Fill<'a>>,
     ) -> OpFuture<'a, Created> {
-        Box::pin(self.create(pv, path, dir, existing))
+        Box::pin(self.create(pv, path, dir, existing, fill))
     }
 
     fn finish_volume<'a>(&'a self, pv: &'a str) -> OpFuture<'a, ()> {
@@ -745,6 +849,26 @@ impl<T: Transport> Backend for Volumes<T> {
 
     fn delete_volume<'a>(&'a self, path: &'a [String], concurrency: usize) -> OpFuture<'a, Removed> {
         Box::pin(self.delete(path, concurrency))
+    }
+
+    fn copy_volume_into<'a>(
+        &'a self,
+        path: &'a [String],
+        sink: Arc<dyn Sink>,
+        dest: SinkDir,
+        concurrency: usize,
+        progress: Arc<Progress>,
+    ) -> OpFuture<'a, ()> {
+        Box::pin(self.copy_into(path, sink, dest, concurrency, progress))
+    }
+
+    fn measure_volume<'a>(
+        &'a self,
+        path: &'a [String],
+        concurrency: usize,
+        pace: Pace,
+    ) -> OpFuture<'a, Option<Usage>> {
+        Box::pin(self.measure(path, concurrency, pace))
     }
 
     fn capacity(&self) -> OpFuture<'_, Capacity> {
@@ -834,7 +958,7 @@ mod tests {
         let steps = primitives(
             |_| {},
             |v| async move {
-                v.create("pv-1", &p("ns/a-vol"), MODE, Existing::Refuse)
+                v.create("pv-1", &p("ns/a-vol"), MODE, Existing::Refuse, None)
                     .await
                     .unwrap();
                 v.transport().calls()
@@ -847,13 +971,13 @@ mod tests {
             let crashed = Volumes::new(Faulty::crash_at(posix(tmp.path()), crash));
             assert!(
                 crashed
-                    .create("pv-1", &path, MODE, Existing::Refuse)
+                    .create("pv-1", &path, MODE, Existing::Refuse, None)
                     .await
                     .is_err(),
                 "crash at {crash}"
             );
             let retry = Volumes::new(posix(tmp.path()));
-            let created = retry.create("pv-1", &path, MODE, Existing::Refuse).await;
+            let created = retry.create("pv-1", &path, MODE, Existing::Refuse, None).await;
             assert!(
                 matches!(created, Ok(Created::New | Created::Adopted)),
                 "crash at {crash}: {created:?}"
@@ -864,12 +988,106 @@ mod tests {
             assert_eq!(names(&tmp.path().join("ns")), ["a-vol"], "crash at {crash}");
             // A second retry (the PV not yet seen) adopts; finishing leaves the staging area empty.
             assert_eq!(
-                retry.create("pv-1", &path, MODE, Existing::Refuse).await.unwrap(),
+                retry
+                    .create("pv-1", &path, MODE, Existing::Refuse, None)
+                    .await
+                    .unwrap(),
                 Created::Adopted
             );
             retry.finish("pv-1").await.unwrap();
             assert!(names(&staging(tmp.path())).is_empty(), "crash at {crash}");
             assert_eq!(names(tmp.path()), [STAGING_DIR, "ns"], "crash at {crash}");
+        }
+    }
+
+    /// `src`: files, a nested read-only directory, a symlink; what a clone copies.
+    fn clone_source(root: &Path) {
+        fs::create_dir_all(root.join("src/d/e")).unwrap();
+        fs::write(root.join("src/a"), b"alpha").unwrap();
+        fs::write(root.join("src/d/b"), vec![7u8; 3 * 1024 * 1024]).unwrap();
+        fs::write(root.join("src/d/e/c"), b"gamma").unwrap();
+        std::os::unix::fs::symlink("../a", root.join("src/d/link")).unwrap();
+        fs::set_permissions(root.join("src/d"), fs::Permissions::from_mode(0o555)).unwrap();
+    }
+
+    /// Every file of a tree with its content, and every symlink with its target.
+    fn tree(dir: &Path) -> Vec<(String, Vec<u8>)> {
+        let mut out = Vec::new();
+        for name in names(dir) {
+            let path = dir.join(&name);
+            let md = fs::symlink_metadata(&path).unwrap();
+            if md.is_dir() {
+                out.extend(tree(&path).into_iter().map(|(n, c)| (format!("{name}/{n}"), c)));
+                out.push((
+                    format!("{name}/"),
+                    format!("{:o}", md.mode() & 0o7777).into_bytes(),
+                ));
+            } else if md.is_symlink() {
+                out.push((
+                    name,
+                    fs::read_link(&path)
+                        .unwrap()
+                        .into_os_string()
+                        .into_encoded_bytes(),
+                ));
+            } else {
+                out.push((name, fs::read(&path).unwrap()));
+            }
+        }
+        out
+    }
+
+    async fn clone_into<T: Transport>(
+        dest: &Volumes<T>,
+        source: &Volumes<PosixTransport>,
+    ) -> StorageResult<Created> {
+        let path = p("src");
+        let fill = Fill {
+            source,
+            path: &path,
+            concurrency: 4,
+            progress: Arc::default(),
+        };
+        dest.create("pv-1", &p("ns/clone"), MODE, Existing::Refuse, Some(&fill))
+            .await
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_crash_at_any_step_of_a_clone_converges_on_retry_to_a_whole_copy_and_no_leftovers() {
+        let steps = {
+            let tmp = tempfile::tempdir().unwrap();
+            clone_source(tmp.path());
+            let counted = Volumes::new(Faulty::crash_at(posix(tmp.path()), usize::MAX));
+            clone_into(&counted, &Volumes::new(posix(tmp.path())))
+                .await
+                .unwrap();
+            counted.transport().calls()
+        };
+        assert!(steps > 20, "{steps}");
+        for crash in 0..steps {
+            let tmp = tempfile::tempdir().unwrap();
+            clone_source(tmp.path());
+            let source = Volumes::new(posix(tmp.path()));
+            let crashed = Volumes::new(Faulty::crash_at(posix(tmp.path()), crash));
+            assert!(clone_into(&crashed, &source).await.is_err(), "crash at {crash}");
+            assert!(
+                !tmp.path().join("ns/clone").exists(),
+                "crash at {crash}: placed before it was whole"
+            );
+            let retry = Volumes::new(posix(tmp.path()));
+            let created = clone_into(&retry, &source).await;
+            assert!(
+                matches!(created, Ok(Created::New | Created::Adopted)),
+                "crash at {crash}: {created:?}"
+            );
+            assert_eq!(
+                tree(&tmp.path().join("src")),
+                tree(&tmp.path().join("ns/clone")),
+                "crash at {crash}"
+            );
+            assert_eq!(mode_of(&tmp.path().join("ns/clone")), 0o2770);
+            retry.finish("pv-1").await.unwrap();
+            assert!(names(&staging(tmp.path())).is_empty(), "crash at {crash}");
         }
     }
 
@@ -942,7 +1160,9 @@ mod tests {
         let v = Volumes::new(posix(tmp.path()));
         record(tmp.path(), &format!("pv-1{TMP_SUFFIX}"), "elsewhere", true);
         assert_eq!(
-            v.create("pv-1", &p("vol"), MODE, Existing::Refuse).await.unwrap(),
+            v.create("pv-1", &p("vol"), MODE, Existing::Refuse, None)
+                .await
+                .unwrap(),
             Created::New
         );
         assert_eq!(v.staged_target("pv-1").await.unwrap(), Some(p("vol")));
@@ -957,7 +1177,7 @@ mod tests {
         let rec = record(tmp.path(), "pv-1", "ns/vol", true);
         fs::write(rec.join("vol/kept"), b"from the first attempt").unwrap();
         assert_eq!(
-            v.create("pv-1", &p("ns/vol"), MODE, Existing::Refuse)
+            v.create("pv-1", &p("ns/vol"), MODE, Existing::Refuse, None)
                 .await
                 .unwrap(),
             Created::New
@@ -975,19 +1195,23 @@ mod tests {
         let rec = record(tmp.path(), "pv-1", "vol", false);
         fs::write(rec.join(INODE_FILE), format!("{}\n", ino + 1)).unwrap();
         assert!(
-            v.create("pv-1", &p("vol"), MODE, Existing::Refuse)
+            v.create("pv-1", &p("vol"), MODE, Existing::Refuse, None)
                 .await
                 .unwrap_err()
                 .is_taken()
         );
         fs::write(rec.join(INODE_FILE), format!("{ino}\n")).unwrap();
         assert_eq!(
-            v.create("pv-1", &p("vol"), MODE, Existing::Refuse).await.unwrap(),
+            v.create("pv-1", &p("vol"), MODE, Existing::Refuse, None)
+                .await
+                .unwrap(),
             Created::Adopted
         );
         fs::remove_dir(tmp.path().join("vol")).unwrap();
         assert_eq!(
-            v.create("pv-1", &p("vol"), MODE, Existing::Refuse).await.unwrap(),
+            v.create("pv-1", &p("vol"), MODE, Existing::Refuse, None)
+                .await
+                .unwrap(),
             Created::New
         );
         assert_eq!(mode_of(&tmp.path().join("vol")), 0o2770);
@@ -999,7 +1223,7 @@ mod tests {
         let v = Volumes::new(posix(tmp.path()));
         record(tmp.path(), "pv-1", "other", true);
         let err = v
-            .create("pv-1", &p("new/vol"), MODE, Existing::Refuse)
+            .create("pv-1", &p("new/vol"), MODE, Existing::Refuse, None)
             .await
             .unwrap_err();
         assert_eq!(
@@ -1018,14 +1242,16 @@ mod tests {
         fs::set_permissions(&claim, fs::Permissions::from_mode(CLAIM_MODE)).unwrap();
         let rec = record(tmp.path(), "pv-1", "vol", true);
         assert!(
-            v.create("pv-1", &p("vol"), MODE, Existing::Refuse)
+            v.create("pv-1", &p("vol"), MODE, Existing::Refuse, None)
                 .await
                 .unwrap_err()
                 .is_taken()
         );
         fs::write(rec.join(PLACING_FILE), b"").unwrap();
         assert_eq!(
-            v.create("pv-1", &p("vol"), MODE, Existing::Refuse).await.unwrap(),
+            v.create("pv-1", &p("vol"), MODE, Existing::Refuse, None)
+                .await
+                .unwrap(),
             Created::New
         );
         assert_eq!(mode_of(&claim), 0o2770);

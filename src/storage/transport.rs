@@ -14,6 +14,9 @@
 //!   caller says is its own: a transport whose rename replaces empty directories (NFS) emulates
 //!   no-replace with an exclusive MKDIR of the target first.
 //! * Errors name the operation and the path they are given ([`At`]).
+//! * Files are read and written through handles of their own ([`Transport::File`]), opened without
+//!   following a symlink; attributes are set on a handle, or by name only for a symlink
+//!   ([`Target`]), and an owner the server or kernel does not let us set is reported, not an error.
 
 use std::future::Future;
 
@@ -37,10 +40,29 @@ pub enum Kind {
     Other,
 }
 
+/// What an entry is, as copies and usage tell entries apart.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum FileType {
+    Dir,
+    Regular,
+    Symlink,
+    Fifo,
+    Socket,
+    CharDevice,
+    BlockDevice,
+}
+
+/// A point in time as filesystems keep it: seconds since the epoch and nanoseconds.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct Time {
+    pub seconds: i64,
+    pub nanos: u32,
+}
+
 /// An entry's attributes (not following a symlink).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Stat {
-    pub kind: Kind,
+    pub file_type: FileType,
     /// Inode number (NFS fileid).
     pub id: u64,
     /// The filesystem it is on (st_dev, NFS fsid).
@@ -49,6 +71,77 @@ pub struct Stat {
     pub mode: u32,
     pub uid: u32,
     pub gid: u32,
+    pub nlink: u64,
+    /// Length in bytes (of a symlink: of its target).
+    pub size: u64,
+    /// Bytes it takes on the server's disk (st_blocks × 512, NFS `used`), as `du` counts them.
+    pub used: u64,
+    pub atime: Time,
+    pub mtime: Time,
+}
+
+impl Stat {
+    pub fn kind(&self) -> Kind {
+        match self.file_type {
+            FileType::Dir => Kind::Dir,
+            _ => Kind::Other,
+        }
+    }
+}
+
+/// Attributes to set; `None` leaves one as it is.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Attrs {
+    /// Permission bits, with setuid, setgid and sticky (ignored for a symlink).
+    pub mode: Option<u32>,
+    pub uid: Option<u32>,
+    pub gid: Option<u32>,
+    /// A regular file's length: extends it with a hole, or cuts it.
+    pub size: Option<u64>,
+    /// Access and modification time.
+    pub times: Option<(Time, Time)>,
+}
+
+impl Attrs {
+    /// Owner, mode and times of `st`, as a copy keeps them.
+    pub fn of(st: &Stat) -> Attrs {
+        Attrs {
+            mode: Some(st.mode),
+            uid: Some(st.uid),
+            gid: Some(st.gid),
+            size: None,
+            times: Some((st.atime, st.mtime)),
+        }
+    }
+
+    pub fn sets_owner(&self) -> bool {
+        self.uid.is_some() || self.gid.is_some()
+    }
+}
+
+/// What [`Transport::set_attrs`] acts on: an open directory or file, or (for a symlink, which
+/// cannot be opened without following it) an entry by name.
+pub enum Target<'a, D, F> {
+    Dir(&'a D),
+    File(&'a F),
+    Link(&'a D, &'a [u8]),
+}
+
+/// Whether the owner asked for could be set.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Owner {
+    /// Set, or none was asked for.
+    Kept,
+    /// The server or kernel does not let us choose owners (root squashed, or no CAP_CHOWN); every
+    /// other attribute was set.
+    Refused,
+}
+
+pub enum OpenedFile<F> {
+    File(F),
+    /// Not a regular file (any more): what it is now.
+    Other(FileType),
+    Missing,
 }
 
 pub enum Opened<D> {
@@ -117,10 +210,13 @@ pub enum ReadFile {
     NotAFile,
 }
 
-/// One directory entry; `kind` and `dir` are given where the listing carries them for free.
+/// One directory entry; `kind`, `stat` and `dir` are given where the listing carries them for
+/// free.
 pub struct Entry<D> {
     pub name: Vec<u8>,
     pub kind: Option<Kind>,
+    /// Its attributes (NFS READDIRPLUS gives them).
+    pub stat: Option<Stat>,
     /// A handle of the entry if it is a directory (NFS READDIRPLUS gives one).
     pub dir: Option<D>,
 }
@@ -145,6 +241,8 @@ pub trait Transport: Send + Sync + 'static {
     type Dir: Clone + Send + Sync + 'static;
     /// A position in a directory listing.
     type Cursor: Clone + Send + Sync + 'static;
+    /// An open regular file: a file descriptor, an NFS file handle.
+    type File: Send + Sync + 'static;
 
     /// The export root (connecting first where that is needed).
     fn root(&self) -> impl Future<Output = StorageResult<Self::Dir>> + Send;
@@ -230,6 +328,71 @@ pub trait Transport: Send + Sync + 'static {
         at: At<'_>,
     ) -> impl Future<Output = StorageResult<Unlinked>> + Send;
     fn statfs(&self, dir: &Self::Dir, at: At<'_>) -> impl Future<Output = StorageResult<Capacity>> + Send;
+
+    /// Opens regular file `name` of `dir` for reading (never through a symlink, never blocking on
+    /// a FIFO).
+    fn open_file(
+        &self,
+        dir: &Self::Dir,
+        name: &[u8],
+        at: At<'_>,
+    ) -> impl Future<Output = StorageResult<OpenedFile<Self::File>>> + Send;
+    /// Up to `len` bytes from `offset`; fewer only at the end of the file. `None`: the file was
+    /// removed since it was opened (NFS: a stale handle; an open POSIX file stays readable).
+    fn read(
+        &self,
+        file: &Self::File,
+        offset: u64,
+        len: usize,
+        at: At<'_>,
+    ) -> impl Future<Output = StorageResult<Option<Vec<u8>>>> + Send;
+    /// Creates regular file `name` (mode 0600) exclusively, open for writing.
+    fn create_file(
+        &self,
+        dir: &Self::Dir,
+        name: &[u8],
+        at: At<'_>,
+    ) -> impl Future<Output = StorageResult<Made<Self::File>>> + Send;
+    /// Writes all of `data` at `offset`; `durable`: on the server's disk before this answers (for
+    /// a file written in one call, which then needs no [`Transport::commit`]).
+    fn write(
+        &self,
+        file: &Self::File,
+        offset: u64,
+        data: &[u8],
+        durable: bool,
+        at: At<'_>,
+    ) -> impl Future<Output = StorageResult<()>> + Send;
+    /// Makes what was written to `file` durable on the server (NFS COMMIT; a mounted export's
+    /// files are made durable together, by [`Transport::sync`]).
+    fn commit(&self, file: &Self::File, at: At<'_>) -> impl Future<Output = StorageResult<()>> + Send;
+    /// Makes everything written below `dir` durable (a mounted export: syncfs).
+    fn sync(&self, dir: &Self::Dir, at: At<'_>) -> impl Future<Output = StorageResult<()>> + Send;
+    /// The target of symlink `name` of `dir`, as bytes, never resolved; `None`: not there (or
+    /// not a symlink any more).
+    fn read_link(
+        &self,
+        dir: &Self::Dir,
+        name: &[u8],
+        at: At<'_>,
+    ) -> impl Future<Output = StorageResult<Option<Vec<u8>>>> + Send;
+    /// Creates symlink `name` in `dir` pointing at `target`, exclusively.
+    fn symlink(
+        &self,
+        dir: &Self::Dir,
+        name: &[u8],
+        target: &[u8],
+        at: At<'_>,
+    ) -> impl Future<Output = StorageResult<Made<()>>> + Send;
+    /// Sets `attrs`: owner first (which clears setuid and setgid), then mode, size and times.
+    fn set_attrs(
+        &self,
+        target: Target<'_, Self::Dir, Self::File>,
+        attrs: &Attrs,
+        at: At<'_>,
+    ) -> impl Future<Output = StorageResult<Owner>> + Send;
+    /// Bytes a read or write moves at best (the server's preferred transfer size).
+    fn io_size(&self) -> usize;
 
     /// Directory handles a walk may hold at once (`None`: handles cost no resource).
     fn max_open_dirs(&self) -> Option<usize>;

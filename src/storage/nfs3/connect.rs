@@ -26,11 +26,19 @@ pub struct ConnectionInfo {
     pub reserved_port: bool,
 }
 
+/// Bytes per READ and WRITE when the server does not say what it prefers (FSINFO).
+pub const DEFAULT_IO_SIZE: usize = 64 * 1024;
+/// Bounds of the transfer size taken from FSINFO: a reply of this size is buffered whole.
+const MIN_IO_SIZE: usize = 4 * 1024;
+const MAX_IO_SIZE: usize = 1 << 20;
+
 /// One export's root handle and pool of connections.
 pub struct Connection {
     pub(super) proto: Proto,
     pub(super) root: Node,
     info: ConnectionInfo,
+    /// Bytes per READ and WRITE: the server's preferred size, within its maximum.
+    io_size: usize,
 }
 
 impl Connection {
@@ -111,13 +119,35 @@ impl Connection {
         if !root.is_dir() {
             return Err(status("open export root", share, nfsstat3::NFS3ERR_NOTDIR));
         }
+        let io_size = match proto
+            .fsinfo(&root.fh, "query transfer sizes of export", share)
+            .await
+        {
+            Ok(fs) => {
+                let size = |v: u32| usize::try_from(v).unwrap_or(MAX_IO_SIZE);
+                let preferred = size(fs.rtpref).min(size(fs.wtpref));
+                let max = size(fs.rtmax).min(size(fs.wtmax)).max(MIN_IO_SIZE);
+                preferred.clamp(MIN_IO_SIZE, MAX_IO_SIZE).min(max)
+            }
+            Err(_) => DEFAULT_IO_SIZE,
+        };
         let info = ConnectionInfo {
             nfs_addr,
             mount_addr,
             connections: proto.pool.size(),
             reserved_port: reserved_port && proto.pool.uses_resvport(),
         };
-        Ok(Connection { proto, root, info })
+        Ok(Connection {
+            proto,
+            root,
+            info,
+            io_size,
+        })
+    }
+
+    /// Bytes per READ and WRITE.
+    pub fn io_size(&self) -> usize {
+        self.io_size
     }
 
     /// Where and how this export is connected.

@@ -28,9 +28,12 @@ mod proto;
 mod rpc;
 pub mod testing;
 
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, PoisonError};
 
-use nfs3_client::nfs3_types::nfs3::{Nfs3Option, cookieverf3, fattr3, ftype3, nfsstat3, sattr3};
+use nfs3_client::nfs3_types::nfs3::{
+    Nfs3Option, cookieverf3, fattr3, ftype3, nfsstat3, nfstime3, sattr3, set_atime, set_mtime, stable_how,
+    writeverf3,
+};
 use tokio::sync::OnceCell;
 
 pub use connect::{Connection, ConnectionInfo, DEFAULT_CONNECTIONS};
@@ -41,7 +44,8 @@ pub use self::proto::Node;
 use self::proto::{Mkdir, mode_attr, status};
 use super::error::StorageResult;
 use super::transport::{
-    At, Capacity, Entry, Kind, Made, Move, Opened, Page, ReadFile, Renamed, Stat, Transport, Unlinked,
+    At, Attrs, Capacity, Entry, FileType, Kind, Made, Move, Opened, OpenedFile, Owner, Page, ReadFile,
+    Renamed, Stat, Target, Time, Transport, Unlinked,
 };
 use crate::core::export::{ClientOptions, Export};
 use crate::core::staging::CLAIM_MODE;
@@ -52,18 +56,87 @@ pub struct Nfs3Transport {
     connection: OnceCell<Arc<Connection>>,
 }
 
+fn file_type(t: ftype3) -> FileType {
+    match t {
+        ftype3::NF3REG => FileType::Regular,
+        ftype3::NF3DIR => FileType::Dir,
+        ftype3::NF3BLK => FileType::BlockDevice,
+        ftype3::NF3CHR => FileType::CharDevice,
+        ftype3::NF3LNK => FileType::Symlink,
+        ftype3::NF3SOCK => FileType::Socket,
+        ftype3::NF3FIFO => FileType::Fifo,
+    }
+}
+
+fn time_of(t: nfstime3) -> Time {
+    Time {
+        seconds: i64::from(t.seconds),
+        nanos: t.nseconds,
+    }
+}
+
+/// NFSv3 times are unsigned 32-bit seconds: earlier than 1970 or later than 2106 are clamped.
+fn nfstime(t: Time) -> nfstime3 {
+    nfstime3 {
+        seconds: u32::try_from(t.seconds.max(0)).unwrap_or(u32::MAX),
+        nseconds: t.nanos,
+    }
+}
+
 fn stat_of(attr: &fattr3) -> Stat {
     Stat {
-        kind: if matches!(attr.type_, ftype3::NF3DIR) {
-            Kind::Dir
-        } else {
-            Kind::Other
-        },
+        file_type: file_type(attr.type_),
         id: attr.fileid,
         fs: attr.fsid,
         mode: attr.mode & 0o7777,
         uid: attr.uid,
         gid: attr.gid,
+        nlink: u64::from(attr.nlink),
+        size: attr.size,
+        used: attr.used,
+        atime: time_of(attr.atime),
+        mtime: time_of(attr.mtime),
+    }
+}
+
+fn sattr(attrs: &Attrs, owner: bool) -> sattr3 {
+    let opt = |v: Option<u32>| v.map_or(Nfs3Option::None, Nfs3Option::Some);
+    sattr3 {
+        mode: opt(attrs.mode),
+        uid: if owner { opt(attrs.uid) } else { Nfs3Option::None },
+        gid: if owner { opt(attrs.gid) } else { Nfs3Option::None },
+        size: attrs.size.map_or(Nfs3Option::None, Nfs3Option::Some),
+        atime: attrs.times.map_or(set_atime::DONT_CHANGE, |(a, _)| {
+            set_atime::SET_TO_CLIENT_TIME(nfstime(a))
+        }),
+        mtime: attrs.times.map_or(set_mtime::DONT_CHANGE, |(_, m)| {
+            set_mtime::SET_TO_CLIENT_TIME(nfstime(m))
+        }),
+    }
+}
+
+/// An open regular file: its handle, and the verifier of its UNSTABLE writes, which the COMMIT
+/// must match (a different one: the server restarted and may have lost them).
+pub struct NfsFile {
+    node: Node,
+    unstable: Mutex<Option<writeverf3>>,
+}
+
+impl NfsFile {
+    fn new(node: Node) -> Self {
+        NfsFile {
+            node,
+            unstable: Mutex::new(None),
+        }
+    }
+}
+
+fn restarted(at: At<'_>) -> NfsError {
+    NfsError::Rpc {
+        op: at.op,
+        path: at.path.to_owned(),
+        reason: "the server restarted while the file was written (its write verifier changed); unstable writes may be lost"
+            .to_owned(),
     }
 }
 
@@ -140,6 +213,7 @@ impl Nfs3Transport {
 impl Transport for Nfs3Transport {
     type Dir = Node;
     type Cursor = (u64, cookieverf3);
+    type File = NfsFile;
 
     async fn root(&self) -> StorageResult<Node> {
         Ok(self.connection().await?.root.clone())
@@ -311,7 +385,8 @@ impl Transport for Nfs3Transport {
         let entries = entries
             .into_iter()
             .map(|e| {
-                let kind = e.attr.as_ref().map(|a| stat_of(a).kind);
+                let stat = e.attr.as_ref().map(stat_of);
+                let kind = stat.map(|st| st.kind());
                 let dir = match (kind, e.fh, e.attr) {
                     (Some(Kind::Dir), Some(fh), Some(attr)) => Some(Node { fh, attr }),
                     _ => None,
@@ -319,6 +394,7 @@ impl Transport for Nfs3Transport {
                 Entry {
                     name: e.name,
                     kind,
+                    stat,
                     dir,
                 }
             })
@@ -360,6 +436,187 @@ impl Transport for Nfs3Transport {
             free_bytes: st.fbytes,
             available_bytes: st.abytes,
         })
+    }
+
+    async fn open_file(&self, dir: &Node, name: &[u8], at: At<'_>) -> StorageResult<OpenedFile<NfsFile>> {
+        Ok(match self.lookup(dir, name, at).await? {
+            None => OpenedFile::Missing,
+            Some(n) if matches!(n.attr.type_, ftype3::NF3REG) => OpenedFile::File(NfsFile::new(n)),
+            Some(n) => OpenedFile::Other(file_type(n.attr.type_)),
+        })
+    }
+
+    async fn read(
+        &self,
+        file: &NfsFile,
+        offset: u64,
+        len: usize,
+        at: At<'_>,
+    ) -> StorageResult<Option<Vec<u8>>> {
+        let mut out = Vec::with_capacity(len);
+        while out.len() < len {
+            let want = u32::try_from(len - out.len()).unwrap_or(u32::MAX);
+            let read = self
+                .proto()
+                .read(&file.node.fh, offset + out.len() as u64, want, at.op, at.path)
+                .await;
+            let (data, eof) = match read {
+                Ok(read) => read,
+                Err(e) if e.status() == Some(nfsstat3::NFS3ERR_STALE) => return Ok(None),
+                Err(e) => return Err(e.into()),
+            };
+            out.extend_from_slice(&data);
+            if eof || data.is_empty() {
+                break;
+            }
+        }
+        out.truncate(len);
+        Ok(Some(out))
+    }
+
+    async fn create_file(&self, dir: &Node, name: &[u8], at: At<'_>) -> StorageResult<Made<NfsFile>> {
+        Ok(
+            match self
+                .proto()
+                .create_file(&dir.fh, name, 0o600, b"", at.op, at.path)
+                .await?
+            {
+                Some(node) => Made::New(NfsFile::new(node)),
+                None => Made::Exists,
+            },
+        )
+    }
+
+    async fn write(
+        &self,
+        file: &NfsFile,
+        offset: u64,
+        data: &[u8],
+        durable: bool,
+        at: At<'_>,
+    ) -> StorageResult<()> {
+        let stable = if durable {
+            stable_how::FILE_SYNC
+        } else {
+            stable_how::UNSTABLE
+        };
+        let mut done = 0;
+        while done < data.len() {
+            let (n, committed, verf) = self
+                .proto()
+                .write(
+                    &file.node.fh,
+                    offset + done as u64,
+                    &data[done..],
+                    stable,
+                    at.op,
+                    at.path,
+                )
+                .await?;
+            if committed == stable_how::UNSTABLE {
+                let mut unstable = file.unstable.lock().unwrap_or_else(PoisonError::into_inner);
+                match *unstable {
+                    Some(seen) if seen != verf => return Err(restarted(at).into()),
+                    _ => *unstable = Some(verf),
+                }
+            }
+            done += n;
+        }
+        Ok(())
+    }
+
+    async fn commit(&self, file: &NfsFile, at: At<'_>) -> StorageResult<()> {
+        let written = *file.unstable.lock().unwrap_or_else(PoisonError::into_inner);
+        let Some(written) = written else {
+            return Ok(());
+        };
+        let verf = self.proto().commit(&file.node.fh, at.op, at.path).await?;
+        if verf != written {
+            return Err(restarted(at).into());
+        }
+        Ok(())
+    }
+
+    /// Each file is committed on its own.
+    async fn sync(&self, _dir: &Node, _at: At<'_>) -> StorageResult<()> {
+        Ok(())
+    }
+
+    async fn read_link(&self, dir: &Node, name: &[u8], at: At<'_>) -> StorageResult<Option<Vec<u8>>> {
+        match self.lookup(dir, name, at).await? {
+            Some(n) if matches!(n.attr.type_, ftype3::NF3LNK) => {
+                Ok(Some(self.proto().readlink(&n.fh, at.op, at.path).await?))
+            }
+            _ => Ok(None),
+        }
+    }
+
+    async fn symlink(&self, dir: &Node, name: &[u8], target: &[u8], at: At<'_>) -> StorageResult<Made<()>> {
+        Ok(
+            match self
+                .proto()
+                .symlink(&dir.fh, name, target, at.op, at.path)
+                .await?
+            {
+                true => Made::New(()),
+                false => Made::Exists,
+            },
+        )
+    }
+
+    /// One SETATTR, or two when setuid or setgid bits must survive the owner change; an owner the
+    /// server refuses (root squashed) is reported and the rest set without it.
+    async fn set_attrs(
+        &self,
+        target: Target<'_, Node, NfsFile>,
+        attrs: &Attrs,
+        at: At<'_>,
+    ) -> StorageResult<Owner> {
+        let (node, link) = match target {
+            Target::Dir(node) => (node.clone(), false),
+            Target::File(file) => (file.node.clone(), false),
+            Target::Link(dir, name) => match self.lookup(dir, name, at).await? {
+                Some(node) => (node, true),
+                None => return Err(status(at.op, at.path, nfsstat3::NFS3ERR_NOENT).into()),
+            },
+        };
+        let mut attrs = *attrs;
+        if link {
+            attrs.mode = None;
+            attrs.size = None;
+        }
+        let special_bits = attrs.mode.is_some_and(|m| m & 0o6000 != 0);
+        let mut owner = Owner::Kept;
+        if attrs.sets_owner() {
+            let first = if special_bits {
+                Attrs {
+                    uid: attrs.uid,
+                    gid: attrs.gid,
+                    ..Attrs::default()
+                }
+            } else {
+                attrs
+            };
+            match self.set(&node, sattr(&first, true), at).await {
+                Ok(()) if !special_bits => return Ok(Owner::Kept),
+                Ok(()) => {}
+                Err(e) if matches!(e.status(), Some(nfsstat3::NFS3ERR_PERM | nfsstat3::NFS3ERR_INVAL)) => {
+                    owner = Owner::Refused;
+                }
+                Err(e) => return Err(e.into()),
+            }
+        }
+        let rest = sattr(&attrs, false);
+        if rest.mode.is_some() || rest.size.is_some() || attrs.times.is_some() {
+            self.set(&node, rest, at).await?;
+        }
+        Ok(owner)
+    }
+
+    fn io_size(&self) -> usize {
+        self.connection
+            .get()
+            .map_or(connect::DEFAULT_IO_SIZE, |c| c.io_size())
     }
 
     fn max_open_dirs(&self) -> Option<usize> {

@@ -3,10 +3,11 @@
 //! status mapped to [`NfsError`] naming the operation and the path.
 
 use nfs3_client::nfs3_types::nfs3::{
-    CREATE3args, FSSTAT3args, FSSTAT3resok, GETATTR3args, LOOKUP3args, MKDIR3args, Nfs3Option, Nfs3Result,
-    READ3args, READDIRPLUS3args, REMOVE3args, RENAME3args, RMDIR3args, SETATTR3args, SYMLINK3args,
-    WRITE3args, cookie3, cookieverf3, createhow3, diropargs3, fattr3, ftype3, nfs_fh3, nfspath3, nfsstat3,
-    sattr3, stable_how, symlinkdata3,
+    COMMIT3args, CREATE3args, FSINFO3args, FSINFO3resok, FSSTAT3args, FSSTAT3resok, GETATTR3args, LINK3args,
+    LOOKUP3args, MKDIR3args, MKNOD3args, Nfs3Option, Nfs3Result, READ3args, READDIRPLUS3args, READLINK3args,
+    REMOVE3args, RENAME3args, RMDIR3args, SETATTR3args, SYMLINK3args, WRITE3args, cookie3, cookieverf3,
+    createhow3, diropargs3, fattr3, ftype3, mknoddata3, nfs_fh3, nfspath3, nfsstat3, sattr3, stable_how,
+    symlinkdata3, writeverf3,
 };
 use nfs3_client::nfs3_types::xdr_codec::Opaque;
 
@@ -286,6 +287,7 @@ impl Proto {
         Ok(())
     }
 
+    /// `false`: the name existed (and our own resent request did not make it).
     pub async fn symlink(
         &self,
         dir: &nfs_fh3,
@@ -293,7 +295,7 @@ impl Proto {
         target: &[u8],
         op: &'static str,
         path: &str,
-    ) -> NfsResult<()> {
+    ) -> NfsResult<bool> {
         let args = SYMLINK3args {
             where_: dirop(dir, name),
             symlink: symlinkdata3 {
@@ -303,8 +305,124 @@ impl Proto {
         };
         let sent = call!(self.pool, |c| c.symlink(&args)).map_err(|f| transport(op, path, f))?;
         match sent.value {
+            Nfs3Result::Ok(_) => Ok(true),
+            Nfs3Result::Err((nfsstat3::NFS3ERR_EXIST, _)) => Ok(sent.resent),
+            Nfs3Result::Err((s, _)) => Err(status(op, path, s)),
+        }
+    }
+
+    /// Makes a FIFO, or a socket (for the test suites: a copy leaves them out, and nothing else
+    /// makes one).
+    pub async fn mknod(
+        &self,
+        dir: &nfs_fh3,
+        name: &[u8],
+        socket: bool,
+        op: &'static str,
+        path: &str,
+    ) -> NfsResult<()> {
+        let what = if socket {
+            mknoddata3::NF3SOCK(mode_attr(0o644))
+        } else {
+            mknoddata3::NF3FIFO(mode_attr(0o644))
+        };
+        let args = MKNOD3args {
+            where_: dirop(dir, name),
+            what,
+        };
+        let sent = call!(self.pool, |c| c.mknod(&args)).map_err(|f| transport(op, path, f))?;
+        match sent.value {
             Nfs3Result::Ok(_) => Ok(()),
-            Nfs3Result::Err((nfsstat3::NFS3ERR_EXIST, _)) if sent.resent => Ok(()),
+            Nfs3Result::Err((s, _)) => Err(status(op, path, s)),
+        }
+    }
+
+    /// A further name `name` in `dir` for `file` (for the test suites).
+    pub async fn link(
+        &self,
+        file: &nfs_fh3,
+        dir: &nfs_fh3,
+        name: &[u8],
+        op: &'static str,
+        path: &str,
+    ) -> NfsResult<()> {
+        let args = LINK3args {
+            file: file.clone(),
+            link: dirop(dir, name),
+        };
+        let sent = call!(self.pool, |c| c.link(&args)).map_err(|f| transport(op, path, f))?;
+        match sent.value {
+            Nfs3Result::Ok(_) => Ok(()),
+            Nfs3Result::Err((s, _)) => Err(status(op, path, s)),
+        }
+    }
+
+    /// Up to `count` bytes from `offset`, and whether the file ends there.
+    pub async fn read(
+        &self,
+        fh: &nfs_fh3,
+        offset: u64,
+        count: u32,
+        op: &'static str,
+        path: &str,
+    ) -> NfsResult<(Vec<u8>, bool)> {
+        let args = READ3args {
+            file: fh.clone(),
+            offset,
+            count,
+        };
+        let sent = call!(self.pool, |c| c.read(&args)).map_err(|f| transport(op, path, f))?;
+        match sent.value {
+            Nfs3Result::Ok(ok) => Ok((ok.data.as_ref().to_vec(), ok.eof)),
+            Nfs3Result::Err((s, _)) => Err(status(op, path, s)),
+        }
+    }
+
+    /// One WRITE of `data` at `offset` (the server may take fewer bytes: how many it took), and
+    /// the verifier an UNSTABLE write's COMMIT must match.
+    pub async fn write(
+        &self,
+        fh: &nfs_fh3,
+        offset: u64,
+        data: &[u8],
+        stable: stable_how,
+        op: &'static str,
+        path: &str,
+    ) -> NfsResult<(usize, stable_how, writeverf3)> {
+        let args = WRITE3args {
+            file: fh.clone(),
+            offset,
+            count: u32::try_from(data.len()).unwrap_or(u32::MAX),
+            stable,
+            data: Opaque::borrowed(data),
+        };
+        let sent = call!(self.pool, |c| c.write(&args)).map_err(|f| transport(op, path, f))?;
+        match sent.value {
+            Nfs3Result::Ok(ok) if ok.count > 0 => Ok((ok.count as usize, ok.committed, ok.verf)),
+            Nfs3Result::Ok(_) => Err(status(op, path, nfsstat3::NFS3ERR_IO)),
+            Nfs3Result::Err((s, _)) => Err(status(op, path, s)),
+        }
+    }
+
+    /// COMMIT of the whole file: the verifier of the server's current instance.
+    pub async fn commit(&self, fh: &nfs_fh3, op: &'static str, path: &str) -> NfsResult<writeverf3> {
+        let args = COMMIT3args {
+            file: fh.clone(),
+            offset: 0,
+            count: 0,
+        };
+        let sent = call!(self.pool, |c| c.commit(&args)).map_err(|f| transport(op, path, f))?;
+        match sent.value {
+            Nfs3Result::Ok(ok) => Ok(ok.verf),
+            Nfs3Result::Err((s, _)) => Err(status(op, path, s)),
+        }
+    }
+
+    pub async fn readlink(&self, fh: &nfs_fh3, op: &'static str, path: &str) -> NfsResult<Vec<u8>> {
+        let args = READLINK3args { symlink: fh.clone() };
+        let sent = call!(self.pool, |c| c.readlink(&args)).map_err(|f| transport(op, path, f))?;
+        match sent.value {
+            Nfs3Result::Ok(ok) => Ok(ok.data.0.as_ref().to_vec()),
             Nfs3Result::Err((s, _)) => Err(status(op, path, s)),
         }
     }
@@ -386,6 +504,15 @@ impl Proto {
                 }
                 Ok((out, next, ok.cookieverf, ok.reply.eof))
             }
+            Nfs3Result::Err((s, _)) => Err(status(op, path, s)),
+        }
+    }
+
+    pub async fn fsinfo(&self, root: &nfs_fh3, op: &'static str, path: &str) -> NfsResult<FSINFO3resok> {
+        let args = FSINFO3args { fsroot: root.clone() };
+        let sent = call!(self.pool, |c| c.fsinfo(&args)).map_err(|f| transport(op, path, f))?;
+        match sent.value {
+            Nfs3Result::Ok(ok) => Ok(ok),
             Nfs3Result::Err((s, _)) => Err(status(op, path, s)),
         }
     }

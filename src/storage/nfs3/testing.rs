@@ -8,7 +8,7 @@ use nfs3_client::nfs3_types::nfs3::{Nfs3Option, nfsstat3, sattr3};
 use super::Nfs3Transport;
 use super::proto::{Node, mode_attr, status};
 use crate::storage::error::StorageResult;
-use crate::storage::transport::{Made, Transport, at};
+use crate::storage::transport::{Kind, Made, Transport, at};
 
 impl Nfs3Transport {
     /// The node at `path` (`None`: something on the way is missing).
@@ -98,10 +98,66 @@ impl Nfs3Transport {
         let (leaf, dir) = path.split_last().unwrap_or((&"", &[]));
         let node = self.existing(dir, OP).await?;
         let full = path.join("/");
-        Ok(self
+        match self
             .proto()
             .symlink(&node.fh, leaf.as_bytes(), target.as_bytes(), OP, &full)
+            .await?
+        {
+            true => Ok(()),
+            false => Err(status(OP, &full, nfsstat3::NFS3ERR_EXIST).into()),
+        }
+    }
+
+    /// Makes a FIFO, or a socket, at `path` (parents must exist).
+    pub async fn mknod_at(&self, path: &[&str], socket: bool) -> StorageResult<()> {
+        const OP: &str = "create special file";
+        let (leaf, dir) = path.split_last().unwrap_or((&"", &[]));
+        let node = self.existing(dir, OP).await?;
+        Ok(self
+            .proto()
+            .mknod(&node.fh, leaf.as_bytes(), socket, OP, &path.join("/"))
             .await?)
+    }
+
+    /// Removes the non-directory at `path`.
+    pub async fn remove_at(&self, path: &[&str]) -> StorageResult<()> {
+        const OP: &str = "remove";
+        let (leaf, dir) = path.split_last().unwrap_or((&"", &[]));
+        let node = self.existing(dir, OP).await?;
+        self.remove(&node, leaf.as_bytes(), Kind::Other, at(OP, &path.join("/")))
+            .await
+            .map(drop)
+    }
+
+    /// Makes `path` a further name of the file at `existing` (parents must exist).
+    pub async fn link_at(&self, existing: &[&str], path: &[&str]) -> StorageResult<()> {
+        const OP: &str = "create hard link";
+        let file = self.existing(existing, OP).await?;
+        let (leaf, dir) = path.split_last().unwrap_or((&"", &[]));
+        let node = self.existing(dir, OP).await?;
+        Ok(self
+            .proto()
+            .link(&file.fh, &node.fh, leaf.as_bytes(), OP, &path.join("/"))
+            .await?)
+    }
+
+    /// Sets the access and modification times of `path`.
+    pub async fn set_times_at(
+        &self,
+        path: &[&str],
+        atime: (u32, u32),
+        mtime: (u32, u32),
+    ) -> StorageResult<()> {
+        use nfs3_client::nfs3_types::nfs3::{nfstime3, set_atime, set_mtime};
+        const OP: &str = "change attributes of";
+        let node = self.existing(path, OP).await?;
+        let time = |(seconds, nseconds)| nfstime3 { seconds, nseconds };
+        let times = sattr3 {
+            atime: set_atime::SET_TO_CLIENT_TIME(time(atime)),
+            mtime: set_mtime::SET_TO_CLIENT_TIME(time(mtime)),
+            ..sattr3::default()
+        };
+        Ok(self.set(&node, times, at(OP, &path.join("/"))).await?)
     }
 
     /// Sets the permission bits of `path`.

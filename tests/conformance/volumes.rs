@@ -1,353 +1,20 @@
-//! The suite for the storage layer's behaviour (`storage::Backend`): one volume protocol
-//! (`storage::Volumes`) over either transport, every scenario written once and run over both:
-//!
-//! * `mounted_<scenario>`: `MountedExport` (the protocol over `PosixTransport`, each operation on
-//!   a blocking thread) on a temporary directory (the backing directory), as the provisioner uses
-//!   the export mounted at NFS_MOUNT_PATH;
-//! * `direct_<scenario>`: `Volumes<Nfs3Transport>` on the test NFS server's `/export` (backing
-//!   directory `NFS_TEST_EXPORT_DIR`; see tests/nfs/mod.rs for the environment). Without
-//!   `NFS_TEST_SERVER` the direct half is skipped (loudly), or fails with `NFS_TEST_REQUIRE=1`.
-//!
-//! Outcomes are checked on the backing directory itself (owners, modes, names, contents, inode
-//! numbers), never through the backend under test. Preconditions (a foreign directory, files in a
-//! volume, symlinks, hand-made staging records as a crash leaves them) are made with plain file
-//! system calls for the mounted transport and over NFS for the direct one: ganesha caches
-//! directories, so an entry made on its host behind its back may stay invisible to it for a while.
-//! Every scenario works below its own top-level directory with its own PV names, so the direct
-//! ones can share one export with each other and with tests/direct_nfs.rs. What only NFS has
-//! (resent requests, source ports, root_squash, the pool) is in tests/direct_nfs.rs.
-#![allow(clippy::unwrap_used)] // a test: a failed call is a failed test
-
-mod nfs;
+//! Scenarios of one volume's life: create (exclusive, adopted, reused), archive, delete,
+//! refusals, capacity and the probe.
 
 use std::fs;
-use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, PoisonError, RwLock, RwLockReadGuard, RwLockWriteGuard};
 
-use nfs::{EXPORT, p, unique};
+use crate::nfs::{p, unique};
 use nfs_subdir_provisioner::core::naming::NAME_MAX;
 use nfs_subdir_provisioner::core::params::DirMode;
 use nfs_subdir_provisioner::core::staging::{
     CLAIM_MODE, INODE_FILE, PLACING_FILE, PROBE_PREFIX, STAGING_DIR, TARGET_FILE, TMP_SUFFIX, VOL_DIR,
 };
-use nfs_subdir_provisioner::storage::nfs3::Nfs3Transport;
-use nfs_subdir_provisioner::storage::posix::{MountedExport, PosixError};
-use nfs_subdir_provisioner::storage::{
-    Archived, Backend, Created, Existing, Refusal, Removed, StorageFailure,
-};
+use nfs_subdir_provisioner::storage::posix::PosixError;
+use nfs_subdir_provisioner::storage::{Archived, Created, Existing, Refusal, Removed};
 use nix::errno::Errno;
-use nix::sys::stat::Mode;
-use tempfile::TempDir;
 
-const SUITE: &str = "conformance (NFSv3 transport)";
-
-const RWX: DirMode = DirMode {
-    mode: 0o777,
-    uid: None,
-    gid: None,
-};
-
-/// What a StorageClass with `uid: 1000`, `gid: 2000`, `mode: 2770` asks for.
-const OWNED: DirMode = DirMode {
-    mode: 0o2770,
-    uid: Some(1000),
-    gid: Some(2000),
-};
-
-/// The process-wide umask: a scenario that changes it holds this exclusively; every other mounted
-/// fixture holds it shared (tests run on parallel threads of one process, and the mounted
-/// transport's parents and records are made under the umask).
-static UMASK: RwLock<()> = RwLock::new(());
-
-enum UmaskLock {
-    Shared(#[allow(dead_code)] RwLockReadGuard<'static, ()>),
-    /// Restores `old` when dropped, before the lock is released.
-    Changed {
-        old: Mode,
-        _lock: RwLockWriteGuard<'static, ()>,
-    },
-}
-
-impl Drop for UmaskLock {
-    fn drop(&mut self) {
-        if let UmaskLock::Changed { old, .. } = self {
-            nix::sys::stat::umask(*old);
-        }
-    }
-}
-
-/// Makes preconditions on the export, bypassing the backend under test.
-enum Tools {
-    /// Plain file system calls on the backing directory.
-    Local(PathBuf),
-    /// NFS calls over a connection of its own.
-    Nfs(Nfs3Transport),
-}
-
-impl Tools {
-    fn local(root: &Path, path: &[&str]) -> PathBuf {
-        root.join(path.join("/"))
-    }
-
-    async fn mkdir_p(&self, path: &[&str]) {
-        match self {
-            Tools::Local(root) => fs::create_dir_all(Self::local(root, path)).unwrap(),
-            Tools::Nfs(t) => t.mkdir_p(path).await.unwrap(),
-        }
-    }
-
-    /// A new file (an existing one is an error on the mounted side; over NFS it is left as it is,
-    /// so scenarios only ever write new names).
-    async fn write(&self, path: &[&str], content: &[u8]) {
-        match self {
-            Tools::Local(root) => {
-                use std::io::Write;
-                let mut f = fs::File::create_new(Self::local(root, path)).unwrap();
-                f.write_all(content).unwrap();
-            }
-            Tools::Nfs(t) => t.write_file_at(path, content, 0o644).await.unwrap(),
-        }
-    }
-
-    /// Empty files `names` in the existing directory `dir`.
-    async fn create_files(&self, dir: &[&str], names: Vec<String>) {
-        match self {
-            Tools::Local(root) => {
-                let dir = Self::local(root, dir);
-                for name in names {
-                    fs::File::create_new(dir.join(name)).unwrap();
-                }
-            }
-            Tools::Nfs(t) => t.create_files(dir, names, 16).await.unwrap(),
-        }
-    }
-
-    async fn symlink(&self, path: &[&str], target: &str) {
-        match self {
-            Tools::Local(root) => std::os::unix::fs::symlink(target, Self::local(root, path)).unwrap(),
-            Tools::Nfs(t) => t.symlink(path, target).await.unwrap(),
-        }
-    }
-
-    async fn chmod(&self, path: &[&str], mode: u32) {
-        match self {
-            Tools::Local(root) => {
-                fs::set_permissions(Self::local(root, path), fs::Permissions::from_mode(mode)).unwrap();
-            }
-            Tools::Nfs(t) => t.chmod_at(path, mode).await.unwrap(),
-        }
-    }
-
-    async fn chown(&self, path: &[&str], uid: Option<u32>, gid: Option<u32>) {
-        match self {
-            Tools::Local(root) => std::os::unix::fs::chown(Self::local(root, path), uid, gid).unwrap(),
-            Tools::Nfs(t) => t.chown_at(path, uid, gid).await.unwrap(),
-        }
-    }
-}
-
-/// One scenario's export: the backend under test, its backing directory, and the scenario's own
-/// top-level directory and PV name prefix.
-struct Fx {
-    backend: Arc<dyn Backend>,
-    /// Host directory of the export root.
-    backing: PathBuf,
-    tools: Tools,
-    /// This scenario's top-level directory (not yet created).
-    top: String,
-    /// Prefix of this scenario's PV names.
-    id: String,
-    /// Directory outside the export, for symlink targets.
-    outside: TempDir,
-    /// The mounted transport's export (removed with the fixture).
-    _tmp: Option<TempDir>,
-    _umask: Option<UmaskLock>,
-}
-
-impl Fx {
-    fn mounted(scenario: &str) -> Fx {
-        let lock = UMASK.read().unwrap_or_else(PoisonError::into_inner);
-        Self::mounted_with(scenario, UmaskLock::Shared(lock))
-    }
-
-    /// The mounted fixture with the process's umask set to `mask` until it is dropped.
-    fn mounted_under_umask(scenario: &str, mask: u32) -> Fx {
-        let lock = UMASK.write().unwrap_or_else(PoisonError::into_inner);
-        let old = nix::sys::stat::umask(Mode::from_bits_truncate(mask));
-        Self::mounted_with(scenario, UmaskLock::Changed { old, _lock: lock })
-    }
-
-    fn mounted_with(scenario: &str, umask: UmaskLock) -> Fx {
-        let tmp = tempfile::tempdir().unwrap();
-        let backing = tmp.path().to_path_buf();
-        Fx {
-            backend: Arc::new(MountedExport::new(backing.clone(), 16)),
-            tools: Tools::Local(backing.clone()),
-            backing,
-            top: unique(scenario),
-            id: unique("pv"),
-            outside: tempfile::tempdir().unwrap(),
-            _tmp: Some(tmp),
-            _umask: Some(umask),
-        }
-    }
-
-    /// `None`: no test server (the scenario is skipped).
-    async fn direct(scenario: &str) -> Option<Fx> {
-        let env = nfs::env(SUITE)?;
-        // Connects on first use, as the provisioner's transport of a StorageClass's export does.
-        let backend = env.lazy_volumes(EXPORT, &[]);
-        Some(Fx {
-            backend: Arc::new(backend),
-            tools: Tools::Nfs(env.connect(EXPORT, &[], 4).await),
-            backing: env.export_dir,
-            top: unique(scenario),
-            id: unique("pv"),
-            outside: tempfile::tempdir().unwrap(),
-            _tmp: None,
-            _umask: None,
-        })
-    }
-
-    fn is_nfs(&self) -> bool {
-        matches!(self.tools, Tools::Nfs(_))
-    }
-
-    /// Whether the backend can set any owner: over NFS (no_root_squash), or mounted as root.
-    fn can_chown(&self) -> bool {
-        self.is_nfs() || is_root()
-    }
-
-    /// A PV name of this scenario.
-    fn pv(&self, n: &str) -> String {
-        format!("{}-{n}", self.id)
-    }
-
-    /// A path below the scenario's top-level directory.
-    fn path(&self, rest: &[&str]) -> Vec<String> {
-        let mut path = vec![self.top.clone()];
-        path.extend(rest.iter().map(|c| (*c).to_owned()));
-        path
-    }
-
-    /// `top/rest` as messages show it.
-    fn shown(&self, rest: &[&str]) -> String {
-        self.path(rest).join("/")
-    }
-
-    /// The host path of a path below the scenario's top-level directory.
-    fn host(&self, rest: &[&str]) -> PathBuf {
-        rest.iter().fold(self.backing.join(&self.top), |d, c| d.join(c))
-    }
-
-    fn staging(&self) -> PathBuf {
-        self.backing.join(STAGING_DIR)
-    }
-
-    /// This scenario's staged PVs, as the backend lists them.
-    async fn staged(&self) -> Vec<String> {
-        let mut mine: Vec<String> = (self.backend.staged_volumes().await.unwrap())
-            .into_iter()
-            .filter(|pv| pv.starts_with(&self.id))
-            .collect();
-        mine.sort();
-        mine
-    }
-
-    async fn create(&self, pv: &str, rest: &[&str], dir: DirMode) -> Result<Created, StorageFailure> {
-        self.backend
-            .create_volume(pv, &self.path(rest), dir, Existing::Refuse)
-            .await
-    }
-
-    /// A staging record `name` as a crash leaves it: its target line (`rest` below the scenario's
-    /// top-level directory), and the volume directory when `with_vol` (not yet placed).
-    async fn record(&self, name: &str, rest: &[&str], with_vol: bool) {
-        self.tools.mkdir_p(&[STAGING_DIR, name]).await;
-        let target = format!("{}\n", self.shown(rest));
-        self.tools
-            .write(&[STAGING_DIR, name, TARGET_FILE], target.as_bytes())
-            .await;
-        if with_vol {
-            self.tools.mkdir_p(&[STAGING_DIR, name, VOL_DIR]).await;
-        }
-    }
-
-    /// Removes what the scenario left on a shared export (errors ignored: only tidying up).
-    async fn cleanup(&self) {
-        for pv in self.backend.staged_volumes().await.unwrap_or_default() {
-            if pv.starts_with(&self.id) {
-                let _ = self.backend.finish_volume(&pv).await;
-            }
-        }
-        let _ = self.backend.delete_volume(&p(&[&self.top]), 16).await;
-    }
-}
-
-fn is_root() -> bool {
-    nix::unistd::Uid::effective().is_root()
-}
-
-/// (uid, gid, permission bits) of a host path, not following symlinks.
-fn owner_mode(path: &Path) -> (u32, u32, u32) {
-    let md = fs::symlink_metadata(path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
-    (md.uid(), md.gid(), md.mode() & 0o7777)
-}
-
-fn ino(path: &Path) -> u64 {
-    fs::symlink_metadata(path)
-        .unwrap_or_else(|e| panic!("{}: {e}", path.display()))
-        .ino()
-}
-
-fn names(dir: &Path) -> Vec<String> {
-    let mut names: Vec<String> = fs::read_dir(dir)
-        .unwrap_or_else(|e| panic!("{}: {e}", dir.display()))
-        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
-        .collect();
-    names.sort();
-    names
-}
-
-fn is_symlink(path: &Path) -> bool {
-    fs::symlink_metadata(path).is_ok_and(|md| md.is_symlink())
-}
-
-/// The refusal of a directory that was not made for this volume.
-fn assert_taken<T: std::fmt::Debug>(result: Result<T, StorageFailure>, path: &str) {
-    let err = result.expect_err("a foreign directory must be refused");
-    assert!(
-        matches!(err.refusal(), Some(Refusal::Taken { path: p }) if p == path),
-        "{err:?}"
-    );
-    assert!(err.is_taken());
-    assert_eq!(
-        err.to_string(),
-        format!("create directory {path}: a directory not made for this volume already exists"),
-    );
-}
-
-/// The refusal of a symlink or non-directory at `path` by `op`.
-fn assert_not_a_directory<T: std::fmt::Debug>(result: Result<T, StorageFailure>, op: &str, path: &str) {
-    let err = result.expect_err("a symlink or non-directory must be refused");
-    assert!(
-        matches!(err.refusal(), Some(Refusal::NotADirectory { op: o, path: p }) if *o == op && p == path),
-        "{err:?}"
-    );
-    assert_eq!(
-        err.to_string(),
-        format!("{op} {path}: a symlink or non-directory is in the way; refusing to follow or touch it")
-    );
-}
-
-fn assert_invalid_path<T: std::fmt::Debug>(result: Result<T, StorageFailure>, what: &str) {
-    let err = result.expect_err("an invalid path must be refused");
-    assert!(
-        matches!(err.refusal(), Some(Refusal::InvalidPath { .. })),
-        "{what}: {err:?}"
-    );
-}
+use crate::fixture::*;
 
 // ---- create ----
 
@@ -355,7 +22,7 @@ fn assert_invalid_path<T: std::fmt::Debug>(result: Result<T, StorageFailure>, wh
 /// setgid; the umask would take bits away), missing parents get 0755 and existing ones are
 /// reused, and the staging record (target line, inode of the volume, the placing marker) stays
 /// until `finish_volume`, which may be repeated.
-async fn create_applies_mode_and_owner_exactly(fx: &Fx) {
+pub async fn create_applies_mode_and_owner_exactly(fx: &Fx) {
     let owner = fx.can_chown();
     let dir = if owner {
         OWNED
@@ -432,7 +99,7 @@ async fn create_applies_mode_and_owner_exactly(fx: &Fx) {
 
 /// Below a setgid parent a volume without a gid gets the parent's group (as mkdir there would
 /// give it) and still exactly its mode; one with a gid gets that gid and setgid if asked for.
-async fn setgid_parent_passes_its_group_on_and_the_mode_stays_exact(fx: &Fx) {
+pub async fn setgid_parent_passes_its_group_on_and_the_mode_stays_exact(fx: &Fx) {
     if !fx.can_chown() {
         eprintln!("*** SKIPPED setgid parent scenario: the mounted transport is not running as root ***");
         return;
@@ -468,7 +135,7 @@ async fn setgid_parent_passes_its_group_on_and_the_mode_stays_exact(fx: &Fx) {
 
 /// A directory that exists at the target and was not made for the volume is refused, and left
 /// exactly as it was, without a staging record; a file there is a non-directory in the way.
-async fn foreign_directory_is_refused_and_untouched(fx: &Fx) {
+pub async fn foreign_directory_is_refused_and_untouched(fx: &Fx) {
     let top = fx.top.as_str();
     fx.tools.mkdir_p(&[top, "taken"]).await;
     fx.tools.write(&[top, "taken", "data"], b"someone else's").await;
@@ -497,7 +164,7 @@ async fn foreign_directory_is_refused_and_untouched(fx: &Fx) {
 /// With reuse allowed, an existing directory is taken as it is (contents, inode, owner and mode
 /// untouched, no staging record left once finished); a symlink or a file at the path is still
 /// refused, and a symlink among the parents is never followed.
-async fn existing_directory_is_reused_as_it_is_when_allowed(fx: &Fx) {
+pub async fn existing_directory_is_reused_as_it_is_when_allowed(fx: &Fx) {
     let top = fx.top.as_str();
     fx.tools.mkdir_p(&[top, "ns", "kept"]).await;
     fx.tools.write(&[top, "ns", "kept", "data"], b"from before").await;
@@ -507,7 +174,11 @@ async fn existing_directory_is_reused_as_it_is_when_allowed(fx: &Fx) {
     let pv = fx.pv("a");
     let reuse = |rest: &'static [&'static str], dir| {
         let (pv, path) = (pv.clone(), fx.path(rest));
-        async move { fx.backend.create_volume(&pv, &path, dir, Existing::Reuse).await }
+        async move {
+            fx.backend
+                .create_volume(&pv, &path, dir, Existing::Reuse, None)
+                .await
+        }
     };
     assert_eq!(reuse(&["ns", "kept"], OWNED).await.unwrap(), Created::Reused);
     assert_eq!(
@@ -556,7 +227,7 @@ async fn existing_directory_is_reused_as_it_is_when_allowed(fx: &Fx) {
 /// A retry of an interrupted create (no `finish_volume` yet) adopts its own directory, data and
 /// all; another volume, a directory swapped in since, or the same volume after finishing does
 /// not; the same volume asking for another path is told where its attempt went.
-async fn retry_adopts_only_its_own_attempt(fx: &Fx) {
+pub async fn retry_adopts_only_its_own_attempt(fx: &Fx) {
     let top = fx.top.as_str();
     let (a, b) = (fx.pv("a"), fx.pv("b"));
     let v = fx.shown(&["v"]);
@@ -610,7 +281,7 @@ async fn retry_adopts_only_its_own_attempt(fx: &Fx) {
 
 /// Staging records as a crash at each step leaves them (made by hand, the same over both
 /// transports): the retry finishes what its own record proves, and refuses what it does not.
-async fn interrupted_attempts_resume_from_their_staging_record(fx: &Fx) {
+pub async fn interrupted_attempts_resume_from_their_staging_record(fx: &Fx) {
     let top = fx.top.as_str();
     fx.tools.mkdir_p(&[top]).await;
     let owner = fx.can_chown();
@@ -732,7 +403,7 @@ async fn interrupted_attempts_resume_from_their_staging_record(fx: &Fx) {
 
 /// `finish_volume` drops the record (and nothing else), and may be repeated; also for a volume
 /// that never had one, and for the leftover `<pv>.tmp` of an interrupted finish.
-async fn finish_volume_clears_the_record_idempotently(fx: &Fx) {
+pub async fn finish_volume_clears_the_record_idempotently(fx: &Fx) {
     // Mounted: no staging area at all yet.
     fx.backend.finish_volume(&fx.pv("never-created")).await.unwrap();
     let pv = fx.pv("a");
@@ -761,7 +432,7 @@ async fn finish_volume_clears_the_record_idempotently(fx: &Fx) {
 
 /// `staged_volumes` lists exactly the volumes created and not yet finished, and crash leftovers
 /// (records and `<pv>.tmp`), each volume once; files in the staging area are not volumes.
-async fn staged_volumes_lists_unfinished_ones(fx: &Fx) {
+pub async fn staged_volumes_lists_unfinished_ones(fx: &Fx) {
     assert!(fx.staged().await.is_empty());
     let pvs: Vec<String> = ["a", "b", "c", "d"].iter().map(|n| fx.pv(n)).collect();
     for (pv, dir) in pvs.iter().zip(["va", "vb", "vc", "vd"]) {
@@ -796,7 +467,7 @@ async fn staged_volumes_lists_unfinished_ones(fx: &Fx) {
 /// an existing directory (even an empty one, which NFSv3 RENAME would replace) is never
 /// overwritten. An empty mode-000 directory is a leftover claim of an interrupted archive and is
 /// reused; a non-empty one never is.
-async fn archive_counts_up_and_never_overwrites(fx: &Fx) {
+pub async fn archive_counts_up_and_never_overwrites(fx: &Fx) {
     let top = fx.top.as_str();
     for (i, expected) in ["archived-x", "archived-x-2", "archived-x-3"].iter().enumerate() {
         let pv = fx.pv(&format!("g{i}"));
@@ -868,7 +539,7 @@ async fn archive_counts_up_and_never_overwrites(fx: &Fx) {
 
 /// Archiving a directory that is not there (never made, its parent missing, or already archived
 /// by an earlier try) is `Missing`, and changes nothing.
-async fn archive_of_a_missing_directory_is_missing(fx: &Fx) {
+pub async fn archive_of_a_missing_directory_is_missing(fx: &Fx) {
     let b = fx.backend.as_ref();
     assert_eq!(
         b.archive_volume(&fx.path(&["ns", "x"])).await.unwrap(),
@@ -893,7 +564,7 @@ async fn archive_of_a_missing_directory_is_missing(fx: &Fx) {
 }
 
 /// A nested volume is archived in its own parent, whatever else has the same leaf name.
-async fn a_nested_volume_is_archived_in_its_own_parent(fx: &Fx) {
+pub async fn a_nested_volume_is_archived_in_its_own_parent(fx: &Fx) {
     let top = fx.top.as_str();
     for ns in ["ns-a", "ns-b"] {
         fx.tools.mkdir_p(&[top, ns, "data"]).await;
@@ -913,7 +584,7 @@ async fn a_nested_volume_is_archived_in_its_own_parent(fx: &Fx) {
 
 /// A volume path that is a symlink, or a symlinked parent, is refused by archive; the links stay
 /// links and their targets are untouched.
-async fn archiving_a_symlinked_volume_or_parent_is_refused(fx: &Fx) {
+pub async fn archiving_a_symlinked_volume_or_parent_is_refused(fx: &Fx) {
     let top = fx.top.as_str();
     let outside = fx.outside.path();
     fs::create_dir(outside.join("vol")).unwrap();
@@ -945,7 +616,7 @@ async fn archiving_a_symlinked_volume_or_parent_is_refused(fx: &Fx) {
 /// Deleting a volume removes exactly its tree (files, nested directories, symlinks as links),
 /// counts every entry, follows no symlink (the targets outside the export stay intact) and leaves
 /// its parent and siblings alone; the same one entry at a time.
-async fn delete_removes_exactly_the_tree_and_never_follows_symlinks(fx: &Fx) {
+pub async fn delete_removes_exactly_the_tree_and_never_follows_symlinks(fx: &Fx) {
     let top = fx.top.as_str();
     let outside = fx.outside.path();
     fs::create_dir_all(outside.join("dir")).unwrap();
@@ -1023,7 +694,7 @@ async fn delete_removes_exactly_the_tree_and_never_follows_symlinks(fx: &Fx) {
 }
 
 /// A volume path that is itself a symlink is removed as the link: its target stays intact.
-async fn a_symlinked_volume_is_removed_as_a_link(fx: &Fx) {
+pub async fn a_symlinked_volume_is_removed_as_a_link(fx: &Fx) {
     let top = fx.top.as_str();
     let outside = fx.outside.path();
     fs::write(outside.join("data"), b"precious").unwrap();
@@ -1051,7 +722,7 @@ async fn a_symlinked_volume_is_removed_as_a_link(fx: &Fx) {
 }
 
 /// Deleting what is not there (the volume, or its parent) is `Missing`.
-async fn delete_of_a_missing_directory_is_missing(fx: &Fx) {
+pub async fn delete_of_a_missing_directory_is_missing(fx: &Fx) {
     let b = fx.backend.as_ref();
     assert_eq!(
         b.delete_volume(&fx.path(&["ns", "vol"]), 4).await.unwrap(),
@@ -1076,7 +747,7 @@ async fn delete_of_a_missing_directory_is_missing(fx: &Fx) {
 
 /// `top/vol`: 10 directories `dN` with a subdirectory `e` each, and `files` empty files spread
 /// over them. Returns the number of entries, `vol` included.
-async fn make_tree(fx: &Fx, vol: &str, files: usize) -> u64 {
+pub async fn make_tree(fx: &Fx, vol: &str, files: usize) -> u64 {
     let top = fx.top.as_str();
     let mut entries = 1;
     let mut per_dir: Vec<Vec<String>> = vec![Vec::new(); 20];
@@ -1104,7 +775,7 @@ async fn make_tree(fx: &Fx, vol: &str, files: usize) -> u64 {
 
 /// A tree of 2000 files is removed and counted alike one primitive at a time and with 16 in
 /// flight; the parent stays.
-async fn delete_removes_2000_files_serially_and_with_16_in_flight(fx: &Fx) {
+pub async fn delete_removes_2000_files_serially_and_with_16_in_flight(fx: &Fx) {
     for concurrency in [1, 16] {
         let vol = format!("vol{concurrency}");
         let entries = make_tree(fx, &vol, 2000).await;
@@ -1146,7 +817,7 @@ impl Drop for Immutable {
 
 /// A delete that cannot remove an entry fails naming that entry, the primitive and the
 /// transport's error; what it removed stays removed, and a retry resumes and finishes.
-async fn delete_errors_name_the_entry_and_a_retry_resumes(fx: &Fx) {
+pub async fn delete_errors_name_the_entry_and_a_retry_resumes(fx: &Fx) {
     let top = fx.top.as_str();
     fx.tools.mkdir_p(&[top, "vol", "locked"]).await;
     fx.tools.write(&[top, "vol", "locked", "f"], b"x").await;
@@ -1190,7 +861,7 @@ async fn delete_errors_name_the_entry_and_a_retry_resumes(fx: &Fx) {
 
 /// A symlinked parent is refused by every operation, naming the link, and nothing happens at
 /// its target; so is a volume path that is a symlink, for create.
-async fn symlinked_parent_is_refused(fx: &Fx) {
+pub async fn symlinked_parent_is_refused(fx: &Fx) {
     let top = fx.top.as_str();
     let outside = fx.outside.path();
     fs::create_dir(outside.join("vol")).unwrap();
@@ -1229,7 +900,7 @@ async fn symlinked_parent_is_refused(fx: &Fx) {
 
 /// A symlink where a volume's staging record would be is refused, never followed; finishing the
 /// volume removes the link itself.
-async fn symlinks_in_the_staging_area_are_refused(fx: &Fx) {
+pub async fn symlinks_in_the_staging_area_are_refused(fx: &Fx) {
     let outside = fx.outside.path();
     let pv = fx.pv("a");
     fx.tools.mkdir_p(&[STAGING_DIR]).await;
@@ -1253,7 +924,7 @@ async fn symlinks_in_the_staging_area_are_refused(fx: &Fx) {
 }
 
 /// Invalid paths, PV names and modes are refused before anything is looked up or made.
-async fn invalid_paths_names_and_modes_are_refused(fx: &Fx) {
+pub async fn invalid_paths_names_and_modes_are_refused(fx: &Fx) {
     let long = "x".repeat(NAME_MAX + 1);
     let top = fx.top.as_str();
     let bad_paths: Vec<Vec<String>> = vec![
@@ -1273,7 +944,9 @@ async fn invalid_paths_names_and_modes_are_refused(fx: &Fx) {
     let pv = fx.pv("a");
     for path in &bad_paths {
         assert_invalid_path(
-            fx.backend.create_volume(&pv, path, RWX, Existing::Refuse).await,
+            fx.backend
+                .create_volume(&pv, path, RWX, Existing::Refuse, None)
+                .await,
             &format!("create {path:?}"),
         );
         assert_invalid_path(
@@ -1315,7 +988,7 @@ async fn invalid_paths_names_and_modes_are_refused(fx: &Fx) {
 // ---- capacity and probe ----
 
 /// Capacity is the backing file system's: total >= free >= available > 0.
-async fn capacity_reports_total_and_available(fx: &Fx) {
+pub async fn capacity_reports_total_and_available(fx: &Fx) {
     let c = fx.backend.capacity().await.unwrap();
     assert!(c.available_bytes > 0, "{c:?}");
     assert!(
@@ -1330,7 +1003,7 @@ async fn capacity_reports_total_and_available(fx: &Fx) {
 
 /// The write probe creates and removes its directory in the staging area: nothing is left, no
 /// volume appears staged; repeated and concurrent probes too.
-async fn probe_writable_leaves_nothing_behind(fx: &Fx) {
+pub async fn probe_writable_leaves_nothing_behind(fx: &Fx) {
     let tag = unique("probe");
     fx.backend.probe_writable(&tag).await.unwrap();
     fx.backend.probe_writable(&tag).await.unwrap();
@@ -1354,7 +1027,7 @@ async fn probe_writable_leaves_nothing_behind(fx: &Fx) {
 
 /// What probes killed between their two steps left is cleared; a probe directory something was
 /// put in, records and their leftovers stay.
-async fn leftover_probes_are_cleared_and_nothing_else(fx: &Fx) {
+pub async fn leftover_probes_are_cleared_and_nothing_else(fx: &Fx) {
     let tag = unique("dead");
     let (a, b, full) = (
         format!("{PROBE_PREFIX}{tag}-1"),
@@ -1374,184 +1047,4 @@ async fn leftover_probes_are_cleared_and_nothing_else(fx: &Fx) {
     assert!(!left.contains(&a) && !left.contains(&b), "{left:?}");
     assert!(left.contains(&full), "{left:?}");
     assert!(left.contains(&format!("{pv}{TMP_SUFFIX}")), "{left:?}");
-}
-
-/// Runs `$scenario` as `$mounted` (mounted transport, temporary directory) and `$direct` (NFSv3
-/// transport, the test server's /export).
-macro_rules! conformance {
-    ($($scenario:ident => $mounted:ident, $direct:ident;)*) => {$(
-        #[tokio::test]
-        async fn $mounted() {
-            let fx = Fx::mounted(stringify!($scenario));
-            $scenario(&fx).await;
-        }
-
-        #[tokio::test]
-        async fn $direct() {
-            let Some(fx) = Fx::direct(stringify!($scenario)).await else {
-                return;
-            };
-            $scenario(&fx).await;
-            fx.cleanup().await;
-        }
-    )*};
-}
-
-conformance! {
-    create_applies_mode_and_owner_exactly =>
-        mounted_create_applies_mode_and_owner_exactly, direct_create_applies_mode_and_owner_exactly;
-    setgid_parent_passes_its_group_on_and_the_mode_stays_exact =>
-        mounted_setgid_parent_passes_its_group_on_and_the_mode_stays_exact,
-        direct_setgid_parent_passes_its_group_on_and_the_mode_stays_exact;
-    foreign_directory_is_refused_and_untouched =>
-        mounted_foreign_directory_is_refused_and_untouched,
-        direct_foreign_directory_is_refused_and_untouched;
-    existing_directory_is_reused_as_it_is_when_allowed =>
-        mounted_existing_directory_is_reused_as_it_is_when_allowed,
-        direct_existing_directory_is_reused_as_it_is_when_allowed;
-    retry_adopts_only_its_own_attempt =>
-        mounted_retry_adopts_only_its_own_attempt, direct_retry_adopts_only_its_own_attempt;
-    interrupted_attempts_resume_from_their_staging_record =>
-        mounted_interrupted_attempts_resume_from_their_staging_record,
-        direct_interrupted_attempts_resume_from_their_staging_record;
-    finish_volume_clears_the_record_idempotently =>
-        mounted_finish_volume_clears_the_record_idempotently,
-        direct_finish_volume_clears_the_record_idempotently;
-    staged_volumes_lists_unfinished_ones =>
-        mounted_staged_volumes_lists_unfinished_ones, direct_staged_volumes_lists_unfinished_ones;
-    archive_counts_up_and_never_overwrites =>
-        mounted_archive_counts_up_and_never_overwrites, direct_archive_counts_up_and_never_overwrites;
-    archive_of_a_missing_directory_is_missing =>
-        mounted_archive_of_a_missing_directory_is_missing,
-        direct_archive_of_a_missing_directory_is_missing;
-    a_nested_volume_is_archived_in_its_own_parent =>
-        mounted_a_nested_volume_is_archived_in_its_own_parent,
-        direct_a_nested_volume_is_archived_in_its_own_parent;
-    archiving_a_symlinked_volume_or_parent_is_refused =>
-        mounted_archiving_a_symlinked_volume_or_parent_is_refused,
-        direct_archiving_a_symlinked_volume_or_parent_is_refused;
-    delete_removes_exactly_the_tree_and_never_follows_symlinks =>
-        mounted_delete_removes_exactly_the_tree_and_never_follows_symlinks,
-        direct_delete_removes_exactly_the_tree_and_never_follows_symlinks;
-    a_symlinked_volume_is_removed_as_a_link =>
-        mounted_a_symlinked_volume_is_removed_as_a_link, direct_a_symlinked_volume_is_removed_as_a_link;
-    delete_of_a_missing_directory_is_missing =>
-        mounted_delete_of_a_missing_directory_is_missing, direct_delete_of_a_missing_directory_is_missing;
-    delete_removes_2000_files_serially_and_with_16_in_flight =>
-        mounted_delete_removes_2000_files_serially_and_with_16_in_flight,
-        direct_delete_removes_2000_files_serially_and_with_16_in_flight;
-    delete_errors_name_the_entry_and_a_retry_resumes =>
-        mounted_delete_errors_name_the_entry_and_a_retry_resumes,
-        direct_delete_errors_name_the_entry_and_a_retry_resumes;
-    symlinked_parent_is_refused => mounted_symlinked_parent_is_refused, direct_symlinked_parent_is_refused;
-    symlinks_in_the_staging_area_are_refused =>
-        mounted_symlinks_in_the_staging_area_are_refused, direct_symlinks_in_the_staging_area_are_refused;
-    invalid_paths_names_and_modes_are_refused =>
-        mounted_invalid_paths_names_and_modes_are_refused, direct_invalid_paths_names_and_modes_are_refused;
-    capacity_reports_total_and_available =>
-        mounted_capacity_reports_total_and_available, direct_capacity_reports_total_and_available;
-    probe_writable_leaves_nothing_behind =>
-        mounted_probe_writable_leaves_nothing_behind, direct_probe_writable_leaves_nothing_behind;
-    leftover_probes_are_cleared_and_nothing_else =>
-        mounted_leftover_probes_are_cleared_and_nothing_else,
-        direct_leftover_probes_are_cleared_and_nothing_else;
-}
-
-// ---- what only the mounted transport has ----
-
-/// The umask (0077 here) takes nothing from a volume's mode on the mounted transport: the
-/// setgid scenario again, with the process's umask changed while it runs.
-#[tokio::test]
-async fn mounted_setgid_parent_passes_its_group_on_and_the_mode_stays_exact_under_umask_0077() {
-    let fx = Fx::mounted_under_umask("umask", 0o077);
-    setgid_parent_passes_its_group_on_and_the_mode_stays_exact(&fx).await;
-    let pv = fx.pv("plain");
-    fx.create(&pv, &["plain"], RWX).await.unwrap();
-    assert_eq!(owner_mode(&fx.host(&["plain"])).2, 0o777);
-}
-
-/// The mounted transport running as root sets any owner (chown with CAP_CHOWN), one id alone
-/// too.
-#[tokio::test]
-async fn mounted_chown_as_root_sets_the_owner() {
-    if !is_root() {
-        eprintln!("*** SKIPPED mounted_chown_as_root_sets_the_owner: not running as root ***");
-        return;
-    }
-    let fx = Fx::mounted("chown");
-    let uid_only = DirMode {
-        mode: 0o700,
-        uid: Some(1001),
-        gid: None,
-    };
-    fx.create(&fx.pv("a"), &["uid-only"], uid_only).await.unwrap();
-    assert_eq!(owner_mode(&fx.host(&["uid-only"])), (1001, 0, 0o700));
-    let gid_only = DirMode {
-        mode: 0o2775,
-        uid: None,
-        gid: Some(3000),
-    };
-    fx.create(&fx.pv("b"), &["gid-only"], gid_only).await.unwrap();
-    assert_eq!(owner_mode(&fx.host(&["gid-only"])), (0, 3000, 0o2775));
-}
-
-/// A staging area that is a symlink is refused, never followed (only on a private export: on the
-/// shared NFS export the other suites' staging area is in use).
-#[tokio::test]
-async fn mounted_a_symlinked_staging_area_is_refused() {
-    let fx = Fx::mounted("staging-link");
-    let outside = fx.outside.path();
-    std::os::unix::fs::symlink(outside, fx.staging()).unwrap();
-    assert_not_a_directory(
-        fx.create(&fx.pv("a"), &["a"], RWX).await,
-        "open staging area",
-        STAGING_DIR,
-    );
-    assert_not_a_directory(
-        fx.backend.staged_volumes().await,
-        "open staging area",
-        STAGING_DIR,
-    );
-    assert!(fx.backend.probe_writable("x").await.is_err());
-    assert!(names(outside).is_empty());
-    assert!(!fx.host(&[]).exists());
-    assert!(is_symlink(&fx.staging()));
-}
-
-/// Every operation on an export root that is not there fails naming the root and the errno.
-#[tokio::test]
-async fn mounted_operations_on_a_missing_export_root_fail_naming_the_root() {
-    let root = Path::new("/nonexistent/export");
-    let backend = MountedExport::new(root.to_path_buf(), 16);
-    let check = |what: &str, err: StorageFailure| {
-        assert!(
-            matches!(err.transport(), Some(PosixError::Root { path, errno: Errno::ENOENT, .. })
-                if path == root),
-            "{what}: {err:?}"
-        );
-        assert_eq!(err.transport().map(PosixError::errno), Some(Errno::ENOENT));
-        assert!(
-            err.to_string()
-                .ends_with("/nonexistent/export: ENOENT: No such file or directory"),
-            "{what}: {err}"
-        );
-    };
-    check("capacity", Backend::capacity(&backend).await.unwrap_err());
-    check(
-        "create",
-        backend
-            .create_volume("pv-1", &p(&["a"]), RWX, Existing::Refuse)
-            .await
-            .unwrap_err(),
-    );
-    check("finish", backend.finish_volume("pv-1").await.unwrap_err());
-    check("staged", backend.staged_volumes().await.unwrap_err());
-    check(
-        "staged_target",
-        Backend::staged_target(&backend, "pv-1").await.unwrap_err(),
-    );
-    check("archive", backend.archive_volume(&p(&["a"])).await.unwrap_err());
-    check("delete", backend.delete_volume(&p(&["a"]), 1).await.unwrap_err());
-    check("probe", backend.probe_writable("x").await.unwrap_err());
-    assert!(!root.exists());
 }
