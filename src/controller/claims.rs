@@ -210,7 +210,7 @@ async fn make_volume(
         Created::Reused => {
             info!(pv, export = %plan.export, directory = %plan.path, "reusing existing directory")
         }
-        Created::New => {}
+        Created::New | Created::Staged => {}
     }
     ctx.ensure_leader(pv)?;
     k8s::create_pv(&ctx.pv_api, &plan.pv)

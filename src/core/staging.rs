@@ -7,6 +7,7 @@
 //! STAGING_DIR/<pv>/target    the volume's path, components joined by '/', one line
 //! STAGING_DIR/<pv>/inode     inode number (NFS fileid) of `vol`, checked again on adoption
 //! STAGING_DIR/<pv>/placing   present once the target name may hold our own claim (below)
+//! STAGING_DIR/<pv>/copying   a clone's record, until `vol` holds the whole copy of its source
 //! STAGING_DIR/<pv>/vol/      the volume directory itself, until it is placed at `target`
 //! ```
 //!
@@ -15,6 +16,8 @@
 //! without `vol` means the volume was placed. The record is dropped once the PersistentVolume
 //! exists. Transports without a no-replace rename first claim the target name with an empty
 //! directory of mode [`CLAIM_MODE`]; `placing` tells a retry that such a claim there is its own.
+//! A clone's record is published with `copying`, which goes only once `vol` is filled: a volume
+//! whose copy is unfinished is never placed, and its retry resumes the copy.
 //!
 //! This module owns the record's format and [`decide`]: what a (re)try does given the record and
 //! what is at the target path. The storage layer only loads that state and carries it out.
@@ -27,6 +30,7 @@ pub const TMP_SUFFIX: &str = ".tmp";
 pub const TARGET_FILE: &str = "target";
 pub const INODE_FILE: &str = "inode";
 pub const PLACING_FILE: &str = "placing";
+pub const COPYING_FILE: &str = "copying";
 pub const VOL_DIR: &str = "vol";
 /// Largest record file read back; a record is a few dozen bytes.
 pub const RECORD_FILE_MAX: u64 = 64 * 1024;
@@ -103,6 +107,8 @@ pub struct Record {
     pub placed: bool,
     /// The target name may hold our own claim.
     pub placing: bool,
+    /// A clone's copy into `vol` is not finished.
+    pub copying: bool,
 }
 
 /// What is at the requested path, not following a symlink.
@@ -148,9 +154,11 @@ pub enum Staging {
     Build,
     /// The record's directory was placed and removed by someone since: drop it, build anew.
     StartOver,
-    /// The record's directory is still staged: place it. `over_claim`: the target holds our claim.
+    /// The record's directory is still staged: place it. `over_claim`: the target holds our claim;
+    /// `copy`: a clone's copy into it is unfinished (resume it).
     Continue {
         over_claim: bool,
+        copy: bool,
     },
     Refuse(StagingRefusal),
 }
@@ -163,15 +171,30 @@ pub enum StagingRefusal {
     NotADirectory,
     /// An earlier attempt of this volume was for another path.
     StagedElsewhere { recorded: Vec<String> },
+    /// A clone's copy is unfinished: only a create that copies may go on with it.
+    CopyUnfinished,
 }
 
-/// What creating `requested` does, given the volume's record (if any), what is at the path and
-/// whether an existing directory may be reused.
-pub fn decide(requested: &[String], record: Option<&Record>, at: AtTarget, existing: Existing) -> Staging {
+/// What creating `requested` does, given the volume's record (if any), what is at the path,
+/// whether an existing directory may be reused, and whether this create fills the volume with a
+/// copy (a clone: never a reuse, and the only create that may go on with an unfinished copy).
+pub fn decide(
+    requested: &[String],
+    record: Option<&Record>,
+    at: AtTarget,
+    existing: Existing,
+    filling: bool,
+) -> Staging {
     use Staging::*;
     use StagingRefusal::*;
+    let copying = record.is_some_and(|r| r.copying);
     match (decide_exclusive(requested, record, at), existing) {
-        (Refuse(Taken), Existing::Reuse) => Reuse,
+        (Refuse(Taken), Existing::Reuse) if !filling => Reuse,
+        (Continue { .. }, _) if copying && !filling => Refuse(CopyUnfinished),
+        (Continue { over_claim, .. }, _) => Continue {
+            over_claim,
+            copy: copying,
+        },
         (decision, _) => decision,
     }
 }
@@ -192,9 +215,15 @@ fn decide_exclusive(requested: &[String], record: Option<&Record>, at: AtTarget)
             }
         }
         (Some(r), AtTarget::Nothing) if r.placed => StartOver,
-        (Some(r), AtTarget::Directory { claim: true, .. }) if r.placing => Continue { over_claim: true },
+        (Some(r), AtTarget::Directory { claim: true, .. }) if r.placing => Continue {
+            over_claim: true,
+            copy: false,
+        },
         (_, AtTarget::Directory { .. }) => Refuse(Taken),
-        (Some(_), AtTarget::Nothing) => Continue { over_claim: false },
+        (Some(_), AtTarget::Nothing) => Continue {
+            over_claim: false,
+            copy: false,
+        },
         (None, AtTarget::Nothing) => Build,
     }
 }
@@ -213,8 +242,14 @@ mod tests {
             inode: Some(7),
             placed,
             placing,
+            copying: false,
         }
     }
+
+    const FRESH: Staging = Staging::Continue {
+        over_claim: false,
+        copy: false,
+    };
 
     const OURS: AtTarget = AtTarget::Directory {
         inode: 7,
@@ -243,11 +278,18 @@ mod tests {
             (None, OURS, Refuse(Taken)),
             (None, CLAIM, Refuse(Taken)),
             (None, Other, Refuse(NotADirectory)),
-            (Some(staged.clone()), Nothing, Continue { over_claim: false }),
+            (Some(staged.clone()), Nothing, FRESH),
             (Some(staged.clone()), CLAIM, Refuse(Taken)),
             (Some(staged), FOREIGN, Refuse(Taken)),
-            (Some(placing.clone()), Nothing, Continue { over_claim: false }),
-            (Some(placing.clone()), CLAIM, Continue { over_claim: true }),
+            (Some(placing.clone()), Nothing, FRESH),
+            (
+                Some(placing.clone()),
+                CLAIM,
+                Continue {
+                    over_claim: true,
+                    copy: false,
+                },
+            ),
             (Some(placing.clone()), FOREIGN, Refuse(Taken)),
             (Some(placing), Other, Refuse(NotADirectory)),
             (Some(placed.clone()), OURS, Adopt),
@@ -260,7 +302,7 @@ mod tests {
         ];
         for (record, at, want) in table {
             assert_eq!(
-                decide(&p("ns/a"), record.as_ref(), at, Existing::Refuse),
+                decide(&p("ns/a"), record.as_ref(), at, Existing::Refuse, false),
                 want,
                 "{record:?} {at:?}"
             );
@@ -286,23 +328,59 @@ mod tests {
             (Some(placed), Nothing),
             (Some(record("ns/b", true, false)), OURS),
         ] {
-            let exclusive = decide(&p("ns/a"), record.as_ref(), at, Existing::Refuse);
+            let exclusive = decide(&p("ns/a"), record.as_ref(), at, Existing::Refuse, false);
             let want = if exclusive == Staging::Refuse(StagingRefusal::Taken) {
                 Staging::Reuse
             } else {
                 exclusive
             };
             assert_eq!(
-                decide(&p("ns/a"), record.as_ref(), at, Existing::Reuse),
+                decide(&p("ns/a"), record.as_ref(), at, Existing::Reuse, false),
                 want,
                 "{record:?} {at:?}"
             );
         }
-        assert_eq!(decide(&p("ns/a"), None, OURS, Existing::Reuse), Staging::Reuse);
         assert_eq!(
-            decide(&p("ns/a"), None, Other, Existing::Reuse),
+            decide(&p("ns/a"), None, OURS, Existing::Reuse, false),
+            Staging::Reuse
+        );
+        assert_eq!(
+            decide(&p("ns/a"), None, Other, Existing::Reuse, false),
             Staging::Refuse(StagingRefusal::NotADirectory),
             "never a symlink or a file"
+        );
+    }
+
+    /// A clone's copy goes on only in a create that copies; one that is whole (no marker) is
+    /// placed by any create; a clone never reuses what is at its path.
+    #[test]
+    fn an_unfinished_copy_is_resumed_by_a_copy_and_never_placed_by_anything_else() {
+        use AtTarget::Nothing;
+        let copying = Record {
+            copying: true,
+            ..record("ns/a", false, false)
+        };
+        let copy = Staging::Continue {
+            over_claim: false,
+            copy: true,
+        };
+        for existing in [Existing::Refuse, Existing::Reuse] {
+            assert_eq!(decide(&p("ns/a"), Some(&copying), Nothing, existing, true), copy);
+            assert_eq!(
+                decide(&p("ns/a"), Some(&copying), Nothing, existing, false),
+                Staging::Refuse(StagingRefusal::CopyUnfinished)
+            );
+            let whole = record("ns/a", false, false);
+            assert_eq!(decide(&p("ns/a"), Some(&whole), Nothing, existing, true), FRESH);
+            assert_eq!(decide(&p("ns/a"), Some(&whole), Nothing, existing, false), FRESH);
+        }
+        assert_eq!(
+            decide(&p("ns/a"), None, OURS, Existing::Reuse, true),
+            Staging::Refuse(StagingRefusal::Taken)
+        );
+        assert_eq!(
+            decide(&p("ns/a"), None, Nothing, Existing::Refuse, true),
+            Staging::Build
         );
     }
 
@@ -313,7 +391,7 @@ mod tests {
             ..record("a", true, false)
         };
         assert_eq!(
-            decide(&p("a"), Some(&old), FOREIGN, Existing::Refuse),
+            decide(&p("a"), Some(&old), FOREIGN, Existing::Refuse, false),
             Staging::Adopt
         );
     }

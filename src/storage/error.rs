@@ -33,6 +33,10 @@ pub enum Refusal {
         requested: String,
         recorded: String,
     },
+    #[error(
+        "create directory {path} for volume {pv}: the copy of its clone's source is unfinished; it is never placed unfinished"
+    )]
+    CopyUnfinished { pv: String, path: String },
     #[error("{op} {path}: bad staging record: {reason}")]
     BadStagingRecord {
         op: &'static str,

@@ -23,8 +23,8 @@ use super::walker::{Pace, TreeStats, Walker};
 use crate::core::naming::{archive_name, check_single_component};
 use crate::core::params::DirMode;
 use crate::core::staging::{
-    self, AtTarget, Existing, INODE_FILE, MAX_ARCHIVE_ATTEMPTS, PLACING_FILE, PROBE_PREFIX, Record,
-    STAGING_DIR, Staging, StagingRefusal, TARGET_FILE, VOL_DIR, staging_path, tmp_name,
+    self, AtTarget, COPYING_FILE, Existing, INODE_FILE, MAX_ARCHIVE_ATTEMPTS, PLACING_FILE, PROBE_PREFIX,
+    Record, STAGING_DIR, Staging, StagingRefusal, TARGET_FILE, VOL_DIR, staging_path, tmp_name,
 };
 
 const S_ISGID: u32 = 0o2000;
@@ -34,6 +34,9 @@ const LEFTOVER_CONCURRENCY: usize = 4;
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Created {
     New,
+    /// A clone's copy is whole in the staging area (a create with a [`Fill`]); a create without
+    /// one places it.
+    Staged,
     /// This claim's own earlier, interrupted attempt had already placed the directory.
     Adopted,
     /// A directory that was already there, taken as it is ([`Existing::Reuse`]).
@@ -77,7 +80,9 @@ pub struct Fill<'a> {
 
 /// The volume operations of one export, whichever transport reaches it.
 pub trait Backend: Send + Sync {
-    /// `fill`: a clone's source, copied into the volume before it is placed (a retry resumes it).
+    /// `fill`: a clone's source, copied into the staged volume (a retry resumes the copy), which is
+    /// then [`Created::Staged`]; a create without a fill places it. An unfinished copy is never
+    /// placed.
     fn create_volume<'a>(
         &'a self,
         pv: &'a str,
@@ -184,9 +189,10 @@ struct Loaded<D> {
 }
 
 impl<T: Transport> Volumes<T> {
-    /// Creates the directory for `pv` at `path` exclusively, with exactly `dir`'s mode and owner,
-    /// filled first as `fill` says. An existing directory there is adopted if it is this volume's
-    /// own earlier attempt, reused as it is if `existing` says so, and refused otherwise.
+    /// Creates the directory for `pv` at `path` exclusively, with exactly `dir`'s mode and owner.
+    /// An existing directory there is adopted if it is this volume's own earlier attempt, reused
+    /// as it is if `existing` says so, and refused otherwise. With `fill`, the staged directory is
+    /// filled with a copy (or the copy resumed) and left staged; a later create places it.
     pub async fn create(
         &self,
         pv: &str,
@@ -224,7 +230,13 @@ impl<T: Transport> Volumes<T> {
                 Some(_) => AtTarget::Other,
             },
         };
-        let decision = staging::decide(path, loaded.as_ref().map(|l| &l.record), at_target, existing);
+        let decision = staging::decide(
+            path,
+            loaded.as_ref().map(|l| &l.record),
+            at_target,
+            existing,
+            fill.is_some(),
+        );
         let (record, vol) = match (decision, loaded) {
             (Staging::Adopt, _) => return Ok(Created::Adopted),
             (Staging::Reuse, _) => return Ok(Created::Reused),
@@ -240,14 +252,18 @@ impl<T: Transport> Volumes<T> {
                         requested: vol_path,
                         recorded: join(&recorded),
                     },
+                    StagingRefusal::CopyUnfinished => Refusal::CopyUnfinished {
+                        pv: pv.to_owned(),
+                        path: vol_path,
+                    },
                 }
                 .into());
             }
             (Staging::StartOver, _) => {
                 self.drop_record(&staging, pv).await?;
-                self.build_record(&staging, pv, path).await?
+                self.build_record(&staging, pv, path, fill.is_some()).await?
             }
-            (Staging::Build, _) => self.build_record(&staging, pv, path).await?,
+            (Staging::Build, _) => self.build_record(&staging, pv, path, fill.is_some()).await?,
             (Staging::Continue { .. }, Some(loaded)) => {
                 let vol_in_staging = staging_path(&format!("{pv}/{VOL_DIR}"));
                 match t
@@ -261,6 +277,12 @@ impl<T: Transport> Volumes<T> {
             }
             (Staging::Continue { .. }, None) => return Err(vanished(OP, staging_path(pv))),
         };
+        if let Some(fill) = fill {
+            if record.record.copying {
+                self.fill(&record.dir, &vol, fill, pv).await?;
+            }
+            return Ok(Created::Staged);
+        }
         let parent = match parent {
             Some(p) => p,
             None => self
@@ -268,21 +290,6 @@ impl<T: Transport> Volumes<T> {
                 .await?
                 .ok_or_else(|| vanished(OP, join(parents)))?,
         };
-        if let Some(fill) = fill {
-            // Never placed before the copy is whole: a crash leaves it staged, and the retry
-            // resumes it.
-            self.t.prepare_parallel(fill.concurrency);
-            let sink: Arc<dyn Sink> = Arc::new(Dest::new(Arc::clone(&self.t)));
-            fill.source
-                .copy_volume_into(
-                    fill.path,
-                    sink,
-                    SinkDir::new(vol.clone()),
-                    fill.concurrency,
-                    Arc::clone(&fill.progress),
-                )
-                .await?;
-        }
         self.apply_mode(&vol, dir, &parent, &vol_path).await?;
         if !record.record.placing && t.placing_may_leave_a_claim() {
             let marker = staging_path(&format!("{pv}/{PLACING_FILE}"));
@@ -312,6 +319,36 @@ impl<T: Transport> Volumes<T> {
             Renamed::Done => Ok(Created::New),
             Renamed::Taken => Err(Refusal::Taken { path: vol_path }.into()),
             Renamed::SourceMissing => Err(vanished(OP, staging_path(&format!("{pv}/{VOL_DIR}")))),
+        }
+    }
+
+    /// Copies `fill`'s source into the staged `vol` (resuming what an earlier attempt left), then
+    /// drops the record's copying marker: from then on the volume may be placed.
+    async fn fill(&self, record: &T::Dir, vol: &T::Dir, fill: &Fill<'_>, pv: &str) -> StorageResult<()> {
+        self.t.prepare_parallel(fill.concurrency);
+        let sink: Arc<dyn Sink> = Arc::new(Dest::new(Arc::clone(&self.t)));
+        fill.source
+            .copy_volume_into(
+                fill.path,
+                sink,
+                SinkDir::new(vol.clone()),
+                fill.concurrency,
+                Arc::clone(&fill.progress),
+            )
+            .await?;
+        let marker = staging_path(&format!("{pv}/{COPYING_FILE}"));
+        match self
+            .t
+            .remove(
+                record,
+                COPYING_FILE.as_bytes(),
+                Kind::Other,
+                at("finish copy of", &marker),
+            )
+            .await?
+        {
+            Unlinked::Done | Unlinked::Missing => Ok(()),
+            _ => Err(not_a_directory("finish copy of", marker)),
         }
     }
 
@@ -698,6 +735,10 @@ impl<T: Transport> Volumes<T> {
             .stat(&dir, PLACING_FILE.as_bytes(), at(OP, &file(PLACING_FILE)))
             .await?
             .is_some();
+        let copying = t
+            .stat(&dir, COPYING_FILE.as_bytes(), at(OP, &file(COPYING_FILE)))
+            .await?
+            .is_some();
         Ok(Some(Loaded {
             dir,
             record: Record {
@@ -705,17 +746,20 @@ impl<T: Transport> Volumes<T> {
                 inode,
                 placed,
                 placing,
+                copying,
             },
         }))
     }
 
-    /// Builds `<pv>.tmp` (target, vol, inode) and publishes it as `<pv>` with one rename, which
-    /// cannot replace a published record (it always holds `target`, so it is never empty).
+    /// Builds `<pv>.tmp` (target, vol, inode, and the copying marker of a clone) and publishes
+    /// it as `<pv>` with one rename, which cannot replace a published record (it always holds
+    /// `target`, so it is never empty).
     async fn build_record(
         &self,
         staging: &T::Dir,
         pv: &str,
         path: &[String],
+        copying: bool,
     ) -> StorageResult<(Loaded<T::Dir>, T::Dir)> {
         const OP: &str = "create staging record";
         let t = &*self.t;
@@ -754,6 +798,9 @@ impl<T: Transport> Volumes<T> {
         };
         let inode = t.dir_stat(&vol, at(OP, &file(VOL_DIR))).await?.id;
         write(INODE_FILE, staging::encode_inode(inode)).await?;
+        if copying {
+            write(COPYING_FILE, String::new()).await?;
+        }
         let published = staging_path(pv);
         match self.rename_staged(staging, &tmp, pv, at(OP, &published)).await? {
             // The handle still refers to the same directory, now published as `<pv>`.
@@ -765,6 +812,7 @@ impl<T: Transport> Volumes<T> {
                         inode: Some(inode),
                         placed: false,
                         placing: false,
+                        copying,
                     },
                 },
                 vol,
@@ -1048,8 +1096,16 @@ mod tests {
             concurrency: 4,
             progress: Arc::default(),
         };
-        dest.create("pv-1", &p("ns/clone"), MODE, Existing::Refuse, Some(&fill))
-            .await
+        match dest
+            .create("pv-1", &p("ns/clone"), MODE, Existing::Refuse, Some(&fill))
+            .await?
+        {
+            Created::Staged => {
+                dest.create("pv-1", &p("ns/clone"), MODE, Existing::Refuse, None)
+                    .await
+            }
+            other => Ok(other),
+        }
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -9,7 +9,7 @@ use std::path::Path;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 
-use nfs_subdir_provisioner::core::staging::{INODE_FILE, STAGING_DIR, VOL_DIR};
+use nfs_subdir_provisioner::core::staging::{COPYING_FILE, INODE_FILE, STAGING_DIR, VOL_DIR};
 use nfs_subdir_provisioner::storage::{
     Backend, Copied, Created, Existing, Fill, Pace, Progress, Refusal, StorageFailure, Usage,
 };
@@ -64,10 +64,19 @@ async fn clone_between(
         concurrency,
         progress: Arc::clone(&progress),
     };
-    let created = to
+    let path = to.path(target);
+    let created = match to
         .backend
-        .create_volume(pv, &to.path(target), RWX, Existing::Refuse, Some(&fill))
-        .await;
+        .create_volume(pv, &path, RWX, Existing::Refuse, Some(&fill))
+        .await
+    {
+        Ok(Created::Staged) => {
+            to.backend
+                .create_volume(pv, &path, RWX, Existing::Refuse, None)
+                .await
+        }
+        other => other,
+    };
     (created, progress.copied())
 }
 
@@ -242,6 +251,7 @@ pub async fn clone_resumes_what_an_interrupted_copy_left(fx: &Fx) {
 
     let pv = fx.pv("resumed");
     fx.record(&pv, &["clone"], true).await;
+    t.write(&[STAGING_DIR, &pv, COPYING_FILE], b"").await;
     let vol = [STAGING_DIR, pv.as_str(), VOL_DIR];
     let staged = |name: &'static str| [vol[0], vol[1], vol[2], name];
     t.write(&staged("done.txt"), b"finished before the crash").await;
@@ -250,6 +260,13 @@ pub async fn clone_resumes_what_an_interrupted_copy_left(fx: &Fx) {
     t.write(&staged("untimed.txt"), b"times never set").await;
     t.write(&staged("dir"), b"a file where a directory belongs").await;
     t.symlink(&staged("link"), "elsewhere").await;
+    // Never placed unfinished, by a create that does not copy.
+    let err = fx.create(&pv, &["clone"], RWX).await.unwrap_err();
+    assert!(
+        matches!(err.refusal(), Some(Refusal::CopyUnfinished { .. })),
+        "{err:?}"
+    );
+    assert!(!fx.host(&["clone"]).exists());
 
     let (created, copied) = fx.clone_from(&pv, &["src"], &["clone"], 4).await;
     assert_eq!(created.unwrap(), Created::New);
