@@ -69,8 +69,9 @@ pub fn own_namespace(config: &Config, client: &Client) -> String {
 pub const ACCESS: &[(&str, &str, &str, bool)] = &[
     // Caches of PVs (for release and overlap checks), claims and classes; PV create and delete;
     // a live PV read when provisioning finds its directory finished, because the cache can lag a
-    // PV made moments ago. PV patch: its size when its claim grows, and the deletion-protection
-    // finalizer; the claim's status: its size once grown.
+    // PV made moments ago. PV patch: its size when its claim grows, the deletion-protection
+    // finalizer, and the over-capacity mark; the claim's status: its size once grown; the claim:
+    // the cloning-protection finalizer of a clone's source.
     ("", "persistentvolumes", "get", false),
     ("", "persistentvolumes", "list", false),
     ("", "persistentvolumes", "watch", false),
@@ -79,6 +80,7 @@ pub const ACCESS: &[(&str, &str, &str, bool)] = &[
     ("", "persistentvolumes", "patch", false),
     ("", "persistentvolumeclaims", "list", false),
     ("", "persistentvolumeclaims", "watch", false),
+    ("", "persistentvolumeclaims", "patch", false),
     ("", "persistentvolumeclaims/status", "patch", false),
     ("storage.k8s.io", "storageclasses", "list", false),
     ("storage.k8s.io", "storageclasses", "watch", false),
@@ -142,6 +144,24 @@ pub async fn delete_pv(
 /// that is gone needs no patch.
 pub async fn patch_pv(
     api: &Api<PersistentVolume>,
+    name: &str,
+    patch: &serde_json::Value,
+) -> Result<(), kube::Error> {
+    match api
+        .patch(name, &PatchParams::default(), &Patch::Merge(patch))
+        .await
+    {
+        Ok(_) => Ok(()),
+        Err(e) if status_code(&e) == Some(404) => Ok(()),
+        Err(e) => Err(e),
+    }
+}
+
+/// Applies a merge patch to the claim (a clone source's cloning-protection finalizer; with a
+/// resourceVersion it fails with 409 if the claim changed meanwhile). A claim that is gone needs
+/// no patch.
+pub async fn patch_claim(
+    api: &Api<PersistentVolumeClaim>,
     name: &str,
     patch: &serde_json::Value,
 ) -> Result<(), kube::Error> {

@@ -20,9 +20,17 @@ const DEFAULT_BUCKETS: [f64; 11] = [0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct ClaimLabels {
     class: String,
-    /// The kind of the claim's data source; always empty here, as claims with one are refused.
-    /// Kept because the library's series carry it.
+    /// The kind of the claim's data source (`PersistentVolumeClaim` for a clone), as the
+    /// library's series carry it; empty for a new, empty volume.
     source: String,
+}
+
+/// A measured volume, labelled as kubelet labels its volume stats, and by its PV.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct VolumeLabels {
+    pub namespace: String,
+    pub persistentvolumeclaim: String,
+    pub persistentvolume: String,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -60,6 +68,16 @@ pub struct Metrics {
     delete_duration: HistogramFamily<ClassLabels>,
     resized: Family<ClassLabels, Counter>,
     resize_failed: Family<ClassLabels, Counter>,
+    clones_in_progress: Gauge,
+    clone_bytes: Family<ClassLabels, Counter>,
+    clone_entries: Family<ClassLabels, Counter>,
+    volume_used: Family<VolumeLabels, Gauge>,
+    volume_capacity: Family<VolumeLabels, Gauge>,
+    volume_inodes: Family<VolumeLabels, Gauge>,
+    export_capacity: Family<ExportLabels, Gauge>,
+    export_available: Family<ExportLabels, Gauge>,
+    usage_round: Family<ExportLabels, TimestampGauge>,
+    usage_failures: Family<ExportLabels, Counter>,
     leader: Gauge,
     export_healthy: Family<ExportLabels, Gauge>,
     export_timeouts: Family<ExportLabels, Counter>,
@@ -87,6 +105,16 @@ impl Metrics {
         let delete_duration: HistogramFamily<ClassLabels> = Family::new_with_constructor(duration_histogram);
         let resized = Family::default();
         let resize_failed = Family::default();
+        let clones_in_progress = Gauge::default();
+        let clone_bytes = Family::default();
+        let clone_entries = Family::default();
+        let volume_used = Family::default();
+        let volume_capacity = Family::default();
+        let volume_inodes = Family::default();
+        let export_capacity = Family::default();
+        let export_available = Family::default();
+        let usage_round = Family::default();
+        let usage_failures = Family::default();
         let leader = Gauge::default();
         let export_healthy = Family::default();
         let export_timeouts = Family::default();
@@ -136,6 +164,56 @@ impl Metrics {
             resize_failed.clone(),
         );
         registry.register(
+            "nfs_subdir_provisioner_clones_in_progress",
+            "Clones being copied or waiting for a slot (MAX_CONCURRENT_CLONES).",
+            clones_in_progress.clone(),
+        );
+        registry.register(
+            "nfs_subdir_provisioner_clone_copied_bytes",
+            "Bytes of file content copied into clones, as they are copied. Broken down by storage class name.",
+            clone_bytes.clone(),
+        );
+        registry.register(
+            "nfs_subdir_provisioner_clone_copied_entries",
+            "Files, directories and symlinks copied into clones, as they are copied. Broken down by storage class name.",
+            clone_entries.clone(),
+        );
+        registry.register(
+            "nfs_subdir_provisioner_volume_stats_used_bytes",
+            "Bytes a volume's directory takes on the NFS server (every inode once, as du counts), as last measured. Named after kubelet_volume_stats_used_bytes, whose NFS figure is the whole export's.",
+            volume_used.clone(),
+        );
+        registry.register(
+            "nfs_subdir_provisioner_volume_stats_capacity_bytes",
+            "The size a volume's claim asks for (its PV's capacity). NFS does not enforce it.",
+            volume_capacity.clone(),
+        );
+        registry.register(
+            "nfs_subdir_provisioner_volume_stats_inodes_used",
+            "Inodes (files, directories, symlinks) in a volume's directory, as last measured.",
+            volume_inodes.clone(),
+        );
+        registry.register(
+            "nfs_subdir_provisioner_export_capacity_bytes",
+            "Size of the export's filesystem, as the server reports it (statvfs, FSSTAT).",
+            export_capacity.clone(),
+        );
+        registry.register(
+            "nfs_subdir_provisioner_export_available_bytes",
+            "Bytes of the export's filesystem free for unprivileged users, as the server reports it.",
+            export_available.clone(),
+        );
+        registry.register(
+            "nfs_subdir_provisioner_usage_last_round_timestamp_seconds",
+            "When the leader last finished measuring every volume of the export, as Unix time.",
+            usage_round.clone(),
+        );
+        registry.register(
+            "nfs_subdir_provisioner_usage_failures",
+            "Volumes of the export that could not be measured (each is tried again next round).",
+            usage_failures.clone(),
+        );
+        registry.register(
             "nfs_subdir_provisioner_leader",
             "1 while this replica holds the leader Lease (or runs without leader election), else 0.",
             leader.clone(),
@@ -180,6 +258,16 @@ impl Metrics {
             delete_duration,
             resized,
             resize_failed,
+            clones_in_progress,
+            clone_bytes,
+            clone_entries,
+            volume_used,
+            volume_capacity,
+            volume_inodes,
+            export_capacity,
+            export_available,
+            usage_round,
+            usage_failures,
             leader,
             export_healthy,
             export_timeouts,
@@ -220,10 +308,10 @@ impl Metrics {
         self.watch_relists.get_or_create(&Self::watch(resource)).inc();
     }
 
-    fn claim(class: &str) -> ClaimLabels {
+    fn claim(class: &str, source: &str) -> ClaimLabels {
         ClaimLabels {
             class: class.to_owned(),
-            source: String::new(),
+            source: source.to_owned(),
         }
     }
 
@@ -233,16 +321,80 @@ impl Metrics {
         }
     }
 
-    pub fn provisioned(&self, class: &str, took: Duration) {
-        let labels = Self::claim(class);
+    /// `source`: the kind of the claim's data source, empty for none.
+    pub fn provisioned(&self, class: &str, source: &str, took: Duration) {
+        let labels = Self::claim(class, source);
         self.provisioned.get_or_create(&labels).inc();
         self.provision_duration
             .get_or_create(&labels)
             .observe(took.as_secs_f64());
     }
 
-    pub fn provision_failed(&self, class: &str) {
-        self.provision_failed.get_or_create(&Self::claim(class)).inc();
+    pub fn provision_failed(&self, class: &str, source: &str) {
+        self.provision_failed
+            .get_or_create(&Self::claim(class, source))
+            .inc();
+    }
+
+    pub fn clones_in_progress(&self, n: usize) {
+        self.clones_in_progress.set(i64::try_from(n).unwrap_or(i64::MAX));
+    }
+
+    /// Copying into a clone of `class` went `entries` and `bytes` further.
+    pub fn cloned(&self, class: &str, entries: u64, bytes: u64) {
+        let labels = Self::class(class);
+        self.clone_entries.get_or_create(&labels).inc_by(entries);
+        self.clone_bytes.get_or_create(&labels).inc_by(bytes);
+    }
+
+    /// A volume's measurement; `capacity`: what its PV records, if it can be read.
+    pub fn volume_measured(&self, volume: &VolumeLabels, used: u64, inodes: u64, capacity: Option<u64>) {
+        let gauge = |v: u64| i64::try_from(v).unwrap_or(i64::MAX);
+        self.volume_used.get_or_create(volume).set(gauge(used));
+        self.volume_inodes.get_or_create(volume).set(gauge(inodes));
+        match capacity {
+            Some(c) => {
+                self.volume_capacity.get_or_create(volume).set(gauge(c));
+            }
+            None => {
+                self.volume_capacity.remove(volume);
+            }
+        }
+    }
+
+    /// The volume is gone (or no longer ours to measure): its series go.
+    pub fn volume_forgotten(&self, volume: &VolumeLabels) {
+        self.volume_used.remove(volume);
+        self.volume_inodes.remove(volume);
+        self.volume_capacity.remove(volume);
+    }
+
+    pub fn export_capacity(&self, export: &str, total: u64, available: u64) {
+        let labels = ExportLabels {
+            export: export.to_owned(),
+        };
+        let gauge = |v: u64| i64::try_from(v).unwrap_or(i64::MAX);
+        self.export_capacity.get_or_create(&labels).set(gauge(total));
+        self.export_available.get_or_create(&labels).set(gauge(available));
+    }
+
+    pub fn usage_round_finished(&self, export: &str) {
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap_or_default();
+        self.usage_round
+            .get_or_create(&ExportLabels {
+                export: export.to_owned(),
+            })
+            .set(now.as_secs_f64());
+    }
+
+    pub fn usage_failed(&self, export: &str) {
+        self.usage_failures
+            .get_or_create(&ExportLabels {
+                export: export.to_owned(),
+            })
+            .inc();
     }
 
     pub fn released(&self, class: &str, took: Duration) {
@@ -306,9 +458,9 @@ mod tests {
     #[test]
     fn library_names_and_labels_are_kept() {
         let m = Metrics::new();
-        m.provisioned("nfs", Duration::from_millis(30));
-        m.provisioned("nfs", Duration::from_millis(3));
-        m.provision_failed("fast");
+        m.provisioned("nfs", "", Duration::from_millis(30));
+        m.provisioned("nfs", "", Duration::from_millis(3));
+        m.provision_failed("fast", "");
         m.released("nfs", Duration::from_secs(2));
         m.release_failed("nfs");
         let text = m.encode();
@@ -359,6 +511,50 @@ mod tests {
             ),
             Some(2.0)
         );
+    }
+
+    #[test]
+    fn volume_stats_carry_kubelets_labels_and_go_with_their_volume() {
+        let m = Metrics::new();
+        let volume = VolumeLabels {
+            namespace: "team".into(),
+            persistentvolumeclaim: "data".into(),
+            persistentvolume: "pvc-1".into(),
+        };
+        m.volume_measured(&volume, 3 << 20, 12, Some(1 << 20));
+        m.provisioned("nfs", "PersistentVolumeClaim", Duration::from_millis(30));
+        let text = m.encode();
+        let series = r#"{namespace="team",persistentvolumeclaim="data",persistentvolume="pvc-1"}"#;
+        assert_eq!(
+            sample(
+                &text,
+                &format!("nfs_subdir_provisioner_volume_stats_used_bytes{series}")
+            ),
+            Some(f64::from(3 << 20))
+        );
+        assert_eq!(
+            sample(
+                &text,
+                &format!("nfs_subdir_provisioner_volume_stats_capacity_bytes{series}")
+            ),
+            Some(f64::from(1 << 20))
+        );
+        assert_eq!(
+            sample(
+                &text,
+                &format!("nfs_subdir_provisioner_volume_stats_inodes_used{series}")
+            ),
+            Some(12.0)
+        );
+        assert_eq!(
+            sample(
+                &text,
+                r#"controller_persistentvolumeclaim_provision_total{class="nfs",source="PersistentVolumeClaim"}"#
+            ),
+            Some(1.0)
+        );
+        m.volume_forgotten(&volume);
+        assert!(!m.encode().contains("pvc-1"));
     }
 
     #[test]

@@ -1,5 +1,6 @@
-//! Provisioning: PersistentVolumeClaim → directory → PersistentVolume. A bound claim goes to
-//! [`super::resizes`] instead.
+//! Provisioning: PersistentVolumeClaim → directory → PersistentVolume. A claim with another
+//! claim as its data source is a clone, copied in the background ([`super::clones`]); a bound claim
+//! goes to [`super::resizes`].
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -11,8 +12,9 @@ use kube::runtime::reflector::{ObjectRef, Store};
 use kube::{Resource, ResourceExt};
 use tracing::{debug, info, warn};
 
-use super::{Ctx, Error, lock, resizes};
+use super::{Ctx, Error, clones, lock, resizes};
 use crate::core::claim::{self, ClaimDecision, ProvisionPlan, Reuse, Skip};
+use crate::core::clone::{CloneSource, Copied};
 use crate::core::events;
 use crate::core::resize;
 use crate::k8s;
@@ -55,18 +57,79 @@ pub fn pending_claims_of_class(
         .collect()
 }
 
-/// Claims handed to us and still unbound, or bound to a volume of ours that is to grow, without
-/// a retry already scheduled: for the resync.
+/// Claims handed to us and still unbound, bound to a volume of ours that is to grow, or holding a
+/// cloning protection nothing needs any more, without a retry already scheduled: for the resync.
 pub fn pending_for_us(ctx: &Ctx) -> Vec<ObjectRef<PersistentVolumeClaim>> {
     ctx.claims
         .state()
         .iter()
         .filter(|c| {
-            (claim::awaits_provisioner(c, ctx.provisioner()) || resizes::wanted(c, ctx))
+            (claim::awaits_provisioner(c, ctx.provisioner())
+                || resizes::wanted(c, ctx)
+                || clones::protection_to_release(c, ctx))
                 && !ctx.backing_off(&key(c))
         })
         .map(|c| ObjectRef::from_obj(c.as_ref()))
         .collect()
+}
+
+/// The kind of a claim's data source, as the provisioning metrics label it.
+fn source_kind(plan: &ProvisionPlan) -> &'static str {
+    if plan.source.is_some() {
+        clones::SOURCE_KIND
+    } else {
+        ""
+    }
+}
+
+/// Tells the user why their claim waits (a Warning Event), counts it as a failed attempt, and
+/// looks again later: the claim stays Pending until what refused it changes.
+pub fn refuse(claim: &PersistentVolumeClaim, refusal: &dyn std::fmt::Display, ctx: &Ctx) -> Action {
+    warn!(%refusal, "claim refused");
+    let source = if crate::core::clone::requested(claim).ok().flatten().is_some() {
+        clones::SOURCE_KIND
+    } else {
+        ""
+    };
+    // Counted like the library counts a Provision error, so stuck claims show in alerts.
+    ctx.shared
+        .metrics
+        .provision_failed(claim::class_name(claim).unwrap_or_default(), source);
+    let event = events::provisioning_failed(refusal, false);
+    ctx.shared.events.publish(event, claim.object_ref(&()));
+    Action::requeue(REFUSAL_RECHECK)
+}
+
+/// Reserves `plan`'s directory against the directories of live volumes and other claims in
+/// flight, or refuses it as overlapping one of them.
+pub fn reserve(plan: &ProvisionPlan, ctx: &Ctx) -> Result<(), claim::Refusal> {
+    let mut reservations = lock(&ctx.reservations);
+    let live = ctx.live_directories(&plan.export, &reservations);
+    if let Some(refusal) = claim::find_overlap(plan, live.iter().map(|(n, p)| (n.as_str(), p))) {
+        return Err(refusal);
+    }
+    reservations.insert(plan.pv_name.clone(), (plan.export.clone(), plan.path.clone()));
+    Ok(())
+}
+
+pub fn unreserve(ctx: &Ctx, pv: &str) {
+    lock(&ctx.reservations).remove(pv);
+}
+
+/// Whether the claim of `plan` fits in what its export has free, where its class checks.
+pub async fn check_space(
+    plan: &ProvisionPlan,
+    storage: &Storage,
+    ctx: &Ctx,
+) -> Result<Result<(), claim::Refusal>, Error> {
+    if !plan.check_free_space {
+        return Ok(Ok(()));
+    }
+    let capacity = storage.capacity().await?;
+    ctx.shared
+        .metrics
+        .export_capacity(storage.name(), capacity.total_bytes, capacity.available_bytes);
+    Ok(claim::fits(plan, capacity.available_bytes))
 }
 
 #[tracing::instrument(skip_all, fields(namespace = %claim.namespace().unwrap_or_default(), claim = %claim.name_any(), class))]
@@ -78,6 +141,15 @@ pub async fn reconcile(claim: Arc<PersistentVolumeClaim>, ctx: Arc<Ctx>) -> Resu
     let pv_exists = pv_name
         .as_ref()
         .is_some_and(|n| ctx.pvs.get(&ObjectRef::new(n)).is_some());
+    // A clone that is provisioned or going no longer holds its source.
+    let deleting = claim.metadata.deletion_timestamp.is_some();
+    if deleting && let Some(pv) = &pv_name {
+        ctx.clones.forget(pv);
+    }
+    if deleting || resize::volume_name(&claim).is_some() {
+        clones::source_done(&claim, &ctx).await;
+    }
+    clones::release_protection(&claim, &ctx).await?;
     if resize::volume_name(&claim).is_some() {
         if pv_exists && let Some(pv) = &pv_name {
             lock(&ctx.reservations).remove(pv);
@@ -107,16 +179,7 @@ pub async fn reconcile(claim: Arc<PersistentVolumeClaim>, ctx: Arc<Ctx>) -> Resu
             ctx.succeeded(&key(&claim));
             Ok(Action::await_change())
         }
-        ClaimDecision::Refuse(refusal) => {
-            warn!(%refusal, "claim refused");
-            // Counted like the library counts a Provision error, so stuck claims show in alerts.
-            ctx.shared
-                .metrics
-                .provision_failed(class_name.unwrap_or_default());
-            let event = events::provisioning_failed(&refusal, false);
-            ctx.shared.events.publish(event, claim.object_ref(&()));
-            Ok(Action::requeue(REFUSAL_RECHECK))
-        }
+        ClaimDecision::Refuse(refusal) => Ok(refuse(&claim, &refusal, &ctx)),
         ClaimDecision::Provision(plan) => {
             // The grace first: the scan of every cached PV for a pre-bound one then runs once
             // per claim, after the PV has had its time to arrive.
@@ -140,13 +203,17 @@ pub async fn reconcile(claim: Arc<PersistentVolumeClaim>, ctx: Arc<Ctx>) -> Resu
                 return Ok(Action::await_change());
             }
             drop(pvs);
-            let result = provision(&claim, *plan, &ctx).await;
+            let source = source_kind(&plan);
+            let result = match plan.source.clone() {
+                Some(source) => clones::reconcile(&claim, *plan, &source, &ctx).await,
+                None => provision(&claim, *plan, &ctx).await,
+            };
             if let Err(error) = &result {
                 warn!(%error, "provisioning failed; will retry");
                 if !matches!(error, Error::NotLeader(_)) {
                     ctx.shared
                         .metrics
-                        .provision_failed(class_name.unwrap_or_default());
+                        .provision_failed(class_name.unwrap_or_default(), source);
                     let event = events::provisioning_failed(error, true);
                     ctx.shared.events.publish(event, claim.object_ref(&()));
                 }
@@ -157,43 +224,45 @@ pub async fn reconcile(claim: Arc<PersistentVolumeClaim>, ctx: Arc<Ctx>) -> Resu
 }
 
 async fn provision(claim: &PersistentVolumeClaim, plan: ProvisionPlan, ctx: &Ctx) -> Result<Action, Error> {
-    {
-        let mut reservations = lock(&ctx.reservations);
-        let live = ctx.live_directories(&plan.export, &reservations);
-        if let Some(refusal) = claim::find_overlap(&plan, live.iter().map(|(n, p)| (n.as_str(), p))) {
-            drop(reservations);
-            warn!(%refusal, "claim refused");
-            ctx.shared
-                .metrics
-                .provision_failed(claim::class_name(claim).unwrap_or_default());
-            ctx.shared.events.publish(
-                events::provisioning_failed(&refusal, false),
-                claim.object_ref(&()),
-            );
-            return Ok(Action::requeue(REFUSAL_RECHECK));
-        }
-        reservations.insert(plan.pv_name.clone(), (plan.export.clone(), plan.path.clone()));
+    let storage = ctx.shared.exports.get(&plan.export, &plan.access)?;
+    if let Err(refusal) = check_space(&plan, &storage, ctx).await? {
+        return Ok(refuse(claim, &refusal, ctx));
     }
-    let result = make_volume(claim, &plan, ctx).await;
+    if let Err(refusal) = reserve(&plan, ctx) {
+        return Ok(refuse(claim, &refusal, ctx));
+    }
+    let claim_key = format!("{}/{}", claim.namespace().unwrap_or_default(), claim.name_any());
+    ctx.shared
+        .events
+        .publish(events::provisioning(&claim_key), claim.object_ref(&()));
+    make_volume(claim, &plan, ctx, None).await
+}
+
+/// Places the directory of `plan` (a clone's: once its copy is whole, `clone` saying what was
+/// copied from where), makes its PV and tells the user. The reservation goes if this fails.
+pub async fn make_volume(
+    claim: &PersistentVolumeClaim,
+    plan: &ProvisionPlan,
+    ctx: &Ctx,
+    clone: Option<(&CloneSource, &Copied)>,
+) -> Result<Action, Error> {
+    let result = place(claim, plan, ctx, clone).await;
     if result.is_err() {
-        lock(&ctx.reservations).remove(&plan.pv_name);
+        unreserve(ctx, &plan.pv_name);
     }
     result
 }
 
-async fn make_volume(
+async fn place(
     claim: &PersistentVolumeClaim,
     plan: &ProvisionPlan,
     ctx: &Ctx,
+    clone: Option<(&CloneSource, &Copied)>,
 ) -> Result<Action, Error> {
     let pv = plan.pv_name.as_str();
     let storage = ctx.shared.exports.get(&plan.export, &plan.access)?;
     let started = std::time::Instant::now();
     ctx.ensure_leader(pv)?;
-    let claim_key = format!("{}/{}", claim.namespace().unwrap_or_default(), claim.name_any());
-    ctx.shared
-        .events
-        .publish(events::provisioning(&claim_key), claim.object_ref(&()));
 
     let created = match storage
         .create_volume(pv, &plan.path, plan.dir, plan.reuse.existing())
@@ -222,13 +291,15 @@ async fn make_volume(
         warn!(pv, %error, "could not clear staging record");
     }
     info!(pv, export = %plan.export, directory = %plan.path, "provisioned");
-    ctx.shared
-        .metrics
-        .provisioned(claim::class_name(claim).unwrap_or_default(), started.elapsed());
-    let event = if created == Created::Reused {
-        events::reused(pv, &plan.path)
-    } else {
-        events::provisioned(pv, &plan.path)
+    ctx.shared.metrics.provisioned(
+        claim::class_name(claim).unwrap_or_default(),
+        source_kind(plan),
+        started.elapsed(),
+    );
+    let event = match (created, clone) {
+        (_, Some((source, copied))) => events::cloned(pv, &plan.path, &source.claim, copied),
+        (Created::Reused, None) => events::reused(pv, &plan.path),
+        _ => events::provisioned(pv, &plan.path),
     };
     ctx.shared.events.publish(event, claim.object_ref(&()));
     ctx.succeeded(&key(claim));

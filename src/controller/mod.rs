@@ -4,7 +4,9 @@
 //! reports through Events and logs.
 
 pub mod claims;
+pub mod clones;
 pub mod resizes;
+pub mod usage;
 pub mod volumes;
 
 use std::collections::HashMap;
@@ -102,6 +104,10 @@ pub struct Ctx {
     failures: Mutex<HashMap<String, u32>>,
     /// True once the StorageClass and PV caches hold a full list.
     ready: channel_watch::Receiver<bool>,
+    /// True once the claim cache holds a full list too.
+    claims_ready: channel_watch::Receiver<bool>,
+    /// The clones being copied in this term.
+    pub clones: clones::Clones,
 }
 
 impl Ctx {
@@ -114,6 +120,12 @@ impl Ctx {
         // (a oneshot receiver keeps one waker), which left early reconciles hanging forever.
         // An error means the sender is gone, i.e. the term is ending; reconciles end anyway.
         let _ = self.ready.clone().wait_for(|ready| *ready).await;
+    }
+
+    /// Until every cache holds a full list, claims too (for work that asks whether a claim exists).
+    async fn all_caches_ready(&self) {
+        self.caches_ready().await;
+        let _ = self.claims_ready.clone().wait_for(|ready| *ready).await;
     }
 
     fn ensure_leader(&self, what: &str) -> Result<(), Error> {
@@ -181,6 +193,17 @@ impl Ctx {
             }
         }
         exports
+    }
+
+    /// Whether a claim whose volume would be `pv` (`pvc-<uid>`) is in the cache.
+    fn claim_of_volume_exists(&self, pv: &str) -> bool {
+        let Some(uid) = pv.strip_prefix("pvc-") else {
+            return true;
+        };
+        self.claims
+            .state()
+            .iter()
+            .any(|c| c.metadata.uid.as_deref() == Some(uid))
     }
 
     fn storages(&self) -> Vec<Storage> {
@@ -384,20 +407,34 @@ pub async fn run(shared: Shared, term: CancellationToken) {
     let (pvs, pv_changes) = cached::<PersistentVolume>(&client, &shared.health, &shared.metrics);
     let (claims, claim_changes) = cached::<PersistentVolumeClaim>(&client, &shared.health, &shared.metrics);
 
-    // The one waiter on the stores' readiness; reconciles wait on the watch channel instead.
+    // The one waiter on the stores' readiness; reconciles wait on the watch channels instead.
     let (ready_tx, ready) = channel_watch::channel(false);
+    let (claims_ready_tx, claims_ready) = channel_watch::channel(false);
     let readiness = {
-        let (classes, pvs, health) = (classes.clone(), pvs.clone(), shared.health.clone());
+        let (classes, pvs, claims, health) = (
+            classes.clone(),
+            pvs.clone(),
+            claims.clone(),
+            shared.health.clone(),
+        );
         async move {
             if classes.wait_until_ready().await.is_ok() && pvs.wait_until_ready().await.is_ok() {
                 let _ = ready_tx.send(true);
                 health.set_caches_synced(true);
                 info!("caches synced");
             }
+            if claims.wait_until_ready().await.is_ok() {
+                let _ = claims_ready_tx.send(true);
+            }
         }
     };
+    // A clone's copy ends outside any reconcile: its claim is woken through this.
+    let (wake_tx, mut wake_rx) = tokio::sync::mpsc::unbounded_channel();
+    let woken = futures::stream::poll_fn(move |cx| wake_rx.poll_recv(cx));
     let ctx = Arc::new(Ctx {
         ready,
+        claims_ready,
+        clones: clones::Clones::new(shared.config.clone.at_once, wake_tx, term.clone()),
         pv_api: Api::all(client),
         classes,
         pvs: pvs.clone(),
@@ -419,6 +456,7 @@ pub async fn run(shared: Shared, term: CancellationToken) {
             claims::pending_claims_of_class(&claims, &class)
         })
         .reconcile_on(resync_of(&ctx, claims::pending_for_us))
+        .reconcile_on(woken)
         .with_config(config);
 
     let volumes = volume_controller
@@ -429,11 +467,12 @@ pub async fn run(shared: Shared, term: CancellationToken) {
         .graceful_shutdown_on(term.clone().cancelled_owned())
         .run(claims::reconcile, claims::error_policy, Arc::clone(&ctx))
         .for_each(|_| futures::future::ready(()));
-    let sweep = sweep_staging(Arc::clone(&ctx));
+    let sweep = sweep_staging(Arc::clone(&ctx), term.clone());
     let probe = probe_exports(Arc::clone(&ctx), term.clone());
+    let usage = usage::run(Arc::clone(&ctx), term.clone());
 
     info!(provisioner = %ctx.provisioner(), "controllers started");
-    tokio::join!(volumes, claims, sweep, readiness, probe);
+    tokio::join!(volumes, claims, sweep, readiness, probe, usage);
     info!("controllers stopped");
 }
 
@@ -451,9 +490,19 @@ async fn probe_exports(ctx: Arc<Ctx>, term: CancellationToken) {
             () = term.cancelled() => return,
             _ = tick.tick() => {}
         }
-        let probes = ctx.storages().into_iter().map(|storage| async move {
-            if let Err(error) = storage.probe().await {
-                warn!(export = %storage.name(), %error, "export probe failed");
+        let probes = ctx.storages().into_iter().map(|storage| {
+            let metrics = &ctx.shared.metrics;
+            async move {
+                if let Err(error) = storage.probe().await {
+                    warn!(export = %storage.name(), %error, "export probe failed");
+                    return;
+                }
+                match storage.capacity().await {
+                    Ok(c) => metrics.export_capacity(storage.name(), c.total_bytes, c.available_bytes),
+                    Err(error) => {
+                        warn!(export = %storage.name(), %error, "could not read the export's capacity")
+                    }
+                }
             }
         });
         tokio::select! {
@@ -463,14 +512,35 @@ async fn probe_exports(ctx: Arc<Ctx>, term: CancellationToken) {
     }
 }
 
-/// Clears what crashes left in the staging area: probe directories of probes killed mid-way, and
+/// How often the staging areas are swept after the term's first sweep.
+const SWEEP_INTERVAL: Duration = Duration::from_secs(600);
+
+/// Sweeps the staging areas at the start of the term and every [`SWEEP_INTERVAL`] after.
+async fn sweep_staging(ctx: Arc<Ctx>, term: CancellationToken) {
+    ctx.all_caches_ready().await;
+    let mut tick = tokio::time::interval(SWEEP_INTERVAL);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            () = term.cancelled() => return,
+            _ = tick.tick() => {}
+        }
+        tokio::select! {
+            () = term.cancelled() => return,
+            () = sweep_once(&ctx) => {}
+        }
+    }
+}
+
+/// Clears what crashes left in the staging areas: probe directories of probes killed mid-way,
 /// staging records of volumes whose PV was created (the record only proves ownership until the
-/// PV exists). Records of claims without a PV are left for the claim's reconcile, which adopts
-/// them. Each export is swept on its own: one that does not answer delays nothing else.
-async fn sweep_staging(ctx: Arc<Ctx>) {
-    ctx.caches_ready().await;
+/// PV exists), and records of claims that are gone (a clone's copy, never placed, goes with its
+/// record; a placed directory stays, as it may hold data). Records of claims without a PV are
+/// left for the claim's reconcile, which adopts them. Each export is swept on its own: one that
+/// does not answer delays nothing else.
+async fn sweep_once(ctx: &Arc<Ctx>) {
     let sweeps = ctx.storages().into_iter().map(|storage| {
-        let ctx = Arc::clone(&ctx);
+        let ctx = Arc::clone(ctx);
         async move {
             match storage.clear_probes().await {
                 Ok(0) => {}
@@ -487,9 +557,22 @@ async fn sweep_staging(ctx: Arc<Ctx>) {
                 }
             };
             for pv in staged {
-                if ctx.pvs.get(&ObjectRef::new(&pv)).is_some()
-                    && let Err(error) = storage.finish_volume(&pv).await
-                {
+                let pv_exists = ctx.pvs.get(&ObjectRef::new(&pv)).is_some();
+                let claim_gone = !pv_exists && !ctx.claim_of_volume_exists(&pv);
+                if !pv_exists && !claim_gone {
+                    continue;
+                }
+                if claim_gone {
+                    if ctx.clones.forget(&pv) {
+                        info!(export = %storage.name(), pv = %pv, "the claim of a clone being copied is gone: copy stopped");
+                    }
+                    match storage.staged_target(&pv).await {
+                        Ok(Some(target)) => info!(export = %storage.name(), pv = %pv, target = %target.join("/"), "the claim of a staged volume is gone: clearing its record"),
+                        Ok(None) => {}
+                        Err(error) => warn!(export = %storage.name(), pv = %pv, %error, "could not read staging record"),
+                    }
+                }
+                if let Err(error) = storage.finish_volume(&pv).await {
                     warn!(export = %storage.name(), pv = %pv, %error, "could not clear staging record");
                 }
             }

@@ -25,3 +25,14 @@ pub const REUSE_EXISTING: &str = "nfs-subdir-provisioner/reuse-existing-director
 /// Set on a protected PV together with the removal of [`FINALIZER`], once its directory is
 /// released: what is left is deleting the PV.
 pub const RELEASED: &str = "nfs-subdir-provisioner/released";
+/// On a source claim while a clone of it is copied (external-provisioner's name, so the finalizer
+/// reads alike whichever provisioner set it): the source is not deleted under the copy.
+pub const CLONING_PROTECTION: &str = "provisioner.storage.kubernetes.io/cloning-protection";
+/// Our record on a cloned volume's PV of the claim and volume it was copied from.
+pub const CLONED_FROM: &str = "nfs-subdir-provisioner/cloned-from";
+/// On a PV of ours while its directory takes more than its claim asks for (set and removed as
+/// the usage measurements cross the request), so each crossing is told once, across restarts.
+pub const OVER_CAPACITY: &str = "nfs-subdir-provisioner/over-capacity";
+/// On a StorageClass of ours: `"true"` refuses a claim whose request exceeds the export's free
+/// space (an annotation, like [`REUSE_EXISTING`], so an existing class can turn it on).
+pub const CHECK_FREE_SPACE: &str = "nfs-subdir-provisioner/check-free-space";

@@ -7,15 +7,19 @@ use std::time::Duration;
 
 use k8s_openapi::api::core::v1::{PersistentVolume, PersistentVolumeClaim};
 use k8s_openapi::api::storage::v1::StorageClass;
+use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
 use k8s_openapi::jiff::Timestamp;
 
 use crate::core::annotations::{
-    REUSE_EXISTING, SELECTED_NODE, STORAGE_CLASS_BETA, STORAGE_PROVISIONER, STORAGE_PROVISIONER_BETA,
+    CHECK_FREE_SPACE, REUSE_EXISTING, SELECTED_NODE, STORAGE_CLASS_BETA, STORAGE_PROVISIONER,
+    STORAGE_PROVISIONER_BETA,
 };
+use crate::core::clone::{self, DataSourceRefusal};
 use crate::core::export::{Access, OptionsError, client_options};
 use crate::core::naming::{self, ClaimNames, PathError, VolumePath};
 use crate::core::params::{ClassParams, DirMode, OnDelete, ParamError, parse_go_bool};
 use crate::core::pv::{self, Export};
+use crate::core::quantity;
 use crate::core::staging::Existing;
 
 #[derive(Debug, Clone, PartialEq)]
@@ -49,8 +53,8 @@ pub enum Refusal {
     BlockVolume,
     #[error("spec.selector is not supported: a new directory cannot match a selector")]
     Selector,
-    #[error("spec.{0} is not supported: the volume would be created empty, not from the source")]
-    DataSource(&'static str),
+    #[error(transparent)]
+    DataSource(#[from] DataSourceRefusal),
     #[error("spec.resources.requests.storage is missing")]
     NoCapacity,
     #[error(
@@ -71,6 +75,16 @@ pub enum Refusal {
     NoMountedExport,
     #[error("StorageClass annotation {REUSE_EXISTING}={0:?} is not a boolean (\"true\" or \"false\")")]
     ReuseAnnotation(String),
+    #[error("StorageClass annotation {CHECK_FREE_SPACE}={0:?} is not a boolean (\"true\" or \"false\")")]
+    FreeSpaceAnnotation(String),
+    #[error(
+        "the claim asks for {request}, more than the {available} bytes free on export {export} (the StorageClass checks free space); free space on the server, or ask for less"
+    )]
+    NoSpace {
+        request: String,
+        available: u64,
+        export: String,
+    },
 }
 
 /// What a claim's class says of a directory already at its path.
@@ -117,8 +131,14 @@ pub struct ProvisionPlan {
     pub path: VolumePath,
     pub dir: DirMode,
     pub on_delete: OnDelete,
-    /// Whether a directory already at `path` is taken as it is.
+    /// Whether a directory already at `path` is taken as it is (never for a clone).
     pub reuse: Reuse,
+    /// A clone: the claim (of the same namespace) whose volume is copied into this one.
+    pub source: Option<String>,
+    /// What the claim asks for.
+    pub request: Quantity,
+    /// The class refuses a request larger than the export's free space.
+    pub check_free_space: bool,
     pub pv: PersistentVolume,
 }
 
@@ -262,12 +282,10 @@ pub fn decide(
     if spec.selector.is_some() {
         return Refuse(Refusal::Selector);
     }
-    if spec.data_source.is_some() {
-        return Refuse(Refusal::DataSource("dataSource"));
-    }
-    if spec.data_source_ref.is_some() {
-        return Refuse(Refusal::DataSource("dataSourceRef"));
-    }
+    let source = match clone::requested(claim) {
+        Ok(source) => source,
+        Err(refusal) => return Refuse(refusal.into()),
+    };
     // Kubernetes 1.29 and later: a class of mutable attributes only a CSI driver can honour.
     if let Some(vac) = spec.volume_attributes_class_name.filter(|v| !v.is_empty()) {
         return Refuse(Refusal::VolumeAttributesClass(vac));
@@ -311,8 +329,14 @@ pub fn decide(
         Err(e) => return Refuse(e.into()),
     };
     let reuse = match reuse(class, params.path_pattern.as_deref(), &path) {
+        // A clone is a new directory with a copy in it, never one already there.
+        Ok(_) if source.is_some() => Reuse::Off,
         Ok(reuse) => reuse,
         Err(refusal) => return Refuse(refusal),
+    };
+    let check_free_space = match class_flag(class, CHECK_FREE_SPACE) {
+        Ok(check) => check,
+        Err(value) => return Refuse(Refusal::FreeSpaceAnnotation(value)),
     };
     let pv = pv::build(&pv::PvInputs {
         name: &pv_name,
@@ -322,7 +346,8 @@ pub fn decide(
         export: &export,
         path: &path,
         on_delete: params.on_delete,
-        capacity,
+        capacity: capacity.clone(),
+        source: source.as_deref(),
     });
     ClaimDecision::Provision(Box::new(ProvisionPlan {
         pv_name,
@@ -332,19 +357,39 @@ pub fn decide(
         dir: params.dir,
         on_delete: params.on_delete,
         reuse,
+        source,
+        request: capacity,
+        check_free_space,
         pv,
     }))
+}
+
+/// A boolean annotation of a class: absent is false; `Err`: the value, which is no boolean.
+fn class_flag(class: &StorageClass, key: &str) -> Result<bool, String> {
+    match class.metadata.annotations.as_ref().and_then(|a| a.get(key)) {
+        None => Ok(false),
+        Some(value) => parse_go_bool(value).ok_or_else(|| value.clone()),
+    }
+}
+
+/// Whether the claim of `plan` fits in the `available` bytes of its export, where its class checks.
+pub fn fits(plan: &ProvisionPlan, available: u64) -> Result<(), Refusal> {
+    let request = quantity::bytes(&plan.request.0).unwrap_or(0);
+    if !plan.check_free_space || request <= u128::from(available) {
+        return Ok(());
+    }
+    Err(Refusal::NoSpace {
+        request: plan.request.0.clone(),
+        available,
+        export: plan.export.to_string(),
+    })
 }
 
 /// What the class says of a directory already at `path`: off unless the class allows reuse, and
 /// then allowed only where no other claim could have rendered `path` and it is no archive. (The staging area is no volume path at all; a live volume's directory, or one inside
 /// or around it, is refused by [`find_overlap`]; a symlink by the storage layer.)
 fn reuse(class: &StorageClass, pattern: Option<&str>, path: &VolumePath) -> Result<Reuse, Refusal> {
-    let annotations = class.metadata.annotations.as_ref();
-    let allowed = match annotations.and_then(|a| a.get(REUSE_EXISTING)) {
-        None => false,
-        Some(value) => parse_go_bool(value).ok_or_else(|| Refusal::ReuseAnnotation(value.clone()))?,
-    };
+    let allowed = class_flag(class, REUSE_EXISTING).map_err(Refusal::ReuseAnnotation)?;
     if !allowed {
         return Ok(Reuse::Off);
     }
@@ -715,15 +760,64 @@ mod tests {
             ClaimDecision::Refuse(Refusal::Selector)
         );
 
-        let mut source = claim();
-        source.spec.as_mut().unwrap().data_source = Some(TypedLocalObjectReference {
-            kind: "PersistentVolumeClaim".into(),
+        let mut snapshot = claim();
+        snapshot.spec.as_mut().unwrap().data_source = Some(TypedLocalObjectReference {
+            kind: "VolumeSnapshot".into(),
             name: "x".into(),
-            ..Default::default()
+            api_group: Some("snapshot.storage.k8s.io".into()),
         });
         assert_eq!(
-            decide_with(&source, Some(&class(&[]))),
-            ClaimDecision::Refuse(Refusal::DataSource("dataSource"))
+            decide_with(&snapshot, Some(&class(&[]))),
+            ClaimDecision::Refuse(Refusal::DataSource(DataSourceRefusal::Snapshot("x".into())))
+        );
+    }
+
+    /// A claim with another claim as its data source is a clone: planned with its source, never
+    /// reusing a directory, its PV recording where it came from.
+    #[test]
+    fn a_claim_with_a_claim_as_data_source_is_planned_as_a_clone() {
+        let mut clone = claim();
+        clone.spec.as_mut().unwrap().data_source = Some(TypedLocalObjectReference {
+            kind: "PersistentVolumeClaim".into(),
+            name: "src".into(),
+            api_group: None,
+        });
+        let reusing = reusing(&[], "true");
+        let p = plan(decide_with(&clone, Some(&reusing)));
+        assert_eq!(p.source.as_deref(), Some("src"));
+        assert_eq!(p.reuse, Reuse::Off);
+        let recorded = p.pv.metadata.annotations.unwrap_or_default();
+        assert_eq!(
+            recorded
+                .get(crate::core::annotations::CLONED_FROM)
+                .map(String::as_str),
+            Some("team/src")
+        );
+        assert_eq!(plan(decide_with(&claim(), Some(&class(&[])))).source, None);
+    }
+
+    #[test]
+    fn a_class_that_checks_free_space_refuses_a_request_larger_than_it() {
+        let mut checking = class(&[]);
+        checking.metadata.annotations = Some(BTreeMap::from([(CHECK_FREE_SPACE.into(), "true".into())]));
+        let p = plan(decide_with(&claim(), Some(&checking)));
+        assert!(p.check_free_space);
+        let gib = 1024 * 1024 * 1024;
+        assert_eq!(fits(&p, gib), Ok(()));
+        assert_eq!(
+            fits(&p, gib - 1),
+            Err(Refusal::NoSpace {
+                request: "1Gi".into(),
+                available: gib - 1,
+                export: "10.0.0.1:/export".into()
+            })
+        );
+        let unchecked = plan(decide_with(&claim(), Some(&class(&[]))));
+        assert_eq!(fits(&unchecked, 0), Ok(()));
+        checking.metadata.annotations = Some(BTreeMap::from([(CHECK_FREE_SPACE.into(), "yes".into())]));
+        assert_eq!(
+            decide_with(&claim(), Some(&checking)),
+            ClaimDecision::Refuse(Refusal::FreeSpaceAnnotation("yes".into()))
         );
     }
 

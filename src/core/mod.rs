@@ -11,12 +11,15 @@
 //!   PersistentVolume (Released) ──(volume::decide)──► Release { path, Archive | Delete | Retain }
 //!                    (Bound)    ──(volume::decide)──► Protect | Unprotect (the finalizer)
 //!   bound claim + its PV ──(resize::decide)──► Grow { to } | Finish { capacity }
+//!   claim's dataSource + source claim and PV ──(clone::source)──► CloneSource { export, path }
+//!   measured bytes + PV ──(usage::crossing)──► Over | Within (once per crossing)
 //!   Lease record ──(lease::decide)──► Create | Acquire | Renew | Wait
 //!   outcome ──(events)──► Kubernetes Event (reason, note) for users
 //! ```
 
 pub mod annotations;
 pub mod claim;
+pub mod clone;
 pub mod events;
 pub mod export;
 pub mod lease;
@@ -26,6 +29,7 @@ pub mod pv;
 pub mod quantity;
 pub mod resize;
 pub mod staging;
+pub mod usage;
 pub mod volume;
 
 #[cfg(test)]

@@ -11,7 +11,7 @@ use k8s_openapi::api::storage::v1::StorageClass;
 use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 
-use crate::core::annotations::{DIRECTORY, FINALIZER, ON_DELETE, PROVISIONED_BY};
+use crate::core::annotations::{CLONED_FROM, DIRECTORY, FINALIZER, ON_DELETE, PROVISIONED_BY};
 use crate::core::naming::{VolumePath, server_path};
 use crate::core::params::OnDelete;
 
@@ -26,16 +26,22 @@ pub struct PvInputs<'a> {
     pub path: &'a VolumePath,
     pub on_delete: OnDelete,
     pub capacity: Quantity,
+    /// A clone: the claim (of the same namespace) it is a copy of.
+    pub source: Option<&'a str>,
 }
 
 pub fn build(input: &PvInputs<'_>) -> PersistentVolume {
     let claim = input.claim;
     let spec = claim.spec.clone().unwrap_or_default();
-    let annotations = BTreeMap::from([
+    let mut annotations = BTreeMap::from([
         (PROVISIONED_BY.to_owned(), input.provisioner.to_owned()),
         (DIRECTORY.to_owned(), input.path.to_string()),
         (ON_DELETE.to_owned(), input.on_delete.as_str().to_owned()),
     ]);
+    if let Some(source) = input.source {
+        let namespace = claim.metadata.namespace.as_deref().unwrap_or_default();
+        annotations.insert(CLONED_FROM.to_owned(), format!("{namespace}/{source}"));
+    }
     let reclaim_policy = input
         .class
         .reclaim_policy
@@ -120,6 +126,7 @@ mod tests {
             path: &path,
             on_delete: OnDelete::Retain,
             capacity: Quantity("5Gi".into()),
+            source: None,
         });
         let spec = pv.spec.unwrap();
         let nfs = spec.nfs.unwrap();
@@ -155,6 +162,7 @@ mod tests {
             path: &VolumePath::parse("d").unwrap(),
             on_delete: OnDelete::Archive,
             capacity: Quantity("1".into()),
+            source: None,
         });
         assert_eq!(
             pv.spec.unwrap().persistent_volume_reclaim_policy.as_deref(),

@@ -173,6 +173,89 @@ pub fn directory_in_export(pv: &PersistentVolume, export: &Export) -> Option<Vol
     relative_to_export(&nfs.path, &export.path).ok()
 }
 
+/// Where a volume's directory is: the export, how it is reached, the path inside it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Located {
+    pub export: Export,
+    pub access: Access,
+    pub path: VolumePath,
+}
+
+/// The directory of `pv` in the most specific of `mounted` and `served` (the exports this
+/// provisioner serves) holding it, re-validated, and checked against the path we recorded. A
+/// volume is only ever touched inside one of them: the classes are the admin's word that an
+/// export belongs to this provisioner.
+pub fn locate(
+    pv: &PersistentVolume,
+    mounted: Option<&Export>,
+    served: &[Export],
+) -> Result<Located, VolumeRefusal> {
+    let spec = pv.spec.clone().unwrap_or_default();
+    let Some(nfs) = spec.nfs else {
+        return Err(VolumeRefusal::NotNfs);
+    };
+    let candidates: Vec<&Export> = mounted
+        .into_iter()
+        .chain(served)
+        .filter(|e| e.server == nfs.server)
+        .collect();
+    if candidates.is_empty() {
+        let mut known: Vec<String> = mounted
+            .into_iter()
+            .chain(served)
+            .map(ToString::to_string)
+            .collect();
+        known.sort();
+        known.dedup();
+        return Err(VolumeRefusal::ForeignServer {
+            found: nfs.server,
+            expected: known.join(", "),
+        });
+    }
+    // The most specific export holding the path: nested exports are possible on one server.
+    let mut best: Option<(&Export, VolumePath)> = None;
+    let mut first_error = None;
+    for export in candidates {
+        match relative_to_export(&nfs.path, &export.path) {
+            Ok(p)
+                if best
+                    .as_ref()
+                    .is_none_or(|(b, _)| export.path.len() > b.path.len()) =>
+            {
+                best = Some((export, p));
+            }
+            Ok(_) => {}
+            Err(e) => {
+                first_error.get_or_insert(e);
+            }
+        }
+    }
+    let Some((export, path)) = best else {
+        return Err(match first_error {
+            Some(e) => VolumeRefusal::OutsideExport(e),
+            None => VolumeRefusal::NotNfs,
+        });
+    };
+    let export = export.clone();
+    let access = if Some(&export) == mounted {
+        Access::Mounted
+    } else {
+        Access::Direct(
+            client_options(spec.mount_options.as_deref().unwrap_or_default())
+                .map_err(VolumeRefusal::MountOptions)?,
+        )
+    };
+    if let Some(recorded) = pv.metadata.annotations.as_ref().and_then(|a| a.get(DIRECTORY))
+        && *recorded != path.to_string()
+    {
+        return Err(VolumeRefusal::RecordMismatch {
+            recorded: recorded.clone(),
+            actual: path.to_string(),
+        });
+    }
+    Ok(Located { export, access, path })
+}
+
 /// [`decide_among`] with the mounted export only.
 pub fn decide(
     pv: &PersistentVolume,
@@ -199,70 +282,11 @@ pub fn decide_among(
         Ok(protected) => protected,
         Err(decision) => return decision,
     };
-    let spec = pv.spec.clone().unwrap_or_default();
-    let Some(nfs) = spec.nfs else {
-        return Refuse(VolumeRefusal::NotNfs);
-    };
-    let candidates: Vec<&Export> = mounted
-        .into_iter()
-        .chain(served)
-        .filter(|e| e.server == nfs.server)
-        .collect();
-    if candidates.is_empty() {
-        let mut known: Vec<String> = mounted
-            .into_iter()
-            .chain(served)
-            .map(ToString::to_string)
-            .collect();
-        known.sort();
-        known.dedup();
-        return Refuse(VolumeRefusal::ForeignServer {
-            found: nfs.server,
-            expected: known.join(", "),
-        });
-    }
-    // The most specific export holding the path: nested exports are possible on one server.
-    let mut best: Option<(&Export, VolumePath)> = None;
-    let mut first_error = None;
-    for export in candidates {
-        match relative_to_export(&nfs.path, &export.path) {
-            Ok(p)
-                if best
-                    .as_ref()
-                    .is_none_or(|(b, _)| export.path.len() > b.path.len()) =>
-            {
-                best = Some((export, p));
-            }
-            Ok(_) => {}
-            Err(e) => {
-                first_error.get_or_insert(e);
-            }
-        }
-    }
-    let Some((export, path)) = best else {
-        return match first_error {
-            Some(e) => Refuse(VolumeRefusal::OutsideExport(e)),
-            None => Refuse(VolumeRefusal::NotNfs),
-        };
-    };
-    let export = export.clone();
-    let access = if Some(&export) == mounted {
-        Access::Mounted
-    } else {
-        match client_options(spec.mount_options.as_deref().unwrap_or_default()) {
-            Ok(options) => Access::Direct(options),
-            Err(e) => return Refuse(VolumeRefusal::MountOptions(e)),
-        }
+    let Located { export, access, path } = match locate(pv, mounted, served) {
+        Ok(located) => located,
+        Err(refusal) => return Refuse(refusal),
     };
     let annotations = pv.metadata.annotations.clone().unwrap_or_default();
-    if let Some(recorded) = annotations.get(DIRECTORY)
-        && *recorded != path.to_string()
-    {
-        return Refuse(VolumeRefusal::RecordMismatch {
-            recorded: recorded.clone(),
-            actual: path.to_string(),
-        });
-    }
     let (action, legacy) = match annotations.get(ON_DELETE) {
         Some(recorded) => match OnDelete::parse(recorded) {
             Some(action) => (action, false),

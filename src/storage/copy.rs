@@ -27,6 +27,7 @@ use super::error::{Refusal, StorageFailure, StorageResult};
 use super::remove::Remove;
 use super::transport::{Attrs, FileType, Kind, Made, Opened, OpenedFile, Owner, Stat, Target, Transport, at};
 use super::walker::{Left, Ops, Step, Visit, Walker};
+pub use crate::core::clone::Copied;
 
 const OP: &str = "copy";
 /// Requests in flight while removing what a crashed attempt left in the way of an entry.
@@ -126,19 +127,6 @@ pub struct Progress {
     pub kept: AtomicU64,
     /// The destination refused to take the source's owners.
     pub owners_refused: AtomicBool,
-}
-
-/// A summary of [`Progress`], for messages.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub struct Copied {
-    pub entries: u64,
-    pub bytes: u64,
-    pub hard_links: u64,
-    pub fifos: u64,
-    pub sockets: u64,
-    pub devices: u64,
-    pub kept: u64,
-    pub owners_refused: bool,
 }
 
 impl Progress {

@@ -228,12 +228,25 @@ impl Storage {
         .await
     }
 
+    /// Drops `pv_name`'s staging record, and whatever it holds (a clone's unplaced copy: under the
+    /// deadline of a delete).
     pub async fn finish_volume(&self, pv_name: &str) -> Result<(), StorageFailure> {
         self.run(
             "clear staging record of",
             pv_name.to_owned(),
-            self.limits.timeout,
+            self.limits.delete_timeout,
             self.backend.finish_volume(pv_name),
+        )
+        .await
+    }
+
+    /// The path recorded for `pv_name`'s creation, if it has a staging record.
+    pub async fn staged_target(&self, pv_name: &str) -> Result<Option<Vec<String>>, StorageFailure> {
+        self.run(
+            "read staging record of",
+            pv_name.to_owned(),
+            self.limits.timeout,
+            self.backend.staged_target(pv_name),
         )
         .await
     }

@@ -1,6 +1,7 @@
 //! End-to-end scenarios: the provisioner binary against a real control plane, asserting both the
 //! API objects and the directories on disk.
 
+pub mod clones;
 pub mod direct;
 pub mod fixture;
 pub mod lifecycle;
@@ -20,5 +21,6 @@ pub fn trials() -> Vec<E2eTrial> {
     all.extend(direct::trials());
     all.extend(watches::trials());
     all.extend(lifecycle::trials());
+    all.extend(clones::trials());
     all
 }
