@@ -215,15 +215,17 @@ pub fn trials() -> Vec<E2eTrial> {
             .await?;
             env.claim("source", Some(&class), json!({})).await?;
             env.claim(
-                "clone",
+                "snapshot",
                 Some(&class),
-                json!({ "spec": { "dataSource": { "kind": "PersistentVolumeClaim", "name": "source" } } }),
+                json!({ "spec": { "dataSource": {
+                    "apiGroup": "snapshot.storage.k8s.io", "kind": "VolumeSnapshot", "name": "snap",
+                } } }),
             )
             .await?;
             for (claim, words) in [
                 ("block", "Block"),
                 ("selector", "selector"),
-                ("clone", "dataSource"),
+                ("snapshot", "VolumeSnapshot"),
             ] {
                 let note = env
                     .wait_event(&env.ns, claim, "ProvisioningFailed")
