@@ -136,10 +136,11 @@ impl<T: Transport> Transport for Faulty<T> {
         &self,
         dir: &T::Dir,
         from: Option<T::Cursor>,
+        attrs: bool,
         at: At<'_>,
     ) -> StorageResult<Option<Page<T::Dir, T::Cursor>>> {
         self.enter("read_dir", at)?;
-        self.inner.read_dir(dir, from, at).await
+        self.inner.read_dir(dir, from, attrs, at).await
     }
     async fn remove(&self, dir: &T::Dir, name: &[u8], kind: Kind, at: At<'_>) -> StorageResult<Unlinked> {
         self.enter("remove", at)?;

@@ -351,7 +351,9 @@ fn write_new(dir: &OwnedFd, name: &[u8], content: &[u8]) -> nix::Result<bool> {
     Ok(true)
 }
 
-fn list(dir: &OwnedFd) -> nix::Result<Vec<Entry<Arc<OwnedFd>>>> {
+/// `dir`'s entries; with `attrs`, each one's attributes (`fstatat`, in the same call: one thread
+/// hop for the whole listing), an entry gone meanwhile left out.
+fn list(dir: &OwnedFd, attrs: bool) -> nix::Result<Vec<Entry<Arc<OwnedFd>>>> {
     let dup = dir.try_clone().map_err(io_errno)?;
     let mut listing = Dir::from_fd(dup)?;
     let mut entries = Vec::new();
@@ -366,10 +368,17 @@ fn list(dir: &OwnedFd) -> nix::Result<Vec<Entry<Arc<OwnedFd>>>> {
             Some(_) => Some(Kind::Other),
             None => None,
         };
+        let stat = match attrs {
+            false => None,
+            true => match stat_nofollow(dir, name)? {
+                Some(st) => Some(stat_of(&st)),
+                None => continue,
+            },
+        };
         entries.push(Entry {
             name: name.to_vec(),
-            kind,
-            stat: None,
+            kind: stat.map_or(kind, |st| Some(st.kind())),
+            stat,
             dir: None,
         });
     }
@@ -586,9 +595,10 @@ impl Transport for PosixTransport {
         &self,
         dir: &Self::Dir,
         _from: Option<()>,
+        attrs: bool,
         at: At<'_>,
     ) -> StorageResult<Option<Page<Self::Dir, ()>>> {
-        self.at_dir(dir, b"", at, |dir, _| list(dir))
+        self.at_dir(dir, b"", at, move |dir, _| list(dir, attrs))
             .await
             .map(|entries| Some(Page { entries, next: None }))
     }

@@ -427,7 +427,7 @@ impl<T: Transport> Volumes<T> {
         let mut from = None;
         loop {
             let page = t
-                .read_dir(&staging, from, at(op, STAGING_DIR))
+                .read_dir(&staging, from, false, at(op, STAGING_DIR))
                 .await?
                 .ok_or_else(|| vanished(op, STAGING_DIR))?;
             entries.extend(page.entries);

@@ -311,12 +311,14 @@ pub trait Transport: Send + Sync + 'static {
         at: At<'_>,
     ) -> impl Future<Output = StorageResult<ReadFile>> + Send;
     /// One page of `dir`'s entries (without `.` and `..`) from `from`; `None`: the cursor was lost
-    /// (entries removed meanwhile), list again from the start.
+    /// (entries removed meanwhile), list again from the start. `attrs`: the caller wants each
+    /// entry's attributes too (a transport whose listing lacks them gets them in the same call).
     #[allow(clippy::type_complexity)] // one page of a listing
     fn read_dir(
         &self,
         dir: &Self::Dir,
         from: Option<Self::Cursor>,
+        attrs: bool,
         at: At<'_>,
     ) -> impl Future<Output = StorageResult<Option<Page<Self::Dir, Self::Cursor>>>> + Send;
     /// Removes `name` as a directory (`Kind::Dir`, empty) or as anything else.

@@ -663,7 +663,10 @@ impl<T: Transport, V: Visit<T>> Ctx<T, V> {
                 return Ok(());
             }
             let Some(page) = self
-                .op(self.ops.t.read_dir(&node.dir, from, at(OP_LIST, &node.path)))
+                .op(self
+                    .ops
+                    .t
+                    .read_dir(&node.dir, from, V::STAT, at(OP_LIST, &node.path)))
                 .await?
             else {
                 // The listing lost its place: the not-empty round lists again.
@@ -810,7 +813,10 @@ impl<T: Transport, V: Visit<T>> Ctx<T, V> {
         'rounds: for _ in 0..MAX_ROUNDS {
             let (mut all, mut from) = (Vec::new(), None);
             loop {
-                let Some(page) = self.op(self.ops.t.read_dir(dir, from, at(OP_LIST, path))).await? else {
+                let Some(page) = self
+                    .op(self.ops.t.read_dir(dir, from, V::STAT, at(OP_LIST, path)))
+                    .await?
+                else {
                     continue 'rounds;
                 };
                 all.extend(

@@ -366,10 +366,12 @@ impl Transport for Nfs3Transport {
         Ok(self.proto().read_small(&dir.fh, name, at.op, at.path).await?)
     }
 
+    /// READDIRPLUS carries every entry's attributes, asked for or not.
     async fn read_dir(
         &self,
         dir: &Node,
         from: Option<(u64, cookieverf3)>,
+        _attrs: bool,
         at: At<'_>,
     ) -> StorageResult<Option<Page<Node, (u64, cookieverf3)>>> {
         let (cookie, verf) = from.unwrap_or((0, cookieverf3::default()));
