@@ -1120,7 +1120,7 @@ mod tests {
         let (a, b) = tokio::join!(one.walk(&root, (), "vol", ""), two.walk(&root, (), "vol", ""));
         assert_eq!((a.unwrap().entries, b.unwrap().entries), (entries, entries));
         let primitives = t.calls() - 1;
-        assert!(primitives > 2 * entries as usize, "{primitives}");
+        assert!(primitives >= 20, "{primitives}");
         let took = started.elapsed();
         let least = Duration::from_millis(100) * u32::try_from(primitives - 1).unwrap();
         assert!(took >= least, "{primitives} primitives in {took:?}");
