@@ -9,6 +9,8 @@ use std::str::FromStr;
 
 use anyhow::{Context, Result};
 
+pub mod nfs;
+
 /// A comma-separated list, each item parsed by `parse` (`what` names it in the error).
 pub fn parse_list<T>(text: &str, what: &str, parse: impl Fn(&str) -> Option<T>) -> Result<Vec<T>> {
     text.split(',')
