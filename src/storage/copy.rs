@@ -25,7 +25,9 @@ use futures::future::BoxFuture;
 
 use super::error::{Refusal, StorageFailure, StorageResult};
 use super::remove::Remove;
-use super::transport::{Attrs, FileType, Kind, Made, Opened, OpenedFile, Owner, Stat, Target, Transport, at};
+use super::transport::{
+    Attrs, FileCopied, FileType, Kind, Made, Opened, OpenedFile, Owner, Stat, Target, Transport, at,
+};
 use super::walker::{Left, Ops, Step, Visit, Walker};
 pub use crate::core::clone::Copied;
 
@@ -85,6 +87,17 @@ pub trait Sink: Send + Sync {
         attrs: Attrs,
         path: &'a str,
     ) -> BoxFuture<'a, StorageResult<Owner>>;
+    /// Copies file `name` of `source_dir` (a directory handle of the source's transport) into a
+    /// new file `name` of `dir` in one call, where both are of this sink's transport and it can
+    /// (a mounted export's kernel copy); `None`: the copy reads and writes.
+    fn copy_file_from<'a>(
+        &'a self,
+        source_dir: &'a (dyn Any + Send + Sync),
+        name: &'a [u8],
+        dir: &'a SinkDir,
+        attrs: Attrs,
+        path: &'a str,
+    ) -> BoxFuture<'a, StorageResult<Option<FileCopied>>>;
     /// Removes file `name` of `dir` (begun with [`Sink::start_file`]): its source went meanwhile.
     fn discard<'a>(
         &'a self,
@@ -194,6 +207,29 @@ impl Copy {
         path: &str,
         st: &Stat,
     ) -> StorageResult<Step> {
+        let whole = ops
+            .run(
+                self.sink
+                    .copy_file_from(dir, name, &state.dest, self.progress.attrs(st), path),
+            )
+            .await?;
+        match whole {
+            Some(FileCopied::Done { bytes, owner }) => {
+                if st.nlink > 1 {
+                    self.progress.hard_links.fetch_add(1, Ordering::Relaxed);
+                }
+                self.progress.bytes.fetch_add(bytes, Ordering::Relaxed);
+                self.progress.owner(owner);
+                self.progress.entries.fetch_add(1, Ordering::Relaxed);
+                return Ok(Step::Done);
+            }
+            Some(FileCopied::SourceGone) => return Ok(Step::Gone),
+            Some(FileCopied::SourceNotFile(FileType::Dir)) => return Ok(Step::IsDir),
+            Some(FileCopied::SourceNotFile(_)) => return Ok(Step::Gone),
+            // An earlier attempt's file is there: the reads and writes below tell whether it is
+            // whole.
+            Some(FileCopied::TargetExists) | None => {}
+        }
         let source = match ops.run(ops.t().open_file(dir, name, at("open", path))).await? {
             OpenedFile::File(f) => f,
             OpenedFile::Missing => return Ok(Step::Gone),
@@ -527,6 +563,24 @@ impl<D: Transport> Sink for Dest<D> {
             }
             self.t
                 .set_attrs(Target::File(handle), &attrs, at("set attributes of", path))
+                .await
+        })
+    }
+
+    fn copy_file_from<'a>(
+        &'a self,
+        source_dir: &'a (dyn Any + Send + Sync),
+        name: &'a [u8],
+        dir: &'a SinkDir,
+        attrs: Attrs,
+        path: &'a str,
+    ) -> BoxFuture<'a, StorageResult<Option<FileCopied>>> {
+        Box::pin(async move {
+            let Some(from) = source_dir.downcast_ref::<D::Dir>() else {
+                return Ok(None);
+            };
+            self.t
+                .copy_file(from, name, self.dir(dir)?, name, &attrs, at("copy", path))
                 .await
         })
     }

@@ -10,8 +10,8 @@ use nix::errno::Errno;
 use super::error::StorageResult;
 use super::posix::PosixError;
 use super::transport::{
-    At, Attrs, Capacity, Kind, Made, Move, Opened, OpenedFile, Owner, Page, ReadFile, Renamed, Stat, Target,
-    Transport, Unlinked,
+    At, Attrs, Capacity, FileCopied, Kind, Made, Move, Opened, OpenedFile, Owner, Page, ReadFile, Renamed,
+    Stat, Target, Transport, Unlinked,
 };
 
 /// Fails every primitive from the `crash_at`-th on (0-based; a crash: nothing after it runs), and
@@ -213,6 +213,18 @@ impl<T: Transport> Transport for Faulty<T> {
     ) -> StorageResult<Owner> {
         self.enter("set_attrs", at)?;
         self.inner.set_attrs(target, attrs, at).await
+    }
+    async fn copy_file(
+        &self,
+        from_dir: &T::Dir,
+        from: &[u8],
+        to_dir: &T::Dir,
+        to: &[u8],
+        attrs: &Attrs,
+        at: At<'_>,
+    ) -> StorageResult<Option<FileCopied>> {
+        self.enter("copy_file", at)?;
+        self.inner.copy_file(from_dir, from, to_dir, to, attrs, at).await
     }
     fn io_size(&self) -> usize {
         self.inner.io_size()

@@ -137,6 +137,19 @@ pub enum Owner {
     Refused,
 }
 
+/// What [`Transport::copy_file`] did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FileCopied {
+    /// Copied, `bytes` of it data (holes stay holes), `attrs` set.
+    Done { bytes: u64, owner: Owner },
+    /// The source is not there (any more).
+    SourceGone,
+    /// The source is not a regular file (any more): what it is now.
+    SourceNotFile(FileType),
+    /// Something is at the target name already (an earlier attempt's): nothing was done.
+    TargetExists,
+}
+
 pub enum OpenedFile<F> {
     File(F),
     /// Not a regular file (any more): what it is now.
@@ -393,6 +406,18 @@ pub trait Transport: Send + Sync + 'static {
         attrs: &Attrs,
         at: At<'_>,
     ) -> impl Future<Output = StorageResult<Owner>> + Send;
+    /// Copies regular file `from` of `from_dir` into a new file `to` of `to_dir`, both of this
+    /// transport, in one call where the transport can do it itself (a mounted export: in the
+    /// kernel, holes kept), `attrs` set last; `None`: it cannot, and the copy reads and writes.
+    fn copy_file(
+        &self,
+        from_dir: &Self::Dir,
+        from: &[u8],
+        to_dir: &Self::Dir,
+        to: &[u8],
+        attrs: &Attrs,
+        at: At<'_>,
+    ) -> impl Future<Output = StorageResult<Option<FileCopied>>> + Send;
     /// Bytes a read or write moves at best (the server's preferred transfer size).
     fn io_size(&self) -> usize;
 

@@ -44,8 +44,8 @@ pub use self::proto::Node;
 use self::proto::{Mkdir, mode_attr, status};
 use super::error::StorageResult;
 use super::transport::{
-    At, Attrs, Capacity, Entry, FileType, Kind, Made, Move, Opened, OpenedFile, Owner, Page, ReadFile,
-    Renamed, Stat, Target, Time, Transport, Unlinked,
+    At, Attrs, Capacity, Entry, FileCopied, FileType, Kind, Made, Move, Opened, OpenedFile, Owner, Page,
+    ReadFile, Renamed, Stat, Target, Time, Transport, Unlinked,
 };
 use crate::core::export::{ClientOptions, Export};
 use crate::core::staging::CLAIM_MODE;
@@ -613,6 +613,19 @@ impl Transport for Nfs3Transport {
             self.set(&node, rest, at).await?;
         }
         Ok(owner)
+    }
+
+    /// NFSv3 has no server-side copy: the copy reads and writes.
+    async fn copy_file(
+        &self,
+        _from_dir: &Node,
+        _from: &[u8],
+        _to_dir: &Node,
+        _to: &[u8],
+        _attrs: &Attrs,
+        _at: At<'_>,
+    ) -> StorageResult<Option<FileCopied>> {
+        Ok(None)
     }
 
     fn io_size(&self) -> usize {
