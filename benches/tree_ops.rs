@@ -19,7 +19,8 @@
 //! Sources are written on the host (the mounted side's directory, and ganesha's backing
 //! directory, which ganesha is restarted over before it reads them: a fresh cache), clones go to
 //! new names and are removed after each run. Clones copy with the provisioner's default
-//! `CLONE_CONCURRENCY` (16) on both sides. Reported: wall time, and the CPU time of the bench
+//! `CLONE_CONCURRENCY` (16) on both sides, and make the copy durable before placing it (syncfs on
+//! the mounted side, COMMIT over NFS): `cp -a + sync` is the fair baseline, `cp -a` the usual one. Reported: wall time, and the CPU time of the bench
 //! process (the provisioner's code; the delay proxy's threads subtracted) or of `cp`/`nfs-cp`,
 //! and of ganesha. Without the `--bench` argument that `cargo bench` passes it does nothing.
 
@@ -383,6 +384,15 @@ async fn measure(opts: &Options, local: &Path, ganesha: &mut Ganesha, ticks: f64
                 local.join(&target).display()
             ))?;
             record(&mut samples, format!("cp -a {what}, mounted"), s);
+            fs::remove_dir_all(local.join(&target))?;
+            // A clone is made durable before it is placed (syncfs on the mounted export); cp is not.
+            let s = timed_command(&format!(
+                "cp -a {} {} && sync -f {}",
+                local.join(source).display(),
+                local.join(&target).display(),
+                local.join(&target).display()
+            ))?;
+            record(&mut samples, format!("cp -a + sync {what}, mounted"), s);
             fs::remove_dir_all(local.join(&target))?;
             for (&rtt, &port) in &ports {
                 ganesha.restart()?;

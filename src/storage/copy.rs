@@ -21,6 +21,7 @@ use std::any::Any;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 
+use futures::StreamExt;
 use futures::future::BoxFuture;
 
 use super::error::{Refusal, StorageFailure, StorageResult};
@@ -174,12 +175,19 @@ impl Progress {
     }
 }
 
+/// Chunks of one file read and written at once: a large file over NFS is bound by round trips
+/// otherwise.
+const PIPELINE: usize = 4;
+/// Chunks held at once by one copy, whatever its files: its memory is bounded by these.
+const BUFFERS: usize = 8;
+
 /// The copy visitor over the source's transport.
 pub struct Copy {
     sink: Arc<dyn Sink>,
     progress: Arc<Progress>,
-    /// Bytes per read (the source's transfer size, at most the destination's).
+    /// Bytes per read (the source's transfer size).
     chunk: usize,
+    buffers: tokio::sync::Semaphore,
 }
 
 /// A source directory being copied: where to, and its own attributes (set once it is filled).
@@ -195,6 +203,7 @@ impl Copy {
             sink,
             progress,
             chunk: chunk.max(4096),
+            buffers: tokio::sync::Semaphore::new(BUFFERS),
         }
     }
 
@@ -244,42 +253,96 @@ impl Copy {
         if st.nlink > 1 {
             self.progress.hard_links.fetch_add(1, Ordering::Relaxed);
         }
-        let mut offset = 0u64;
-        let mut holes = false;
-        loop {
-            let Some(data) = ops
-                .run(ops.t().read(&source, offset, self.chunk, at("read", path)))
-                .await?
-            else {
-                // Removed while it was copied: as if it had gone before.
-                drop(file);
-                ops.run(self.sink.discard(&state.dest, name, path)).await?;
-                return Ok(Step::Gone);
-            };
-            let last = data.len() < self.chunk;
-            if data.iter().all(|b| *b == 0) {
-                holes |= !data.is_empty();
-            } else {
-                // A file read whole in one call is written durably in one call.
-                let durable = last && offset == 0;
-                ops.run(self.sink.write(&file, offset, &data, durable, path))
-                    .await?;
-            }
-            offset += data.len() as u64;
-            self.progress
-                .bytes
-                .fetch_add(data.len() as u64, Ordering::Relaxed);
-            if last {
-                break;
-            }
-        }
+        let Some((end, cut)) = self.content(ops, &source, &file, st.size, path).await? else {
+            // Removed while it was copied: as if it had gone before.
+            drop(file);
+            ops.run(self.sink.discard(&state.dest, name, path)).await?;
+            return Ok(Step::Gone);
+        };
         let mut attrs = self.progress.attrs(st);
-        // A file ending in zeros not written ends in a hole; its length says where it ends.
-        attrs.size = holes.then_some(offset);
+        // A file ending in zeros not written ends in a hole, and one that shrank while it was
+        // copied may hold a chunk written past its end: its length says where it ends.
+        attrs.size = cut.then_some(end);
         let owner = ops.run(self.sink.finish_file(file, attrs, path)).await?;
         self.progress.owner(owner);
         self.progress.entries.fetch_add(1, Ordering::Relaxed);
         Ok(Step::Done)
+    }
+
+    /// Copies the content of `source` (`size` bytes when it was listed) into `file`: the whole
+    /// chunks the listed size promises [`PIPELINE`] at a time, then the rest one chunk at a time
+    /// until a short read (a file that grew meanwhile, or one that fits in a chunk, whose one
+    /// write is durable). Where it ends, and whether its length must be set (a hole at its end,
+    /// or it shrank); `None`: it was removed meanwhile.
+    async fn content<T: Transport>(
+        &self,
+        ops: &Ops<T>,
+        source: &T::File,
+        file: &SinkFile,
+        size: u64,
+        path: &str,
+    ) -> StorageResult<Option<(u64, bool)>> {
+        let chunk = self.chunk as u64;
+        let (mut end, mut holes) = (0u64, false);
+        let promised = size / chunk;
+        if promised > 1 {
+            let mut chunks = futures::stream::iter(0..promised)
+                .map(|i| self.chunk_at(ops, source, file, i * chunk, path))
+                .buffered(PIPELINE);
+            while let Some(copied) = chunks.next().await {
+                let Some((len, zeros)) = copied? else {
+                    return Ok(None);
+                };
+                end += len;
+                holes |= zeros;
+                if len < chunk {
+                    // Shrank meanwhile: chunks read after this one may have been written.
+                    return Ok(Some((end, true)));
+                }
+            }
+        }
+        loop {
+            let Some((len, zeros)) = self.chunk_at(ops, source, file, end, path).await? else {
+                return Ok(None);
+            };
+            end += len;
+            holes |= zeros;
+            if len < chunk {
+                return Ok(Some((end, holes)));
+            }
+        }
+    }
+
+    /// One chunk at `offset` copied: its length, and whether it was all zeros (not written: a
+    /// hole). A chunk that is the whole file is written durably. `None`: the source is gone.
+    async fn chunk_at<T: Transport>(
+        &self,
+        ops: &Ops<T>,
+        source: &T::File,
+        file: &SinkFile,
+        offset: u64,
+        path: &str,
+    ) -> StorageResult<Option<(u64, bool)>> {
+        let _buffer = self.buffers.acquire().await.map_err(|_| StorageFailure::Worker {
+            op: OP,
+            reason: "copy cancelled".into(),
+        })?;
+        let Some(data) = ops
+            .run(ops.t().read(source, offset, self.chunk, at("read", path)))
+            .await?
+        else {
+            return Ok(None);
+        };
+        let zeros = !data.is_empty() && data.iter().all(|b| *b == 0);
+        if !zeros && !data.is_empty() {
+            let durable = offset == 0 && data.len() < self.chunk;
+            ops.run(self.sink.write(file, offset, &data, durable, path))
+                .await?;
+        }
+        self.progress
+            .bytes
+            .fetch_add(data.len() as u64, Ordering::Relaxed);
+        Ok(Some((data.len() as u64, zeros)))
     }
 
     async fn link<T: Transport>(
