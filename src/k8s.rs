@@ -139,32 +139,14 @@ pub async fn delete_pv(
     }
 }
 
-/// Applies a merge patch to the PV: its size, or its finalizers (a patch with a resourceVersion
-/// fails with 409 if the PV changed meanwhile, and the caller retries from a fresher copy). A PV
-/// that is gone needs no patch.
-pub async fn patch_pv(
-    api: &Api<PersistentVolume>,
-    name: &str,
-    patch: &serde_json::Value,
-) -> Result<(), kube::Error> {
-    match api
-        .patch(name, &PatchParams::default(), &Patch::Merge(patch))
-        .await
-    {
-        Ok(_) => Ok(()),
-        Err(e) if status_code(&e) == Some(404) => Ok(()),
-        Err(e) => Err(e),
-    }
-}
-
-/// Applies a merge patch to the claim (a clone source's cloning-protection finalizer; with a
-/// resourceVersion it fails with 409 if the claim changed meanwhile). A claim that is gone needs
-/// no patch.
-pub async fn patch_claim(
-    api: &Api<PersistentVolumeClaim>,
-    name: &str,
-    patch: &serde_json::Value,
-) -> Result<(), kube::Error> {
+/// Applies a merge patch to a PV (its size, its finalizers, the over-capacity mark) or a claim
+/// (a clone source's cloning-protection finalizer). One with a resourceVersion fails with 409 if
+/// the object changed meanwhile, and the caller retries from a fresher copy. An object that is
+/// gone needs no patch.
+pub async fn patch<K>(api: &Api<K>, name: &str, patch: &serde_json::Value) -> Result<(), kube::Error>
+where
+    K: kube::Resource + Clone + serde::de::DeserializeOwned + std::fmt::Debug,
+{
     match api
         .patch(name, &PatchParams::default(), &Patch::Merge(patch))
         .await

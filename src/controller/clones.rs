@@ -298,7 +298,7 @@ async fn start(
     {
         ctx.ensure_leader(&plan.pv_name)?;
         let patch = clone::protection_patch(source_claim, true);
-        k8s::patch_claim(&claim_api(ctx, claim), source_name, &patch)
+        k8s::patch(&claim_api(ctx, claim), source_name, &patch)
             .await
             .map_err(|source| Error::Api {
                 op: "add the cloning-protection finalizer to",
@@ -359,7 +359,7 @@ pub async fn release_protection(source: &PersistentVolumeClaim, ctx: &Ctx) -> Re
         "no clone waits for this claim: removing its cloning protection"
     );
     let patch = clone::protection_patch(source, false);
-    k8s::patch_claim(&claim_api(ctx, source), &name, &patch)
+    k8s::patch(&claim_api(ctx, source), &name, &patch)
         .await
         .map_err(|e| Error::Api {
             op: "remove the cloning-protection finalizer from",

@@ -76,7 +76,7 @@ async fn grow(
     ctx.shared
         .events
         .publish(events::resizing(pv), claim.object_ref(&()));
-    k8s::patch_pv(&ctx.pv_api, pv, &resize::pv_patch(to))
+    k8s::patch(&ctx.pv_api, pv, &resize::pv_patch(to))
         .await
         .map_err(Error::api("grow", pv))?;
     finish(claim, to, ctx).await

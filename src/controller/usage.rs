@@ -170,7 +170,7 @@ async fn tell_crossing(ctx: &Ctx, target: &Target, usage: &Usage, capacity: Opti
         ctx.shared.events.publish(event, claim.object_ref(&()));
     }
     let mark = usage::mark_patch(crossing == Crossing::Over);
-    if let Err(error) = k8s::patch_pv(&ctx.pv_api, pv, &mark).await {
+    if let Err(error) = k8s::patch(&ctx.pv_api, pv, &mark).await {
         warn!(pv, %error, "could not mark the volume's usage crossing; it is told again next round");
     }
 }

@@ -152,7 +152,7 @@ async fn patch(
 ) -> Result<(), Error> {
     let name = pv.name_any();
     ctx.ensure_leader(&name)?;
-    k8s::patch_pv(&ctx.pv_api, &name, what)
+    k8s::patch(&ctx.pv_api, &name, what)
         .await
         .map_err(Error::api(op, &name))
 }

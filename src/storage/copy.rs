@@ -475,27 +475,54 @@ impl<D: Transport> Dest<D> {
         .map(drop)
     }
 
-    async fn mkdir_in(&self, dir: &D::Dir, name: &[u8], path: &str) -> StorageResult<SinkDir> {
-        let t = &*self.t;
-        // Twice at most: a non-directory of an earlier attempt in the way is cleared once.
+    /// Makes `name` in `dir` with `make`; what an earlier attempt left in the way is cleared
+    /// and `make` tried once more.
+    async fn making<R, F, Fut>(
+        &self,
+        dir: &D::Dir,
+        name: &[u8],
+        op: &'static str,
+        path: &str,
+        mut make: F,
+    ) -> StorageResult<R>
+    where
+        F: FnMut() -> Fut,
+        Fut: Future<Output = StorageResult<Attempt<R>>>,
+    {
         for _ in 0..2 {
-            match t.mkdir(dir, name, 0o700, at("create directory", path)).await? {
-                Made::New(d) => return Ok(SinkDir::new(d)),
-                Made::Gone => {}
-                Made::Exists => match t.open_dir(dir, name, at("open directory", path)).await? {
-                    Opened::Dir(d) => return Ok(SinkDir::new(d)),
-                    Opened::Missing => {}
-                    Opened::NotDir => self.clear(dir, name, path).await?,
-                },
+            match make().await? {
+                Attempt::Done(made) => return Ok(made),
+                Attempt::Again => {}
+                Attempt::InTheWay => self.clear(dir, name, path).await?,
             }
         }
         Err(Refusal::Vanished {
-            op: "create directory",
+            op,
             path: path.to_owned(),
         }
         .into())
     }
 
+    async fn mkdir_in(&self, dir: &D::Dir, name: &[u8], path: &str) -> StorageResult<SinkDir> {
+        const OP: &str = "create directory";
+        let t = &*self.t;
+        self.making(dir, name, OP, path, || async {
+            Ok(match t.mkdir(dir, name, 0o700, at(OP, path)).await? {
+                Made::New(d) => Attempt::Done(SinkDir::new(d)),
+                Made::Gone => Attempt::Again,
+                // An earlier attempt's directory is taken as it is.
+                Made::Exists => match t.open_dir(dir, name, at("open directory", path)).await? {
+                    Opened::Dir(d) => Attempt::Done(SinkDir::new(d)),
+                    Opened::Missing => Attempt::Again,
+                    Opened::NotDir => Attempt::InTheWay,
+                },
+            })
+        })
+        .await
+    }
+
+    /// `None`: an earlier attempt's file of the same length and modification time is there (those
+    /// are set last: it is whole).
     async fn start(
         &self,
         dir: &D::Dir,
@@ -503,34 +530,28 @@ impl<D: Transport> Dest<D> {
         path: &str,
         source: &Stat,
     ) -> StorageResult<Option<SinkFile>> {
+        const OP: &str = "create file";
         let t = &*self.t;
-        for _ in 0..2 {
-            match t.create_file(dir, name, at("create file", path)).await? {
-                Made::New(f) => {
-                    return Ok(Some(SinkFile {
-                        handle: Box::new(f),
-                        unstable: AtomicBool::new(false),
-                    }));
-                }
-                Made::Gone => {}
-                Made::Exists => {
-                    let st = t.stat(dir, name, at("stat", path)).await?;
-                    if let Some(st) = st
-                        && st.file_type == FileType::Regular
-                        && st.size == source.size
-                        && st.mtime == source.mtime
+        self.making(dir, name, OP, path, || async {
+            Ok(match t.create_file(dir, name, at(OP, path)).await? {
+                Made::New(f) => Attempt::Done(Some(SinkFile {
+                    handle: Box::new(f),
+                    unstable: AtomicBool::new(false),
+                })),
+                Made::Gone => Attempt::Again,
+                Made::Exists => match t.stat(dir, name, at("stat", path)).await? {
+                    Some(st)
+                        if st.file_type == FileType::Regular
+                            && st.size == source.size
+                            && st.mtime == source.mtime =>
                     {
-                        return Ok(None);
+                        Attempt::Done(None)
                     }
-                    self.clear(dir, name, path).await?;
-                }
-            }
-        }
-        Err(Refusal::Vanished {
-            op: "create file",
-            path: path.to_owned(),
-        }
-        .into())
+                    _ => Attempt::InTheWay,
+                },
+            })
+        })
+        .await
     }
 
     async fn link(
@@ -541,24 +562,28 @@ impl<D: Transport> Dest<D> {
         attrs: Attrs,
         path: &str,
     ) -> StorageResult<Owner> {
+        const OP: &str = "create symlink";
         let t = &*self.t;
-        for _ in 0..2 {
-            match t.symlink(dir, name, target, at("create symlink", path)).await? {
-                Made::New(()) => {
-                    return t
-                        .set_attrs(Target::Link(dir, name), &attrs, at("set attributes of", path))
-                        .await;
-                }
-                Made::Gone => {}
-                Made::Exists => self.clear(dir, name, path).await?,
-            }
-        }
-        Err(Refusal::Vanished {
-            op: "create symlink",
-            path: path.to_owned(),
-        }
-        .into())
+        self.making(dir, name, OP, path, || async {
+            Ok(match t.symlink(dir, name, target, at(OP, path)).await? {
+                Made::New(()) => Attempt::Done(()),
+                Made::Gone => Attempt::Again,
+                Made::Exists => Attempt::InTheWay,
+            })
+        })
+        .await?;
+        t.set_attrs(Target::Link(dir, name), &attrs, at("set attributes of", path))
+            .await
     }
+}
+
+/// One try at making an entry of the copy.
+enum Attempt<R> {
+    Done(R),
+    /// Gone again before it could be taken: try again.
+    Again,
+    /// Something of an earlier attempt is in the way: clear it, then try again.
+    InTheWay,
 }
 
 fn foreign_handle() -> StorageFailure {

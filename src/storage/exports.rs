@@ -95,6 +95,8 @@ impl Storage {
         &self.name
     }
 
+    /// `operation` under `timeout`; a timeout marks the export failing, as an export that stops
+    /// answering times out.
     async fn run<T>(
         &self,
         op: &'static str,
@@ -102,27 +104,7 @@ impl Storage {
         timeout: Duration,
         operation: OpFuture<'_, T>,
     ) -> Result<T, StorageFailure> {
-        match tokio::time::timeout(timeout, operation).await {
-            Ok(result) => {
-                if result.is_ok() {
-                    self.health.export_status(&self.name, ExportStatus::Healthy);
-                }
-                result
-            }
-            // A mounted export's thread stays blocked in the kernel; only this operation fails.
-            Err(_) => {
-                self.metrics.export_timed_out(&self.name);
-                self.health.export_status(
-                    &self.name,
-                    ExportStatus::Failing(format!("{op} {path} timed out after {timeout:?}")),
-                );
-                Err(StorageFailure::TimedOut {
-                    op,
-                    path,
-                    after: timeout,
-                })
-            }
-        }
+        self.timed(op, path, timeout, operation, true).await
     }
 
     /// An operation that is long by nature (a clone, a paced usage walk): its deadline passing
@@ -134,6 +116,17 @@ impl Storage {
         timeout: Duration,
         operation: OpFuture<'_, T>,
     ) -> Result<T, StorageFailure> {
+        self.timed(op, path, timeout, operation, false).await
+    }
+
+    async fn timed<T>(
+        &self,
+        op: &'static str,
+        path: String,
+        timeout: Duration,
+        operation: OpFuture<'_, T>,
+        timeout_fails_export: bool,
+    ) -> Result<T, StorageFailure> {
         match tokio::time::timeout(timeout, operation).await {
             Ok(result) => {
                 if result.is_ok() {
@@ -141,11 +134,21 @@ impl Storage {
                 }
                 result
             }
-            Err(_) => Err(StorageFailure::TimedOut {
-                op,
-                path,
-                after: timeout,
-            }),
+            // A mounted export's thread stays blocked in the kernel; only this operation fails.
+            Err(_) => {
+                if timeout_fails_export {
+                    self.metrics.export_timed_out(&self.name);
+                    self.health.export_status(
+                        &self.name,
+                        ExportStatus::Failing(format!("{op} {path} timed out after {timeout:?}")),
+                    );
+                }
+                Err(StorageFailure::TimedOut {
+                    op,
+                    path,
+                    after: timeout,
+                })
+            }
         }
     }
 
