@@ -20,7 +20,7 @@ use tokio::task::AbortHandle;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
-use super::claims;
+use super::provision;
 use super::{Ctx, Error, lock};
 use crate::core::claim::{self as claim_core, ProvisionPlan};
 use crate::core::clone::{self, CloneSource, Copied};
@@ -30,9 +30,6 @@ use crate::storage::{Created, Progress, StorageFailure};
 
 /// How often a running clone's claim reports its progress (a Normal Event, the metrics).
 const PROGRESS_INTERVAL: Duration = Duration::from_secs(30);
-
-/// The kind of a clone's data source, as the provisioning metrics label it.
-pub const SOURCE_KIND: &str = "PersistentVolumeClaim";
 
 /// The copies of this leadership term, by PV name.
 pub struct Clones {
@@ -249,10 +246,10 @@ pub async fn reconcile(
             match outcome {
                 Ok(_) => {
                     info!(pv, source = %source.claim, entries = copied.entries, bytes = copied.bytes, "copy of the source is whole");
-                    claims::make_volume(claim, &plan, ctx, Some((&source, &copied))).await
+                    provision::make_volume(claim, &plan, ctx, Some((&source, &copied))).await
                 }
                 Err(error) => {
-                    claims::unreserve(ctx, &pv);
+                    provision::unreserve(ctx, &pv);
                     Err(error.into())
                 }
             }
@@ -283,15 +280,15 @@ async fn start(
         &served,
     ) {
         Ok(source) => source,
-        Err(refusal) => return Ok(claims::refuse(claim, &refusal, ctx)),
+        Err(refusal) => return Ok(provision::refuse(claim, &refusal, ctx)),
     };
     let dest = ctx.shared.exports.get(&plan.export, &plan.access)?;
-    if let Err(refused) = claims::check_space(&plan, &dest, ctx).await? {
-        return Ok(claims::refuse(claim, &refused, ctx));
+    if let Err(refused) = provision::check_space(&plan, &dest, ctx).await? {
+        return Ok(provision::refuse(claim, &refused, ctx));
     }
     let from = ctx.shared.exports.get(&source.export, &source.access)?;
-    if let Err(refusal) = claims::reserve(&plan, ctx) {
-        return Ok(claims::refuse(claim, &refusal, ctx));
+    if let Err(refusal) = provision::reserve(&plan, ctx) {
+        return Ok(provision::refuse(claim, &refusal, ctx));
     }
     if let Some(source_claim) = source_claim.as_deref()
         && !clone::is_protected(source_claim)
@@ -345,13 +342,9 @@ pub async fn release_protection(source: &PersistentVolumeClaim, ctx: &Ctx) -> Re
         return Ok(());
     }
     let (namespace, name) = (source.namespace().unwrap_or_default(), source.name_any());
-    let claims = ctx.claims.state();
-    if clone::clones_pending(source, claims.iter().map(AsRef::as_ref), ctx.provisioner())
-        || ctx.clones.copying_from(&namespace, &name)
-    {
+    if clones_waiting(source, ctx) || ctx.clones.copying_from(&namespace, &name) {
         return Ok(());
     }
-    drop(claims);
     ctx.ensure_leader(&name)?;
     debug!(
         namespace,
@@ -368,12 +361,19 @@ pub async fn release_protection(source: &PersistentVolumeClaim, ctx: &Ctx) -> Re
         })
 }
 
+/// Whether a claim handed to us and not provisioned yet asks for a copy of `source`.
+fn clones_waiting(source: &PersistentVolumeClaim, ctx: &Ctx) -> bool {
+    let claims = ctx.claims.state();
+    let waiting = claims
+        .iter()
+        .map(AsRef::as_ref)
+        .filter(|c| claim_core::awaits_provisioner(c, ctx.provisioner()));
+    clone::clones_pending(source, waiting)
+}
+
 /// Whether `claim` carries a cloning protection that nothing needs any more: for the resync.
 pub fn protection_to_release(claim: &PersistentVolumeClaim, ctx: &Ctx) -> bool {
-    clone::is_protected(claim) && {
-        let claims = ctx.claims.state();
-        !clone::clones_pending(claim, claims.iter().map(AsRef::as_ref), ctx.provisioner())
-    }
+    clone::is_protected(claim) && !clones_waiting(claim, ctx)
 }
 
 /// A clone that is provisioned or gone no longer holds its source: look at the source again.

@@ -5,6 +5,7 @@
 
 pub mod claims;
 pub mod clones;
+pub mod provision;
 pub mod resizes;
 pub mod usage;
 pub mod volumes;

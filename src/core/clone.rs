@@ -9,7 +9,6 @@ use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
 use serde_json::{Value, json};
 
 use crate::core::annotations::CLONING_PROTECTION;
-use crate::core::claim::awaits_provisioner;
 use crate::core::export::{Access, Export};
 use crate::core::naming::VolumePath;
 use crate::core::quantity;
@@ -199,20 +198,17 @@ pub fn is_protected(claim: &PersistentVolumeClaim) -> bool {
         .any(|f| f == CLONING_PROTECTION)
 }
 
-/// Whether a claim handed to `provisioner` and not yet provisioned asks for a copy of `source`.
+/// Whether one of `waiting` (claims not provisioned yet) asks for a copy of `source`.
 pub fn clones_pending<'a>(
     source: &PersistentVolumeClaim,
-    claims: impl IntoIterator<Item = &'a PersistentVolumeClaim>,
-    provisioner: &str,
+    waiting: impl IntoIterator<Item = &'a PersistentVolumeClaim>,
 ) -> bool {
     let (namespace, name) = (
         source.metadata.namespace.as_deref(),
         source.metadata.name.as_deref(),
     );
-    claims.into_iter().any(|c| {
-        c.metadata.namespace.as_deref() == namespace
-            && awaits_provisioner(c, provisioner)
-            && requested(c).ok().flatten().as_deref() == name
+    waiting.into_iter().any(|c| {
+        c.metadata.namespace.as_deref() == namespace && requested(c).ok().flatten().as_deref() == name
     })
 }
 
@@ -409,20 +405,15 @@ mod tests {
     }
 
     #[test]
-    fn a_source_stays_protected_while_a_clone_of_it_waits_for_us() {
+    fn a_source_stays_protected_while_a_clone_of_it_waits() {
         let src = bound("src", "pvc-src");
         let waiting = cloning("c", "src");
-        assert!(clones_pending(&src, [&waiting], ME));
-        assert!(!clones_pending(&src, [&waiting], "other.example.com/nfs"));
-        let mut done = waiting.clone();
-        done.spec.as_mut().unwrap().volume_name = Some("pvc-c".into());
-        assert!(!clones_pending(&src, [&done], ME));
-        let mut gone = waiting.clone();
-        gone.metadata.deletion_timestamp = Some(Time(Default::default()));
-        assert!(!clones_pending(&src, [&gone], ME));
+        assert!(clones_pending(&src, [&waiting]));
+        assert!(!clones_pending(&src, [&cloning("c", "other")]));
+        assert!(!clones_pending(&src, [&claim("c")]));
         let mut other_ns = waiting;
         other_ns.metadata.namespace = Some("other".into());
-        assert!(!clones_pending(&src, [&other_ns], ME));
+        assert!(!clones_pending(&src, [&other_ns]));
     }
 
     #[test]
