@@ -45,14 +45,16 @@ trap 'bash scripts/nfs-server.sh stop "$NFS_CONTAINER" >/dev/null 2>&1 || true' 
 eval "$(bash scripts/nfs-server.sh start "$NFS_CONTAINER" "$NFS_STATE" "$NFS_PORT" "$MOUNT_PORT")"
 export NFS_TEST_REQUIRE=1
 
-# Real Helm for the chart test: Helm's own Go code as a Python library (no helm binary is
-# packaged in Debian or on PyPI), in a venv cached outside the repo.
+# Real Helm and kustomize for the chart tests: Helm's own Go code as a Python library (no helm
+# binary is packaged in Debian or on PyPI), in a venv cached outside the repo, and Debian's
+# kustomize (from trixie; bookworm has none).
 HELM_VENV=/var/cache/nfs-subdir-provisioner/helm-venv
 if ! "$HELM_VENV/bin/python" -c 'import helm_python' 2>/dev/null; then
   python3 -m venv "$HELM_VENV"
   "$HELM_VENV/bin/pip" install -q helm-python-sdk
 fi
-export HELM_PYTHON=$HELM_VENV/bin/python CHART_REQUIRE_HELM=1
+KUSTOMIZE="$(bash scripts/kustomize.sh)"
+export HELM_PYTHON=$HELM_VENV/bin/python KUSTOMIZE CHART_REQUIRE_TOOLS=1
 
 # Dependency hygiene: permissive licences only, nothing yanked from crates.io.
 python3 scripts/deps-report.py
