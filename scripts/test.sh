@@ -54,6 +54,11 @@ if ! "$HELM_VENV/bin/python" -c 'import helm_python' 2>/dev/null; then
 fi
 export HELM_PYTHON=$HELM_VENV/bin/python CHART_REQUIRE_HELM=1
 
+# Debian's Prometheus for the monitoring trials (promtool, and a server scraping a provisioner),
+# unpacked from its package into a cache outside the repo; here its absence is a failure.
+PROMETHEUS_BIN="$(bash scripts/prometheus.sh)"
+export PROMETHEUS_BIN MONITORING_REQUIRE=1
+
 # Dependency hygiene: permissive licences only, nothing yanked from crates.io.
 python3 scripts/deps-report.py
 
