@@ -56,6 +56,11 @@ fi
 KUSTOMIZE="$(bash scripts/kustomize.sh)"
 export HELM_PYTHON=$HELM_VENV/bin/python KUSTOMIZE CHART_REQUIRE_TOOLS=1
 
+# Debian's Prometheus for the monitoring trials (promtool, and a server scraping a provisioner),
+# unpacked from its package into a cache outside the repo; here its absence is a failure.
+PROMETHEUS_BIN="$(bash scripts/prometheus.sh)"
+export PROMETHEUS_BIN MONITORING_REQUIRE=1
+
 # Dependency hygiene: permissive licences only, nothing yanked from crates.io.
 python3 scripts/deps-report.py
 

@@ -2,7 +2,7 @@
 //! of sig-storage-lib-external-provisioner (`controller_persistentvolumeclaim_provision_total`
 //! and friends), so dashboards built for provisioners on that library work unchanged; the
 //! `nfs_subdir_provisioner_*` families add what that library never had: leadership, the health
-//! of each export, and the freshness of each watch.
+//! of each export, the freshness of each watch, and why operations fail.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -43,6 +43,15 @@ struct ExportLabels {
     export: String,
 }
 
+/// A failed operation: which (`provision`, `release`, `resize`) and why, in one word of a small
+/// fixed set (the failing error's `reason()`): never an object's name or an error's text, so the
+/// family stays small.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct FailureLabels {
+    operation: &'static str,
+    reason: &'static str,
+}
+
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct WatchLabels {
     resource: String,
@@ -68,6 +77,7 @@ pub struct Metrics {
     delete_duration: HistogramFamily<ClassLabels>,
     resized: Family<ClassLabels, Counter>,
     resize_failed: Family<ClassLabels, Counter>,
+    failures: Family<FailureLabels, Counter>,
     clones_in_progress: Gauge,
     clone_bytes: Family<ClassLabels, Counter>,
     clone_entries: Family<ClassLabels, Counter>,
@@ -105,6 +115,7 @@ impl Metrics {
         let delete_duration: HistogramFamily<ClassLabels> = Family::new_with_constructor(duration_histogram);
         let resized = Family::default();
         let resize_failed = Family::default();
+        let failures = Family::default();
         let clones_in_progress = Gauge::default();
         let clone_bytes = Family::default();
         let clone_entries = Family::default();
@@ -162,6 +173,11 @@ impl Metrics {
             "nfs_subdir_provisioner_volume_resize_failed",
             "Failed attempts to grow a claim's volume; each is retried. Broken down by storage class name.",
             resize_failed.clone(),
+        );
+        registry.register(
+            "nfs_subdir_provisioner_operation_failures",
+            "Failed provision, release and resize attempts (each counted in its own family too), by operation and reason: a short fixed word such as NoSpace, InvalidClass, ExportTimeout or APIUnavailable. The Warning Event on the object has the details.",
+            failures.clone(),
         );
         registry.register(
             "nfs_subdir_provisioner_clones_in_progress",
@@ -258,6 +274,7 @@ impl Metrics {
             delete_duration,
             resized,
             resize_failed,
+            failures,
             clones_in_progress,
             clone_bytes,
             clone_entries,
@@ -330,9 +347,17 @@ impl Metrics {
             .observe(took.as_secs_f64());
     }
 
-    pub fn provision_failed(&self, class: &str, source: &str) {
+    /// `reason`: a word of a small fixed set (a refusal's or error's `reason()`).
+    pub fn provision_failed(&self, class: &str, source: &str, reason: &'static str) {
         self.provision_failed
             .get_or_create(&Self::claim(class, source))
+            .inc();
+        self.failed("provision", reason);
+    }
+
+    fn failed(&self, operation: &'static str, reason: &'static str) {
+        self.failures
+            .get_or_create(&FailureLabels { operation, reason })
             .inc();
     }
 
@@ -405,16 +430,18 @@ impl Metrics {
             .observe(took.as_secs_f64());
     }
 
-    pub fn release_failed(&self, class: &str) {
+    pub fn release_failed(&self, class: &str, reason: &'static str) {
         self.delete_failed.get_or_create(&Self::class(class)).inc();
+        self.failed("release", reason);
     }
 
     pub fn resized(&self, class: &str) {
         self.resized.get_or_create(&Self::class(class)).inc();
     }
 
-    pub fn resize_failed(&self, class: &str) {
+    pub fn resize_failed(&self, class: &str, reason: &'static str) {
         self.resize_failed.get_or_create(&Self::class(class)).inc();
+        self.failed("resize", reason);
     }
 
     pub fn set_leader(&self, leader: bool) {
@@ -460,9 +487,9 @@ mod tests {
         let m = Metrics::new();
         m.provisioned("nfs", "", Duration::from_millis(30));
         m.provisioned("nfs", "", Duration::from_millis(3));
-        m.provision_failed("fast", "");
+        m.provision_failed("fast", "", "NoSpace");
         m.released("nfs", Duration::from_secs(2));
-        m.release_failed("nfs");
+        m.release_failed("nfs", "ExportTimeout");
         let text = m.encode();
         let claim = r#"{class="nfs",source=""}"#;
         assert_eq!(
@@ -555,6 +582,46 @@ mod tests {
         );
         m.volume_forgotten(&volume);
         assert!(!m.encode().contains("pvc-1"));
+    }
+
+    #[test]
+    fn failures_are_counted_by_operation_and_reason_beside_the_library_counters() {
+        let m = Metrics::new();
+        m.provision_failed("nfs", "", "InvalidClass");
+        m.provision_failed("other", "PersistentVolumeClaim", "InvalidClass");
+        m.provision_failed("nfs", "", "NoSpace");
+        m.release_failed("nfs", "ExportTimeout");
+        m.resize_failed("nfs", "APIUnavailable");
+        let text = m.encode();
+        let failures = "nfs_subdir_provisioner_operation_failures_total";
+        for (labels, count) in [
+            (r#"{operation="provision",reason="InvalidClass"}"#, 2.0),
+            (r#"{operation="provision",reason="NoSpace"}"#, 1.0),
+            (r#"{operation="release",reason="ExportTimeout"}"#, 1.0),
+            (r#"{operation="resize",reason="APIUnavailable"}"#, 1.0),
+        ] {
+            assert_eq!(
+                sample(&text, &format!("{failures}{labels}")),
+                Some(count),
+                "{labels}"
+            );
+        }
+        // Only these two labels: classes and objects stay in the library's families and Events.
+        assert_eq!(text.lines().filter(|l| l.starts_with(failures)).count(), 4);
+        assert_eq!(
+            sample(
+                &text,
+                r#"controller_persistentvolumeclaim_provision_failed_total{class="nfs",source=""}"#
+            ),
+            Some(2.0)
+        );
+        assert_eq!(
+            sample(
+                &text,
+                r#"nfs_subdir_provisioner_volume_resize_failed_total{class="nfs"}"#
+            ),
+            Some(1.0)
+        );
     }
 
     #[test]

@@ -101,7 +101,7 @@ pub async fn reconcile(claim: Arc<PersistentVolumeClaim>, ctx: Arc<Ctx>) -> Resu
             ctx.succeeded(&key(&claim));
             Ok(Action::await_change())
         }
-        ClaimDecision::Refuse(refusal) => Ok(refuse(&claim, &refusal, &ctx)),
+        ClaimDecision::Refuse(refusal) => Ok(refuse(&claim, &refusal, refusal.reason(), &ctx)),
         ClaimDecision::Provision(plan) => {
             // The grace first: the scan of every cached PV for a pre-bound one then runs once
             // per claim, after the PV has had its time to arrive.
@@ -133,9 +133,11 @@ pub async fn reconcile(claim: Arc<PersistentVolumeClaim>, ctx: Arc<Ctx>) -> Resu
             if let Err(error) = &result {
                 warn!(%error, "provisioning failed; will retry");
                 if !matches!(error, Error::NotLeader(_)) {
-                    ctx.shared
-                        .metrics
-                        .provision_failed(class_name.unwrap_or_default(), source);
+                    ctx.shared.metrics.provision_failed(
+                        class_name.unwrap_or_default(),
+                        source,
+                        error.reason(),
+                    );
                     let event = events::provisioning_failed(error, true);
                     ctx.shared.events.publish(event, claim.object_ref(&()));
                 }

@@ -280,15 +280,15 @@ async fn start(
         &served,
     ) {
         Ok(source) => source,
-        Err(refusal) => return Ok(provision::refuse(claim, &refusal, ctx)),
+        Err(refusal) => return Ok(provision::refuse(claim, &refusal, refusal.reason(), ctx)),
     };
     let dest = ctx.shared.exports.get(&plan.export, &plan.access)?;
     if let Err(refused) = provision::check_space(&plan, &dest, ctx).await? {
-        return Ok(provision::refuse(claim, &refused, ctx));
+        return Ok(provision::refuse(claim, &refused, refused.reason(), ctx));
     }
     let from = ctx.shared.exports.get(&source.export, &source.access)?;
     if let Err(refusal) = provision::reserve(&plan, ctx) {
-        return Ok(provision::refuse(claim, &refusal, ctx));
+        return Ok(provision::refuse(claim, &refusal, refusal.reason(), ctx));
     }
     if let Some(source_claim) = source_claim.as_deref()
         && !clone::is_protected(source_claim)

@@ -36,6 +36,7 @@ use crate::health::Health;
 use crate::k8s::Events;
 use crate::lease::Leadership;
 use crate::metrics::Metrics;
+use crate::storage::error::Refusal as StorageRefusal;
 use crate::storage::{Exports, Storage, StorageFailure};
 use crate::watch;
 
@@ -68,6 +69,22 @@ impl Error {
             } => matches!(status.code, 401 | 403 | 429) || status.code >= 500,
             Error::Api { .. } => true,
             Error::Storage(_) | Error::NotLeader(_) | Error::ReuseRefused { .. } => false,
+        }
+    }
+
+    /// Why, in one word of a small fixed set: the `reason` label of
+    /// `nfs_subdir_provisioner_operation_failures_total`. The Event says the rest.
+    pub fn reason(&self) -> &'static str {
+        match self {
+            Error::Storage(StorageFailure::TimedOut { .. }) => "ExportTimeout",
+            Error::Storage(StorageFailure::Transport(_) | StorageFailure::Worker { .. }) => "ExportError",
+            Error::Storage(StorageFailure::NoMountedExport) => "NoMountedExport",
+            Error::Storage(StorageFailure::Refused(StorageRefusal::Taken { .. }))
+            | Error::ReuseRefused { .. } => "DirectoryTaken",
+            Error::Storage(StorageFailure::Refused(_)) => "DirectoryRefused",
+            Error::Api { .. } if self.api_unavailable() => "APIUnavailable",
+            Error::Api { .. } => "APIError",
+            Error::NotLeader(_) => "NotLeader",
         }
     }
 
@@ -628,6 +645,34 @@ mod tests {
             assert!(!api_error(code).api_unavailable(), "{code}");
         }
         assert!(!Error::NotLeader("pvc-1".into()).api_unavailable());
+    }
+
+    #[test]
+    fn failure_reasons_are_short_fixed_words() {
+        assert_eq!(api_error(503).reason(), "APIUnavailable");
+        assert_eq!(api_error(409).reason(), "APIError");
+        let timed_out = StorageFailure::TimedOut {
+            op: "create directory",
+            path: "team-data".into(),
+            after: Duration::from_secs(60),
+        };
+        assert_eq!(Error::Storage(timed_out).reason(), "ExportTimeout");
+        let taken = StorageRefusal::Taken {
+            path: "team-data".into(),
+        };
+        assert_eq!(Error::Storage(taken.into()).reason(), "DirectoryTaken");
+        let in_the_way = StorageRefusal::NotADirectory {
+            op: "create directory",
+            path: "blocker".into(),
+        };
+        assert_eq!(Error::Storage(in_the_way.into()).reason(), "DirectoryRefused");
+        let refusal = crate::core::claim::Refusal::NoSpace {
+            request: "1Pi".into(),
+            available: 1,
+            export: "127.0.0.1:/export".into(),
+        };
+        assert_eq!(refusal.reason(), "NoSpace");
+        assert_eq!(crate::core::claim::Refusal::Selector.reason(), "UnsupportedClaim");
     }
     use k8s_openapi::api::core::v1::{
         PersistentVolumeClaimCondition, PersistentVolumeClaimStatus, PersistentVolumeSpec,

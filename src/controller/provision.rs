@@ -43,8 +43,14 @@ pub fn source_kind(plan: &ProvisionPlan) -> &'static str {
 
 /// Tells the user why their claim waits (a Warning Event), counts it as a failed attempt, and
 /// looks again later: the claim stays Pending until what refused it changes.
-pub fn refuse(claim: &PersistentVolumeClaim, refusal: &dyn std::fmt::Display, ctx: &Ctx) -> Action {
-    warn!(%refusal, "claim refused");
+/// `reason`: the refusal's own `reason()`.
+pub fn refuse(
+    claim: &PersistentVolumeClaim,
+    refusal: &dyn std::fmt::Display,
+    reason: &'static str,
+    ctx: &Ctx,
+) -> Action {
+    warn!(%refusal, reason, "claim refused");
     let source = if crate::core::clone::requested(claim).ok().flatten().is_some() {
         SOURCE_KIND
     } else {
@@ -53,7 +59,7 @@ pub fn refuse(claim: &PersistentVolumeClaim, refusal: &dyn std::fmt::Display, ct
     // Counted like the library counts a Provision error, so stuck claims show in alerts.
     ctx.shared
         .metrics
-        .provision_failed(claim::class_name(claim).unwrap_or_default(), source);
+        .provision_failed(claim::class_name(claim).unwrap_or_default(), source, reason);
     let event = events::provisioning_failed(refusal, false);
     ctx.shared.events.publish(event, claim.object_ref(&()));
     Action::requeue(REFUSAL_RECHECK)
@@ -99,10 +105,10 @@ pub async fn provision(
 ) -> Result<Action, Error> {
     let storage = ctx.shared.exports.get(&plan.export, &plan.access)?;
     if let Err(refusal) = check_space(&plan, &storage, ctx).await? {
-        return Ok(refuse(claim, &refusal, ctx));
+        return Ok(refuse(claim, &refusal, refusal.reason(), ctx));
     }
     if let Err(refusal) = reserve(&plan, ctx) {
-        return Ok(refuse(claim, &refusal, ctx));
+        return Ok(refuse(claim, &refusal, refusal.reason(), ctx));
     }
     let claim_key = format!("{}/{}", claim.namespace().unwrap_or_default(), claim.name_any());
     ctx.shared

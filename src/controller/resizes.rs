@@ -56,7 +56,7 @@ pub async fn reconcile(claim: &PersistentVolumeClaim, ctx: &Ctx) -> Result<Actio
         Err(error) => {
             warn!(%error, "resize failed; will retry");
             if !matches!(error, Error::NotLeader(_)) {
-                ctx.shared.metrics.resize_failed(class);
+                ctx.shared.metrics.resize_failed(class, error.reason());
                 let pv = resize::volume_name(claim).unwrap_or_default();
                 let event = events::resize_failed(pv, &error);
                 ctx.shared.events.publish(event, claim.object_ref(&()));

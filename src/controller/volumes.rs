@@ -83,7 +83,7 @@ pub async fn reconcile(pv: Arc<PersistentVolume>, ctx: Arc<Ctx>) -> Result<Actio
             if let Err(error) = &result {
                 warn!(%error, "release failed; will retry");
                 if !matches!(error, Error::NotLeader(_)) {
-                    ctx.shared.metrics.release_failed(class_of(&pv));
+                    ctx.shared.metrics.release_failed(class_of(&pv), error.reason());
                     ctx.shared
                         .events
                         .publish(events::delete_failed(error), pv.object_ref(&()));

@@ -87,6 +87,29 @@ pub enum Refusal {
     },
 }
 
+impl Refusal {
+    /// Why, in one word of a small fixed set: the `reason` label of
+    /// `nfs_subdir_provisioner_operation_failures_total`.
+    pub fn reason(&self) -> &'static str {
+        match self {
+            Refusal::ClassNotFound(_) => "ClassNotFound",
+            Refusal::Parameters(_)
+            | Refusal::MountOptions(_)
+            | Refusal::ReuseAnnotation(_)
+            | Refusal::FreeSpaceAnnotation(_)
+            | Refusal::NoMountedExport => "InvalidClass",
+            Refusal::Path(_) => "InvalidPath",
+            Refusal::BlockVolume
+            | Refusal::Selector
+            | Refusal::DataSource(_)
+            | Refusal::NoCapacity
+            | Refusal::VolumeAttributesClass(_) => "UnsupportedClaim",
+            Refusal::Overlap { .. } => "DirectoryOverlap",
+            Refusal::NoSpace { .. } => "NoSpace",
+        }
+    }
+}
+
 /// What a claim's class says of a directory already at its path.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Reuse {

@@ -68,6 +68,24 @@ pub enum SourceRefusal {
     },
 }
 
+impl SourceRefusal {
+    /// Why, in one word of a small fixed set: the `reason` label of
+    /// `nfs_subdir_provisioner_operation_failures_total`. A source not ready yet is a clone
+    /// waiting; one that can never be copied needs the user.
+    pub fn reason(&self) -> &'static str {
+        match self {
+            SourceRefusal::Missing(_)
+            | SourceRefusal::Deleting(_)
+            | SourceRefusal::NotBound { .. }
+            | SourceRefusal::VolumeNotSeen { .. } => "SourceNotReady",
+            SourceRefusal::NotOurs { .. }
+            | SourceRefusal::Block(_)
+            | SourceRefusal::TooSmall { .. }
+            | SourceRefusal::Elsewhere { .. } => "InvalidSource",
+        }
+    }
+}
+
 /// What a clone's copy did (`storage::copy::Progress` at one moment): for Events and metrics.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct Copied {

@@ -5,6 +5,7 @@ pub mod clones;
 pub mod direct;
 pub mod fixture;
 pub mod lifecycle;
+pub mod monitoring;
 pub mod operations;
 pub mod provisioning;
 pub mod release;
@@ -22,5 +23,6 @@ pub fn trials() -> Vec<E2eTrial> {
     all.extend(watches::trials());
     all.extend(lifecycle::trials());
     all.extend(clones::trials());
+    all.extend(monitoring::trials());
     all
 }

@@ -9,6 +9,7 @@ pub mod http;
 pub mod nfs_server;
 pub mod poll;
 pub mod process;
+pub mod prometheus;
 
 use std::future::Future;
 use std::path::{Path, PathBuf};
