@@ -1184,11 +1184,14 @@ metrics:
     }
     assert_eq!(
         monitor["spec"]["endpoints"],
-        json!([{"port": "http", "path": "/metrics", "interval": "15s"}])
+        json!([{"port": "http", "path": "/metrics", "interval": "15s", "honorLabels": true}])
     );
     let pod_monitor = find(&chart, "PodMonitor", RELEASE);
     assert_eq!(&pod_monitor["spec"]["selector"]["matchLabels"], selector);
-    assert_eq!(pod_monitor["spec"]["podMetricsEndpoints"][0]["port"], "http");
+    assert_eq!(
+        pod_monitor["spec"]["podMetricsEndpoints"],
+        json!([{"port": "http", "path": "/metrics", "interval": "30s", "honorLabels": true}])
+    );
 
     let rules = find(&chart, "PrometheusRule", RELEASE);
     assert_eq!(
