@@ -219,12 +219,15 @@ pub struct View {
 }
 
 /// Classifies every entry of `listings` (by directory; the root's is the empty path), each
-/// listed as [`Known::lists`] asked. A directory whose listing is missing (it failed) is
+/// listed as [`Known::lists`] asked; each list of the view is sorted by path. A directory whose listing is missing (it failed) is
 /// neither an orphan nor anything else: the shell reports its failure.
 pub fn classify(known: &Known, listings: &BTreeMap<Vec<String>, Contents>) -> View {
     let mut view = View::default();
     if let Some(root) = listings.get(&Vec::new()) {
         visit(known, listings, &[], root, &mut view);
+    }
+    for found in [&mut view.provisioning, &mut view.archives, &mut view.orphans] {
+        found.sort_by(|a, b| a.path.cmp(&b.path));
     }
     view
 }
