@@ -6,6 +6,7 @@ pub mod direct;
 pub mod fixture;
 pub mod lifecycle;
 pub mod operations;
+pub mod operator;
 pub mod provisioning;
 pub mod release;
 pub mod resilience;
@@ -22,5 +23,6 @@ pub fn trials() -> Vec<E2eTrial> {
     all.extend(watches::trials());
     all.extend(lifecycle::trials());
     all.extend(clones::trials());
+    all.extend(operator::trials());
     all
 }
