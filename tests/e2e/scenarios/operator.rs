@@ -1,18 +1,20 @@
 //! The operator's view end to end: `volumes` (table and JSON) and `prune-archives` (dry run, then
 //! confirmed) run as an admin runs them, with the provisioner's configuration, against volumes it
-//! provisioned, an archive it made on release, and what was planted beside them by hand.
+//! provisioned, an archive it made on release, and what was planted beside them by hand; on the
+//! mounted export, and on one served directly (an nfs-ganesha container, scripts/nfs-server.sh).
 
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::Path;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use anyhow::{Context, Result, ensure};
+use anyhow::{Context, Result, bail, ensure};
 use k8s_openapi::api::core::v1::PersistentVolume;
 use kube::ResourceExt;
 use kube::api::PostParams;
 use serde_json::{Value, json};
 
 use super::fixture::{Env, SERVER, WAIT};
+use crate::support::nfs_server::{NfsServer, podman_usable};
 use crate::support::{E2eTrial, poll_until, trial};
 
 /// The age `prune-archives` is given: the provisioner's archive is waited for to reach it, the
@@ -301,5 +303,88 @@ pub fn trials() -> Vec<E2eTrial> {
             },
         )
         .with_timeout(Duration::from_secs(240)),
+        trial("operator_view_of_an_export_served_directly", |t| async move {
+            if !podman_usable() {
+                if std::env::var("E2E_REQUIRE").is_ok_and(|v| v == "1") {
+                    bail!("podman is not installed (bash scripts/podman-setup.sh); E2E_REQUIRE=1 forbids skipping");
+                }
+                eprintln!("e2e: SKIPPED operator_view_of_an_export_served_directly: podman is not installed");
+                return Ok(());
+            }
+            let env = Env::new(&t, "operator-direct").await?;
+            // The process id too: another checkout's suite may run beside this one.
+            let name = format!("ops-view-{}-{}", std::process::id(), env.ns);
+            let server = NfsServer::start(&name, "127.0.0.4", &t.dir.join("server")).await?;
+            let no_mount = [
+                ("ENABLE_LEADER_ELECTION", "false"),
+                ("NFS_SERVER", ""),
+                ("NFS_PATH", ""),
+                ("NFS_MOUNT_PATH", "/nonexistent/no-mount"),
+            ];
+            let _p = env.start(&no_mount)?;
+            let class = env
+                .class(
+                    "direct",
+                    &[("server", server.bind.as_str()), ("share", "/export")],
+                    json!({ "mountOptions": server.mount_options() }),
+                )
+                .await?;
+            env.claim("kept", Some(&class), json!({})).await?;
+            env.claim("gone", Some(&class), json!({})).await?;
+            let kept = env.wait_bound("kept").await?;
+            let gone = env.wait_bound("gone").await?;
+            let leaf = |pv: &PersistentVolume| -> Result<String> {
+                let nfs = pv.spec.as_ref().and_then(|s| s.nfs.as_ref()).context("no nfs source")?;
+                Ok(nfs.path.rsplit('/').next().unwrap_or_default().to_owned())
+            };
+            let kept_dir = server.backing.join(leaf(&kept)?);
+            env.delete_claim("gone").await?;
+            env.wait_pv_gone(&gone.name_any()).await?;
+            let archive = format!("archived-{}", leaf(&gone)?);
+            let archived = server.backing.join(&archive);
+            ensure!(archived.is_dir(), "{archive} is not on the server");
+            // Made on the server's host, behind the NFS server's back.
+            let stray = server.backing.join("stray");
+            std::fs::create_dir(&stray)?;
+
+            let export = poll_until("the view of the direct export to show the orphan", WAIT, || async {
+                let (code, out, err) = env.command(&["volumes", "--output", "json"], &no_mount).await?;
+                ensure!(code == 0, "volumes exited {code}: {err}\n{out}");
+                let view: Value = serde_json::from_str(&out).with_context(|| out.clone())?;
+                let export = view["exports"][0].clone();
+                Ok(by_directory(&export["orphans"], "stray").is_ok().then_some(export))
+            })
+            .await?;
+            std::fs::write(t.dir.join("volumes-direct.json"), export.to_string())?;
+            ensure!(export["export"] == "127.0.0.4:/export" && export["access"] == "direct", "{export}");
+            ensure!(export["volumes"][0]["pv"] == kept.name_any().as_str(), "{export}");
+            ensure!(export["volumes"][0]["present"] == true, "{export}");
+            ensure!(by_directory(&export["archives"], &archive)?["inodes"] == 1, "{export}");
+
+            poll_until(&format!("{archive} to be archived {OLDER_THAN} ago"), WAIT, || async {
+                Ok((changed_ago(&archived)? > OLDER_THAN_SECS).then_some(()))
+            })
+            .await?;
+            let prune = |confirm: bool| {
+                let mut args = vec!["prune-archives", "--older-than", OLDER_THAN, "--output", "json"];
+                if confirm {
+                    args.push("--confirm");
+                }
+                let (env, archive) = (&env, &archive);
+                async move {
+                    let (code, out, err) = env.command(&args, &no_mount).await?;
+                    ensure!(code == 0, "prune-archives exited {code}: {err}\n{out}");
+                    let report: Value = serde_json::from_str(&out).with_context(|| out.clone())?;
+                    Ok(by_directory(&report["exports"][0]["archives"], archive)?["action"].clone())
+                }
+            };
+            ensure!(prune(false).await? == "would_remove");
+            ensure!(archived.is_dir(), "the dry run removed {archive}");
+            ensure!(prune(true).await? == "removed");
+            ensure!(!archived.exists(), "{archive} is still on the server");
+            ensure!(kept_dir.is_dir() && stray.is_dir(), "more than the archive went");
+            Ok(())
+        })
+        .with_timeout(Duration::from_secs(300)),
     ]
 }
