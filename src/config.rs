@@ -6,7 +6,7 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 
-use clap::{Parser, Subcommand};
+use clap::{Parser, Subcommand, ValueEnum};
 
 use crate::core::export::Export;
 use crate::core::lease::LeaseTimings;
@@ -14,12 +14,30 @@ use crate::core::naming::normalize_export_path;
 use crate::core::params::parse_go_bool;
 use crate::health::WatchBounds;
 
-/// Flags as given; [`Args::into_config`] validates them.
-///
-/// Values are kept as strings where nfs-subdir-external-provisioner accepted forms that clap would
-/// reject with a multi-line usage dump: a bad value must cost the admin one line naming the variable.
+/// The first lines of `--help`, for the admin who runs it.
+const ABOUT: &str = "Kubernetes dynamic provisioner: one directory per claim on an NFS export, a drop-in for nfs-subdir-external-provisioner";
+
+const LONG_ABOUT: &str = "\
+nfs-subdir-provisioner: a Kubernetes dynamic provisioner. Every PersistentVolumeClaim of its
+StorageClasses gets a directory of its own on an NFS export, as a PersistentVolume; a drop-in
+replacement for nfs-subdir-external-provisioner.
+
+Without a command it runs the provisioner, as its Deployment does. The other commands are for
+admins and take the same configuration and credentials (run them in the provisioner's pod with
+kubectl exec, or on a machine with a kubeconfig and the export mounted):
+  check           preflight before deploying: API server, RBAC, exports, StorageClasses
+  volumes         the volumes it owns, and the orphaned and archived directories on its exports
+  prune-archives  remove archives older than an age (only shows what it would do without --confirm)
+
+Every option below is also an environment variable, named with it (the names of
+nfs-subdir-external-provisioner work unchanged); the commands' own options are flags only.";
+
+// Flags as given; [`Args::into_config`] validates them. Values are kept as strings where
+// nfs-subdir-external-provisioner accepted forms that clap would reject with a multi-line usage
+// dump: a bad value must cost the admin one line naming the variable. (A `//` comment: a doc
+// comment here would be the top of `--help`.)
 #[derive(Parser, Debug)]
-#[command(name = "nfs-subdir-provisioner", version, about)]
+#[command(name = "nfs-subdir-provisioner", version, about = ABOUT, long_about = LONG_ABOUT)]
 pub struct Args {
     #[command(subcommand)]
     command: Option<Command>,
@@ -127,13 +145,66 @@ pub struct Args {
 }
 
 /// What the process does; without a subcommand it runs the provisioner.
-#[derive(Subcommand, Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Subcommand, Debug, Clone, PartialEq, Eq)]
 pub enum Command {
     /// Run the provisioner (the default).
     Run,
     /// Preflight before deploying: API reachable, RBAC sufficient, export mounted and writable,
     /// free space, StorageClasses valid. Prints a checklist; exits non-zero on any failure.
     Check,
+    /// List the volumes this provisioner owns on its exports (claim, PV, phase, policy,
+    /// directory), the directories no PV accounts for (orphans), and the archives with their age
+    /// and size. Changes nothing; exits non-zero if an export or directory could not be read.
+    Volumes(VolumesArgs),
+    /// Remove archived-* directories archived longer ago than --older-than, never one a PV
+    /// points at, lies inside or around. Without --confirm it only says what it would remove.
+    PruneArchives(PruneArgs),
+}
+
+#[derive(clap::Args, Debug, Clone, PartialEq, Eq)]
+pub struct VolumesArgs {
+    /// table for reading, json for scripts.
+    #[arg(long, value_enum, default_value = "table")]
+    pub output: Output,
+    /// Also measure what each volume takes (archives and orphans are always measured), paced
+    /// like the provisioner's own measurements by USAGE_OPS_PER_SECOND.
+    #[arg(long)]
+    pub measure: bool,
+}
+
+#[derive(clap::Args, Debug, Clone, PartialEq, Eq)]
+pub struct PruneArgs {
+    /// Remove only archives archived longer ago than this: a duration with its unit, such as 30d
+    /// or 12h (required).
+    #[arg(long, value_name = "AGE", value_parser = age)]
+    pub older_than: Duration,
+    /// Remove them. Without it nothing is removed and the command says what it would remove;
+    /// there is no environment variable for it, so it is never given by accident.
+    #[arg(long)]
+    pub confirm: bool,
+    /// table for reading, json for scripts.
+    #[arg(long, value_enum, default_value = "table")]
+    pub output: Output,
+}
+
+#[derive(ValueEnum, Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Output {
+    Table,
+    Json,
+}
+
+/// An age as `--older-than` takes it: with a unit, because a bare number of an age is easily
+/// meant as days and read as seconds.
+fn age(value: &str) -> Result<Duration, String> {
+    let value = value.trim();
+    if value.parse::<u64>().is_ok() {
+        return Err(format!("{value:?} needs a unit, such as {value}d or {value}h"));
+    }
+    match humantime::parse_duration(value) {
+        Ok(d) if d.is_zero() => Err("must be longer than zero".into()),
+        Ok(d) => Ok(d),
+        Err(e) => Err(format!("{value:?} is not a duration like 30d or 12h ({e})")),
+    }
 }
 
 /// Validated configuration.
@@ -239,7 +310,7 @@ fn go_bool(var: &'static str, value: &str) -> Result<bool, ConfigError> {
 
 impl Args {
     pub fn command(&self) -> Command {
-        self.command.unwrap_or(Command::Run)
+        self.command.clone().unwrap_or(Command::Run)
     }
 
     pub fn into_config(self) -> Result<Config, ConfigError> {
@@ -490,6 +561,76 @@ mod tests {
         assert_eq!(mounted_path(&args.into_config().unwrap()), "/export");
         let plain = Args::try_parse_from(["nfs-subdir-provisioner"]).expect("no flags");
         assert_eq!(plain.command(), Command::Run);
+    }
+
+    #[test]
+    fn the_operator_commands_take_their_own_flags_and_the_global_ones() {
+        let mut argv = vec![
+            "nfs-subdir-provisioner",
+            "volumes",
+            "--output",
+            "json",
+            "--measure",
+        ];
+        argv.extend_from_slice(&BASE);
+        let args = Args::try_parse_from(argv).expect("volumes flags");
+        assert_eq!(
+            args.command(),
+            Command::Volumes(VolumesArgs {
+                output: Output::Json,
+                measure: true
+            })
+        );
+        assert_eq!(mounted_path(&args.into_config().unwrap()), "/export");
+        let prune = |extra: &[&str]| {
+            let mut argv = vec!["nfs-subdir-provisioner", "prune-archives"];
+            argv.extend_from_slice(extra);
+            Args::try_parse_from(argv).map(|a| a.command())
+        };
+        assert_eq!(
+            prune(&["--older-than", "30d"]).expect("an age"),
+            Command::PruneArchives(PruneArgs {
+                older_than: Duration::from_secs(30 * 86_400),
+                confirm: false,
+                output: Output::Table,
+            })
+        );
+        assert!(matches!(
+            prune(&["--older-than", "12h", "--confirm"]),
+            Ok(Command::PruneArchives(PruneArgs { confirm: true, .. }))
+        ));
+        assert!(prune(&[]).is_err(), "an age is required");
+        for bad in ["30", "0s", "soon"] {
+            assert!(prune(&["--older-than", bad]).is_err(), "{bad}");
+        }
+        assert!(age("30").unwrap_err().contains("30d"));
+    }
+
+    #[test]
+    fn help_opens_with_what_the_program_is_and_names_every_variable() {
+        use clap::CommandFactory;
+        let mut command = <Args as CommandFactory>::command();
+        let help = command.render_long_help().to_string();
+        assert!(
+            help.starts_with("nfs-subdir-provisioner: a Kubernetes dynamic provisioner."),
+            "{help}"
+        );
+        for text in ["prune-archives", "volumes", "check", "kubectl exec"] {
+            assert!(help.contains(text), "{text} missing from:\n{help}");
+        }
+        for developer in ["into_config", "Flags as given", "clap"] {
+            assert!(!help.contains(developer), "{developer} in:\n{help}");
+        }
+        for arg in command.get_arguments() {
+            let id = arg.get_id().as_str();
+            if id == "help" || id == "version" {
+                continue;
+            }
+            assert!(arg.get_env().is_some(), "--{id} names no environment variable");
+        }
+        assert!(help.contains("[env: NFS_MOUNT_PATH=]") && help.contains("[default: /persistentvolumes]"));
+        let short = command.render_help().to_string();
+        assert!(short.starts_with(ABOUT), "{short}");
     }
 
     #[test]

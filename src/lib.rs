@@ -14,6 +14,7 @@
 //!              ├─► lease (Lease-based leader election; core::lease decides; steps down on stale watches)
 //!              └─► http (/healthz, /readyz, /metrics from health and metrics)
 //! check (the preflight `nfs-subdir-provisioner check`: API, RBAC, exports, classes)
+//! operator (`volumes` and `prune-archives`: the operator's view; core::inventory decides)
 //! ```
 #![forbid(unsafe_code)]
 
@@ -26,6 +27,7 @@ pub mod http;
 pub mod k8s;
 pub mod lease;
 pub mod metrics;
+pub mod operator;
 pub mod run;
 pub mod shutdown;
 pub mod storage;

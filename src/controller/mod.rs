@@ -28,9 +28,9 @@ use tracing::{debug, info, warn};
 
 use crate::config::Config;
 use crate::core::claim::ReuseRule;
-use crate::core::export::{Access, Export, client_options};
+use crate::core::export::{Access, Export};
 use crate::core::naming::VolumePath;
-use crate::core::params::ClassParams;
+use crate::core::params::served_exports;
 use crate::core::volume::directory_in_export;
 use crate::health::Health;
 use crate::k8s::Events;
@@ -183,34 +183,14 @@ impl Ctx {
         live
     }
 
-    /// Every export this provisioner serves now: the mounted one, and the direct ones its
-    /// StorageClasses name (with the class's mount options; a class with broken parameters or
-    /// options names nothing, and its claims are refused with the reason).
+    /// Every export this provisioner serves now ([`served_exports`] of the cached classes).
     fn class_exports(&self) -> Vec<(Export, Access)> {
-        let mounted = self.mounted_export();
-        let mut exports: Vec<(Export, Access)> = mounted
-            .map(|m| (m.clone(), Access::Mounted))
-            .into_iter()
-            .collect();
-        for class in self.classes.state() {
-            if class.provisioner != self.provisioner() {
-                continue;
-            }
-            let Ok(params) = ClassParams::parse(&class.parameters.clone().unwrap_or_default()) else {
-                continue;
-            };
-            let Some(export) = params.export.filter(|e| Some(e) != mounted) else {
-                continue;
-            };
-            let Ok(options) = client_options(class.mount_options.as_deref().unwrap_or_default()) else {
-                continue;
-            };
-            let entry = (export, Access::Direct(options));
-            if !exports.contains(&entry) {
-                exports.push(entry);
-            }
-        }
-        exports
+        let classes = self.classes.state();
+        served_exports(
+            classes.iter().map(AsRef::as_ref),
+            self.provisioner(),
+            self.mounted_export(),
+        )
     }
 
     /// Whether a claim whose volume would be `pv` (`pvc-<uid>`) is in the cache.

@@ -14,6 +14,8 @@
 //!   claim's dataSource + source claim and PV ──(clone::source)──► CloneSource { export, path }
 //!   measured bytes + PV ──(usage::crossing)──► Over | Within (once per crossing)
 //!   Lease record ──(lease::decide)──► Create | Acquire | Renew | Wait
+//!   PVs + staging records + listings ──(inventory::classify)──► volumes, archives, orphans
+//!   archive + PVs + age ──(inventory::judge)──► Remove | Keep(why)
 //!   outcome ──(events)──► Kubernetes Event (reason, note) for users
 //! ```
 
@@ -22,6 +24,7 @@ pub mod claim;
 pub mod clone;
 pub mod events;
 pub mod export;
+pub mod inventory;
 pub mod lease;
 pub mod naming;
 pub mod params;

@@ -397,6 +397,18 @@ pub fn pattern_fixes_namespace(pattern: &str) -> bool {
     })
 }
 
+/// How many components the paths `pattern` renders have (every one of them: a component a
+/// claim's value leaves empty is refused, never dropped); `None` for a pattern that renders
+/// nothing.
+pub fn pattern_depth(pattern: &str) -> Option<usize> {
+    let depth = tokenise(pattern)
+        .ok()?
+        .iter()
+        .filter(|pieces| !pieces.is_empty())
+        .count();
+    (depth > 0).then_some(depth)
+}
+
 /// Renders a StorageClass pathPattern.
 ///
 /// nfs-subdir cleaned the rendered string with filepath.Join, which is what let a crafted value land
@@ -476,14 +488,18 @@ pub fn shorten_component(name: &str) -> String {
     format!("{prefix}-{}", hash_hex(name))
 }
 
+/// What every archive's name starts with (nfs-subdir-external-provisioner's, so its archives read
+/// as ours).
+pub const ARCHIVE_PREFIX: &str = "archived-";
+
 /// Name for archiving directory `leaf` on the attempt-th try (0-based): attempt 0 -> "archived-<leaf>"
 /// (nfs-subdir's name), attempt n>0 -> "archived-<leaf>-<n+1>"; the whole result is passed through
 /// shorten_component so it fits NAME_MAX and stays unique per (leaf, attempt).
 pub fn archive_name(leaf: &str, attempt: u32) -> String {
     let name = if attempt == 0 {
-        format!("archived-{leaf}")
+        format!("{ARCHIVE_PREFIX}{leaf}")
     } else {
-        format!("archived-{leaf}-{}", u64::from(attempt) + 1)
+        format!("{ARCHIVE_PREFIX}{leaf}-{}", u64::from(attempt) + 1)
     };
     shorten_component(&name)
 }

@@ -6,8 +6,10 @@
 use std::collections::BTreeMap;
 use std::fmt;
 
-use crate::core::export::Export;
-use crate::core::naming::normalize_export_path;
+use k8s_openapi::api::storage::v1::StorageClass;
+
+use crate::core::export::{Access, Export, client_options};
+use crate::core::naming::{normalize_export_path, pattern_depth};
 
 /// What happens to a volume's directory when its claim is released.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -195,6 +197,48 @@ impl ClassParams {
     }
 }
 
+impl ClassParams {
+    /// How many components the paths of this class's volumes have (the default path: one); `None`
+    /// for a pattern that renders nothing.
+    pub fn depth(&self) -> Option<usize> {
+        self.path_pattern.as_deref().map_or(Some(1), pattern_depth)
+    }
+}
+
+/// Every export the classes of `provisioner` serve: `mounted` (NFS_SERVER/NFS_PATH, reached
+/// through its mount) first, then each direct one a class names (`server` and `share`, reached
+/// with the class's mount options), once. A class with broken parameters or options names
+/// nothing: its claims are refused with the reason.
+pub fn served_exports<'a>(
+    classes: impl IntoIterator<Item = &'a StorageClass>,
+    provisioner: &str,
+    mounted: Option<&Export>,
+) -> Vec<(Export, Access)> {
+    let mut exports: Vec<(Export, Access)> = mounted
+        .map(|m| (m.clone(), Access::Mounted))
+        .into_iter()
+        .collect();
+    for class in classes {
+        if class.provisioner != provisioner {
+            continue;
+        }
+        let Ok(params) = ClassParams::parse(&class.parameters.clone().unwrap_or_default()) else {
+            continue;
+        };
+        let Some(export) = params.export.filter(|e| Some(e) != mounted) else {
+            continue;
+        };
+        let Ok(options) = client_options(class.mount_options.as_deref().unwrap_or_default()) else {
+            continue;
+        };
+        let entry = (export, Access::Direct(options));
+        if !exports.contains(&entry) {
+            exports.push(entry);
+        }
+    }
+    exports
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -315,9 +359,84 @@ mod tests {
         );
     }
 
+    #[test]
+    fn served_exports_are_the_mounted_one_then_each_class_export_once() {
+        use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
+        let class = |name: &str, provisioner: &str, pairs: &[(&str, &str)], options: &[&str]| StorageClass {
+            metadata: ObjectMeta {
+                name: Some(name.into()),
+                ..Default::default()
+            },
+            provisioner: provisioner.into(),
+            parameters: Some(params(pairs)),
+            mount_options: Some(options.iter().map(|o| (*o).to_owned()).collect()),
+            ..Default::default()
+        };
+        let mounted = Export {
+            server: "m".into(),
+            path: "/m".into(),
+        };
+        let direct = [("server", "d"), ("share", "/d")];
+        let classes = [
+            class("a", "me", &direct, &[]),
+            class("b", "me", &direct, &[]),
+            class("c", "other", &[("server", "o"), ("share", "/o")], &[]),
+            class("d", "me", &[("server", "m"), ("share", "/m")], &[]),
+            class("e", "me", &[("server", "x"), ("share", "/x")], &["nfsvers=4"]),
+            class(
+                "f",
+                "me",
+                &[("onDelete", "explode"), ("server", "y"), ("share", "/y")],
+                &[],
+            ),
+            class("g", "me", &[], &[]),
+        ];
+        let d = Export {
+            server: "d".into(),
+            path: "/d".into(),
+        };
+        assert_eq!(
+            served_exports(&classes, "me", Some(&mounted)),
+            [
+                (mounted.clone(), Access::Mounted),
+                (d.clone(), Access::Direct(Default::default()))
+            ]
+        );
+        // Without a mount, a class naming that export is served directly.
+        assert_eq!(
+            served_exports(&classes, "me", None),
+            [
+                (d, Access::Direct(Default::default())),
+                (mounted, Access::Direct(Default::default()))
+            ]
+        );
+    }
+
+    #[test]
+    fn a_class_knows_how_deep_its_paths_are() {
+        let depth = |pairs: &[(&str, &str)]| ClassParams::parse(&params(pairs)).unwrap().depth();
+        assert_eq!(depth(&[]), Some(1));
+        assert_eq!(
+            depth(&[("pathPattern", "${.PVC.namespace}-${.PVC.name}")]),
+            Some(1)
+        );
+        assert_eq!(
+            depth(&[("pathPattern", "/${.PVC.namespace}/${.PVC.name}/")]),
+            Some(2)
+        );
+        assert_eq!(
+            depth(&[(
+                "pathPattern",
+                "vols//${.PVC.annotations.nfs.io/storage-path}/data"
+            )]),
+            Some(3)
+        );
+        assert_eq!(depth(&[("pathPattern", "${.PVC.bogus}")]), None);
+        assert_eq!(depth(&[("pathPattern", "/")]), None);
+    }
+
     mod properties {
         use super::*;
-        use crate::core::export::client_options;
         use proptest::prelude::*;
 
         fn key() -> impl Strategy<Value = String> {

@@ -256,6 +256,26 @@ pub fn locate(
     Ok(Located { export, access, path })
 }
 
+/// What releasing `pv` does to its directory: the policy recorded on it, or, for a volume made by
+/// nfs-subdir-external-provisioner (`true`: it recorded nothing), what its `class` says, read as
+/// that provisioner read it.
+pub fn on_delete(
+    pv: &PersistentVolume,
+    class: Option<&StorageClass>,
+) -> Result<(OnDelete, bool), VolumeRefusal> {
+    match pv.metadata.annotations.as_ref().and_then(|a| a.get(ON_DELETE)) {
+        Some(recorded) => OnDelete::parse(recorded)
+            .map(|action| (action, false))
+            .ok_or_else(|| VolumeRefusal::BadPolicy(recorded.clone())),
+        // nfs-subdir-external-provisioner re-read the class; with the class gone it failed forever.
+        // Archiving keeps the data, so that is what a missing class means here.
+        None => {
+            let params = class.and_then(|c| c.parameters.clone()).unwrap_or_default();
+            Ok((OnDelete::from_legacy_class(&params), true))
+        }
+    }
+}
+
 /// [`decide_among`] with the mounted export only.
 pub fn decide(
     pv: &PersistentVolume,
@@ -286,18 +306,9 @@ pub fn decide_among(
         Ok(located) => located,
         Err(refusal) => return Refuse(refusal),
     };
-    let annotations = pv.metadata.annotations.clone().unwrap_or_default();
-    let (action, legacy) = match annotations.get(ON_DELETE) {
-        Some(recorded) => match OnDelete::parse(recorded) {
-            Some(action) => (action, false),
-            None => return Refuse(VolumeRefusal::BadPolicy(recorded.clone())),
-        },
-        // nfs-subdir-external-provisioner re-read the class; with the class gone it failed forever.
-        // Archiving keeps the data, so that is what a missing class means here.
-        None => {
-            let params = class.and_then(|c| c.parameters.clone()).unwrap_or_default();
-            (OnDelete::from_legacy_class(&params), true)
-        }
+    let (action, legacy) = match on_delete(pv, class) {
+        Ok(policy) => policy,
+        Err(refusal) => return Refuse(refusal),
     };
     VolumeDecision::Release(ReleasePlan {
         export,

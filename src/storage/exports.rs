@@ -14,7 +14,7 @@ use super::copy::Progress;
 use super::error::StorageFailure;
 use super::nfs3::Nfs3Transport;
 use super::posix::MountedExport;
-use super::protocol::{Archived, Backend, Created, Fill, OpFuture, Removed, Volumes};
+use super::protocol::{Archived, Backend, Created, Fill, Listing, OpFuture, Removed, Volumes};
 use super::transport::Capacity;
 use super::usage::Usage;
 use super::walker::Pace;
@@ -292,6 +292,26 @@ impl Storage {
             self.limits.delete_timeout,
             self.backend
                 .delete_volume(path.components(), self.limits.delete_concurrency),
+        )
+        .await
+    }
+
+    /// Up to `limit` entries of the directory at `path` (empty: the export root), with their
+    /// attributes; `None`: it is not there.
+    pub async fn list_directory(
+        &self,
+        path: &[String],
+        limit: usize,
+    ) -> Result<Option<Listing>, StorageFailure> {
+        self.run(
+            "list directory",
+            if path.is_empty() {
+                format!("export {}", self.name)
+            } else {
+                path.join("/")
+            },
+            self.limits.timeout,
+            self.backend.list_dir(path, limit),
         )
         .await
     }

@@ -35,7 +35,7 @@ use tokio::sync::Semaphore;
 
 use super::copy::{Progress, Sink, SinkDir};
 use super::error::{StorageFailure, StorageResult};
-use super::protocol::{Archived, Backend, Created, Fill, OpFuture, Removed, Volumes};
+use super::protocol::{Archived, Backend, Created, Fill, Listing, OpFuture, Removed, Volumes};
 use super::transport::{
     At, Attrs, Capacity, Entry, FileCopied, FileType, Kind, Made, Move, Opened, OpenedFile, Owner, Page,
     ReadFile, Renamed, Stat, Target, Time, Transport, Unlinked,
@@ -156,6 +156,7 @@ fn stat_of(st: &FileStat) -> Stat {
         used: u64::try_from(st.st_blocks).unwrap_or(0).saturating_mul(512),
         atime: time(st.st_atime as i64, st.st_atime_nsec as i64),
         mtime: time(st.st_mtime as i64, st.st_mtime_nsec as i64),
+        ctime: time(st.st_ctime as i64, st.st_ctime_nsec as i64),
     }
 }
 
@@ -1016,6 +1017,14 @@ impl Backend for MountedExport {
         pace: Pace,
     ) -> OpFuture<'a, Option<Usage>> {
         Box::pin(self.spread.measure(path, concurrency, pace))
+    }
+
+    fn list_dir<'a>(&'a self, path: &'a [String], limit: usize) -> OpFuture<'a, Option<Listing>> {
+        let path = path.to_vec();
+        self.on_a_thread(
+            "list directory",
+            move |v| async move { v.list(&path, limit).await },
+        )
     }
 
     fn capacity(&self) -> OpFuture<'_, Capacity> {

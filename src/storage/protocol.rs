@@ -16,10 +16,10 @@ use super::copy::{Dest, Progress, Sink, SinkDir, copy_tree};
 use super::error::{Refusal, StorageFailure, StorageResult};
 use super::remove::Remove;
 use super::transport::{
-    At, Capacity, Entry, Kind, Made, Move, Opened, ReadFile, Renamed, Transport, Unlinked, at,
+    At, Capacity, Entry, Kind, Made, Move, Opened, ReadFile, Renamed, Stat, Transport, Unlinked, at,
 };
 use super::usage::{Measure, Usage};
-use super::walker::{Pace, TreeStats, Walker};
+use super::walker::{MAX_ROUNDS, Pace, TreeStats, Walker};
 use crate::core::naming::{archive_name, check_single_component};
 use crate::core::params::DirMode;
 use crate::core::staging::{
@@ -64,6 +64,21 @@ impl Removed {
             entries => Removed::Removed { entries },
         }
     }
+}
+
+/// One entry of a directory, with its attributes (not following a symlink).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Listed {
+    pub name: Vec<u8>,
+    pub stat: Stat,
+}
+
+/// A directory's entries as [`Backend::list_dir`] read them.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Listing {
+    pub entries: Vec<Listed>,
+    /// Every entry is there: the listing did not stop at its limit.
+    pub complete: bool,
 }
 
 /// The result of one volume operation.
@@ -116,6 +131,9 @@ pub trait Backend: Send + Sync {
         concurrency: usize,
         pace: Pace,
     ) -> OpFuture<'a, Option<Usage>>;
+    /// The entries of the directory at `path` (empty: the export root) with their attributes, at
+    /// most `limit` of them; `None`: it is not there. Reads only.
+    fn list_dir<'a>(&'a self, path: &'a [String], limit: usize) -> OpFuture<'a, Option<Listing>>;
     fn capacity(&self) -> OpFuture<'_, Capacity>;
     /// Creates and removes an empty directory named after `tag` in the staging area.
     fn probe_writable<'a>(&'a self, tag: &'a str) -> OpFuture<'a, ()>;
@@ -418,24 +436,83 @@ impl<T: Transport> Volumes<T> {
 
     /// The staging area and every entry in it; `None`: there is no staging area.
     async fn staging_entries(&self, op: &'static str) -> StorageResult<Option<(T::Dir, Vec<Entry<T::Dir>>)>> {
-        let t = &*self.t;
-        let root = t.root().await?;
+        let root = self.t.root().await?;
         let Some(staging) = self.staging(&root, false).await? else {
             return Ok(None);
         };
-        let mut entries = Vec::new();
-        let mut from = None;
-        loop {
-            let page = t
-                .read_dir(&staging, from, false, at(op, STAGING_DIR))
-                .await?
-                .ok_or_else(|| vanished(op, STAGING_DIR))?;
-            entries.extend(page.entries);
-            match page.next {
-                Some(next) => from = Some(next),
-                None => return Ok(Some((staging, entries))),
+        let (entries, _) = self
+            .read_entries(&staging, false, usize::MAX, at(op, STAGING_DIR))
+            .await?;
+        Ok(Some((staging, entries)))
+    }
+
+    /// Up to `limit` entries of `dir`, page after page (with their attributes where `attrs` asks
+    /// and the listing carries them); `true`: that was all of them. A listing whose place was
+    /// lost (entries removed meanwhile) starts over, at most [`MAX_ROUNDS`] times.
+    async fn read_entries(
+        &self,
+        dir: &T::Dir,
+        attrs: bool,
+        limit: usize,
+        at: At<'_>,
+    ) -> StorageResult<(Vec<Entry<T::Dir>>, bool)> {
+        for _ in 0..MAX_ROUNDS {
+            let mut entries = Vec::new();
+            let mut from = None;
+            loop {
+                let Some(page) = self.t.read_dir(dir, from, attrs, at).await? else {
+                    break;
+                };
+                entries.extend(page.entries);
+                if entries.len() > limit {
+                    entries.truncate(limit);
+                    return Ok((entries, false));
+                }
+                match page.next {
+                    Some(next) => from = Some(next),
+                    None => return Ok((entries, true)),
+                }
             }
         }
+        Err(vanished(at.op, at.path))
+    }
+
+    /// The entries of the directory at `path` (empty: the export root) with their attributes,
+    /// at most `limit` of them; `None`: it is not there. An entry gone between the listing and
+    /// its attributes is left out.
+    pub async fn list(&self, path: &[String], limit: usize) -> StorageResult<Option<Listing>> {
+        const OP: &str = "list directory";
+        if !path.is_empty() {
+            check_path(OP, path)?;
+        }
+        let t = &*self.t;
+        let shown = join(path);
+        let root = t.root().await?;
+        let Some(dir) = self.walk(&root, path, false, OP).await? else {
+            return Ok(None);
+        };
+        let (entries, complete) = self.read_entries(&dir, true, limit, at(OP, &shown)).await?;
+        let mut listed = Vec::with_capacity(entries.len());
+        for entry in entries {
+            let stat = match entry.stat {
+                Some(stat) => stat,
+                None => {
+                    let name = format!("{shown}/{}", String::from_utf8_lossy(&entry.name));
+                    match t.stat(&dir, &entry.name, at("stat", &name)).await? {
+                        Some(stat) => stat,
+                        None => continue,
+                    }
+                }
+            };
+            listed.push(Listed {
+                name: entry.name,
+                stat,
+            });
+        }
+        Ok(Some(Listing {
+            entries: listed,
+            complete,
+        }))
     }
 
     pub async fn staged_target(&self, pv: &str) -> StorageResult<Option<Vec<String>>> {
@@ -917,6 +994,10 @@ impl<T: Transport> Backend for Volumes<T> {
         pace: Pace,
     ) -> OpFuture<'a, Option<Usage>> {
         Box::pin(self.measure(path, concurrency, pace))
+    }
+
+    fn list_dir<'a>(&'a self, path: &'a [String], limit: usize) -> OpFuture<'a, Option<Listing>> {
+        Box::pin(self.list(path, limit))
     }
 
     fn capacity(&self) -> OpFuture<'_, Capacity> {

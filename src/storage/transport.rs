@@ -78,6 +78,9 @@ pub struct Stat {
     pub used: u64,
     pub atime: Time,
     pub mtime: Time,
+    /// Last change of the inode itself (a rename, chmod or chown sets it, and nothing can set it
+    /// back): how long ago a directory was archived.
+    pub ctime: Time,
 }
 
 impl Stat {

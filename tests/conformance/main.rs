@@ -8,7 +8,7 @@
 //!   directory `NFS_TEST_EXPORT_DIR`; see tests/nfs/mod.rs for the environment). Without
 //!   `NFS_TEST_SERVER` the direct half is skipped (loudly), or fails with `NFS_TEST_REQUIRE=1`.
 //!
-//! Scenarios: [`volumes`] (create, archive, delete, refusals, capacity, probe) and [`trees`]
+//! Scenarios: [`volumes`] (create, archive, delete, refusals, capacity, probe, listing) and [`trees`]
 //! (clone: a volume filled with a copy of another, across transports too; usage).
 //!
 //! Outcomes are checked on the backing directory itself (owners, modes, names, contents, inode
@@ -118,6 +118,9 @@ conformance! {
     volumes::leftover_probes_are_cleared_and_nothing_else =>
         mounted_leftover_probes_are_cleared_and_nothing_else,
         direct_leftover_probes_are_cleared_and_nothing_else;
+    volumes::list_dir_gives_each_entry_with_its_attributes =>
+        mounted_list_dir_gives_each_entry_with_its_attributes,
+        direct_list_dir_gives_each_entry_with_its_attributes;
     trees::clone_copies_every_kind_of_entry =>
         mounted_clone_copies_every_kind_of_entry, direct_clone_copies_every_kind_of_entry;
     trees::clone_resumes_what_an_interrupted_copy_left =>

@@ -1048,3 +1048,66 @@ pub async fn leftover_probes_are_cleared_and_nothing_else(fx: &Fx) {
     assert!(left.contains(&full), "{left:?}");
     assert!(left.contains(&format!("{pv}{TMP_SUFFIX}")), "{left:?}");
 }
+
+// ---- listing ----
+
+/// A listing names every entry once with its attributes as the host sees them (kind, size,
+/// inode, a change time: what the operator's view reads an archive's age from), stops at its
+/// limit saying so, and finds nothing where nothing is; it changes nothing.
+pub async fn list_dir_gives_each_entry_with_its_attributes(fx: &Fx) {
+    use nfs_subdir_provisioner::storage::FileType;
+    use std::os::unix::fs::MetadataExt;
+    let top = fx.top.as_str();
+    let b = fx.backend.as_ref();
+    assert_eq!(b.list_dir(&fx.path(&[]), 10).await.unwrap(), None);
+    fx.tools.mkdir_p(&[top, "archived-vol", "sub"]).await;
+    fx.tools.write(&[top, "file"], b"12345").await;
+    fx.tools.symlink(&[top, "link"], "archived-vol").await;
+    let listing = b.list_dir(&fx.path(&[]), 10).await.unwrap().unwrap();
+    assert!(listing.complete);
+    let mut seen: Vec<(String, FileType, u64)> = listing
+        .entries
+        .iter()
+        .map(|e| {
+            let name = String::from_utf8(e.name.clone()).unwrap();
+            (name, e.stat.file_type, e.stat.id)
+        })
+        .collect();
+    seen.sort_by(|a, b| a.0.cmp(&b.0));
+    let host = |name: &str| fs::symlink_metadata(fx.host(&[name])).unwrap();
+    assert_eq!(
+        seen,
+        [
+            (
+                "archived-vol".to_owned(),
+                FileType::Dir,
+                host("archived-vol").ino()
+            ),
+            ("file".to_owned(), FileType::Regular, host("file").ino()),
+            ("link".to_owned(), FileType::Symlink, host("link").ino()),
+        ]
+    );
+    for entry in &listing.entries {
+        let name = String::from_utf8(entry.name.clone()).unwrap();
+        assert_eq!(entry.stat.ctime.seconds, host(&name).ctime(), "{name}");
+        if name == "file" {
+            assert_eq!(entry.stat.size, 5);
+        }
+    }
+    let cut = b.list_dir(&fx.path(&[]), 2).await.unwrap().unwrap();
+    assert_eq!((cut.entries.len(), cut.complete), (2, false));
+    let exact = b.list_dir(&fx.path(&[]), 3).await.unwrap().unwrap();
+    assert_eq!((exact.entries.len(), exact.complete), (3, true));
+    let nested = b
+        .list_dir(&fx.path(&["archived-vol"]), 10)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(nested.entries.len(), 1);
+    assert_eq!(nested.entries[0].name, b"sub");
+    let root = b.list_dir(&[], usize::MAX).await.unwrap().unwrap();
+    assert!(root.entries.iter().any(|e| e.name == top.as_bytes()));
+    // A symlink is not listed through.
+    assert!(b.list_dir(&fx.path(&["link"]), 10).await.is_err());
+    assert_eq!(names(&fx.host(&[])), ["archived-vol", "file", "link"]);
+}

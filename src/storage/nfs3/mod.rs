@@ -96,6 +96,7 @@ fn stat_of(attr: &fattr3) -> Stat {
         used: attr.used,
         atime: time_of(attr.atime),
         mtime: time_of(attr.mtime),
+        ctime: time_of(attr.ctime),
     }
 }
 

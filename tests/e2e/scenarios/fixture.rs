@@ -109,22 +109,31 @@ impl Env {
 
     /// Runs `nfs-subdir-provisioner check` with this Env's configuration: (exit code, stdout).
     pub async fn check(&self, extra: &[(&str, &str)]) -> Result<(i32, String)> {
+        let (code, stdout, _) = self.command(&["check"], extra).await?;
+        Ok((code, stdout))
+    }
+
+    /// Runs the binary with `args` (a command and its flags) and this Env's configuration, as an
+    /// admin would in the provisioner's pod: (exit code, stdout, stderr).
+    pub async fn command(&self, args: &[&str], extra: &[(&str, &str)]) -> Result<(i32, String, String)> {
         let mut cmd = std::process::Command::new(BINARY);
-        cmd.arg("check")
+        cmd.args(args)
             .envs(self.provisioner_env(extra))
             .env("RUST_LOG", "warn")
             .stdin(std::process::Stdio::null());
+        let shown = args.join(" ");
         let output = tokio::task::spawn_blocking(move || cmd.output())
             .await?
-            .context("running nfs-subdir-provisioner check")?;
+            .with_context(|| format!("running nfs-subdir-provisioner {shown}"))?;
         let stdout = String::from_utf8_lossy(&output.stdout).into_owned();
+        let stderr = String::from_utf8_lossy(&output.stderr).into_owned();
         let code = output.status.code().with_context(|| {
             format!(
-                "check was killed by a signal; stderr: {}",
-                String::from_utf8_lossy(&output.stderr)
+                "nfs-subdir-provisioner {} was killed by a signal; stderr: {stderr}",
+                args.join(" ")
             )
         })?;
-        Ok((code, stdout))
+        Ok((code, stdout, stderr))
     }
 
     pub fn claims(&self) -> Api<PersistentVolumeClaim> {

@@ -7,6 +7,7 @@ pub mod fixture;
 pub mod lifecycle;
 pub mod monitoring;
 pub mod operations;
+pub mod operator;
 pub mod provisioning;
 pub mod release;
 pub mod resilience;
@@ -24,5 +25,6 @@ pub fn trials() -> Vec<E2eTrial> {
     all.extend(lifecycle::trials());
     all.extend(clones::trials());
     all.extend(monitoring::trials());
+    all.extend(operator::trials());
     all
 }
