@@ -338,6 +338,9 @@ pub enum Kept {
     Staged(String),
     #[error("archived {} ago, not yet {}", humantime::format_duration(*age), humantime::format_duration(*older_than))]
     Younger { age: Duration, older_than: Duration },
+    /// Its change time is ahead of this clock: how old it is cannot be told, even for `0s`.
+    #[error("changed {} after this machine's present (the clocks disagree): its age is unknown", humantime::format_duration(*ahead))]
+    AheadOfClock { ahead: Duration },
 }
 
 /// Whether the archive at `archive` of `export`, last changed at `changed`, may be removed at
@@ -368,6 +371,11 @@ pub fn judge(
     }
     if let Some(target) = staged.iter().find(|s| overlap(s, archive)) {
         return Verdict::Keep(Kept::Staged(target.join("/")));
+    }
+    if changed > now {
+        return Verdict::Keep(Kept::AheadOfClock {
+            ahead: age(now, changed),
+        });
     }
     let age = age(changed, now);
     if age < older_than {
@@ -548,9 +556,15 @@ mod tests {
             judge_with(&[], &[], now - 86_399),
             Verdict::Keep(Kept::Younger { .. })
         ));
-        assert!(matches!(
+        assert_eq!(
             judge_with(&[], &[], now + 60),
-            Verdict::Keep(Kept::Younger { age, .. }) if age.is_zero()
+            Verdict::Keep(Kept::AheadOfClock {
+                ahead: Duration::from_secs(60)
+            })
+        );
+        assert!(matches!(
+            judge(&e, &archive, now + 1, now, Duration::ZERO, &[], &[]),
+            Verdict::Keep(Kept::AheadOfClock { .. })
         ));
         for (path, server) in [
             ("/exports/k8s/team/archived-a", "nfs"),
