@@ -57,7 +57,10 @@ pub fn trials() -> Vec<E2eTrial> {
         trial(
             "operator_view_lists_volumes_orphans_and_archives_and_prunes_only_old_unprotected_archives",
             |t| async move {
-                let env = Env::new(&t, "operator").await?;
+                // A control plane of its own: the view weighs every PV of the cluster, and a PV
+                // another trial forges (a path with `..`) rightly keeps every archive.
+                let cp = t.private_control_plane("operator")?;
+                let env = Env::on(&t, &cp, "operator").await?;
                 let _p = env.start(&[])?;
                 let class = env.class("nfs", &[], json!({})).await?;
                 let nested = env
@@ -311,7 +314,8 @@ pub fn trials() -> Vec<E2eTrial> {
                 eprintln!("e2e: SKIPPED operator_view_of_an_export_served_directly: podman is not installed");
                 return Ok(());
             }
-            let env = Env::new(&t, "operator-direct").await?;
+            let cp = t.private_control_plane("operator-direct")?;
+            let env = Env::on(&t, &cp, "operator-direct").await?;
             // The process id too: another checkout's suite may run beside this one.
             let name = format!("ops-view-{}-{}", std::process::id(), env.ns);
             let server = NfsServer::start(&name, "127.0.0.4", &t.dir.join("server")).await?;
