@@ -37,6 +37,44 @@ const DEFAULTS_READY: Duration = Duration::from_secs(90);
 /// Lifetime of tokens issued by [`ControlPlane::service_account_kubeconfig`].
 const TOKEN_SECONDS: i64 = 365 * 24 * 3600;
 
+/// kube-controller-manager's client-side rate limit (`--kube-api-qps`, `--kube-api-burst`). Every
+/// controller of it gets a client of its own, each with this budget: the PV binder's writes (the
+/// hand-over annotation, binding, `Released`) are paced by it alone, pvc-protection's by another.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct KcmClientLimits {
+    pub qps: u32,
+    pub burst: u32,
+}
+
+impl KcmClientLimits {
+    /// kube-controller-manager's own defaults, what most clusters run.
+    pub const DEFAULT: KcmClientLimits = KcmClientLimits { qps: 20, burst: 30 };
+    /// The suite's: high enough that no controller waits for its client-side budget in a trial, so
+    /// a slow trial is never the rate limiter's doing.
+    pub const GENEROUS: KcmClientLimits = KcmClientLimits { qps: 200, burst: 400 };
+}
+
+impl std::fmt::Display for KcmClientLimits {
+    /// `qps/burst`, as the benchmark's settings are written.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}/{}", self.qps, self.burst)
+    }
+}
+
+/// What a [`ControlPlane`] is started with beyond the binaries and the working directory.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct StartOptions {
+    pub kcm_client: KcmClientLimits,
+}
+
+impl Default for StartOptions {
+    fn default() -> Self {
+        StartOptions {
+            kcm_client: KcmClientLimits::GENEROUS,
+        }
+    }
+}
+
 /// A running etcd + kube-apiserver + kube-controller-manager. Dropping it SIGKILLs all three.
 pub struct ControlPlane {
     workdir: PathBuf,
@@ -73,11 +111,25 @@ impl ControlPlane {
     /// Blocking; callable from anywhere, also from inside a tokio runtime (the waiting happens on
     /// a helper thread with its own runtime).
     pub fn start(assets: &Path, workdir: &Path) -> anyhow::Result<ControlPlane> {
-        run_on_helper_thread(Self::start_async(assets, workdir))
+        Self::start_with(assets, workdir, StartOptions::default())
+    }
+
+    /// [`ControlPlane::start`] with `options` (e.g. kube-controller-manager's client limits).
+    pub fn start_with(assets: &Path, workdir: &Path, options: StartOptions) -> anyhow::Result<ControlPlane> {
+        run_on_helper_thread(Self::start_async_with(assets, workdir, options))
     }
 
     /// Async flavour of [`ControlPlane::start`].
     pub async fn start_async(assets: &Path, workdir: &Path) -> anyhow::Result<ControlPlane> {
+        Self::start_async_with(assets, workdir, StartOptions::default()).await
+    }
+
+    /// Async flavour of [`ControlPlane::start_with`].
+    pub async fn start_async_with(
+        assets: &Path,
+        workdir: &Path,
+        options: StartOptions,
+    ) -> anyhow::Result<ControlPlane> {
         let t0 = Instant::now();
         std::fs::create_dir_all(workdir).with_context(|| format!("creating {}", workdir.display()))?;
         let workdir = std::fs::canonicalize(workdir)?;
@@ -186,8 +238,8 @@ impl ControlPlane {
             "--controllers=persistentvolume-binder,persistentvolume-expander,pv-protection,pvc-protection,\
              namespace,serviceaccount,serviceaccount-token,garbagecollector,statefulset"
                 .to_owned(),
-            "--kube-api-qps=200".to_owned(),
-            "--kube-api-burst=400".to_owned(),
+            format!("--kube-api-qps={}", options.kcm_client.qps),
+            format!("--kube-api-burst={}", options.kcm_client.burst),
             "--leader-elect=false".to_owned(),
             "--use-service-account-credentials=true".to_owned(),
             format!("--root-ca-file={}", p("ca.crt")),

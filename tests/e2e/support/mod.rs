@@ -17,7 +17,9 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-pub use cluster::{ControlPlane, client_from_kubeconfig, config_from_kubeconfig, free_ports};
+pub use cluster::{
+    ControlPlane, KcmClientLimits, StartOptions, client_from_kubeconfig, config_from_kubeconfig, free_ports,
+};
 pub use poll::poll_until;
 pub use process::{ManagedChild, log_tail};
 
