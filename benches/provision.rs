@@ -2,7 +2,9 @@
 //!
 //! `KUBEBUILDER_ASSETS=$(bash scripts/build-control-plane.sh) cargo bench --bench provision [-- 100 1000]`
 //!
-//! Starts etcd + kube-apiserver + kube-controller-manager once (the end-to-end suite's harness), then
+//! For every kube-controller-manager client limit (`BENCH_KCM_QPS`, `qps/burst` pairs, default
+//! `20/30,200/400`: its own defaults, which most clusters run, and a budget it hardly waits for)
+//! starts etcd + kube-apiserver + kube-controller-manager (the end-to-end suite's harness), then
 //! for every claim count N (arguments, else `BENCH_N=100,1000`, else 100 and 1000) and every run
 //! (`BENCH_RUNS`, default 3) runs the release-built provisioner binary as a separate process, exactly
 //! as in production (ServiceAccount kubeconfig bound by `rbac/`, leader election on, default timings,
@@ -10,30 +12,46 @@
 //!
 //! 1. provisioning: N claims created at once (64 requests in flight); seconds from the first create
 //!    returning until every PV has been seen by the bench's PV watch, and until every claim is seen
-//!    `Bound`; per-claim latency from its create returning to its PV being seen (p50, p99);
-//! 2. release: the N claims deleted at once; seconds from the first delete being sent until every PV
+//!    `Bound`; per-claim latency from its create returning to its PV being seen (p50, p99). From the
+//!    same watches, the binder's share: when kube-controller-manager handed the last claim over (the
+//!    `storage-provisioner` annotation seen), our overhead (the last PV's time minus that) and the
+//!    ratio of the two times (both counted from the first create returning);
+//! 2. leader start-up with N claims and PVs present: a fresh provisioner (every request logged) is
+//!    timed from process start to `caches synced` in its log and to `/readyz` 200, and its requests
+//!    counted by verb; any write other than the Lease's, and any directory or PV created or
+//!    removed, from its start to the end of the idle window is a violation, printed as one;
+//! 3. idle API requests: that provisioner is left alone for `BENCH_IDLE_SECS` (30) seconds and its
+//!    "requesting" log lines are counted: Lease, watch and other;
+//! 4. release: the N claims deleted at once; seconds from the first delete being sent until every PV
 //!    is gone and every directory removed (class `onDelete: delete`), and likewise for a second batch
-//!    of N claims of the default (archive) class until every `archived-*` directory exists;
-//! 3. the provisioner's CPU seconds (utime + stime from `/proc/<pid>/stat`) in each phase, the control
-//!    plane's and the bench's own, and the provisioner's peak RSS (`VmHWM`) with N claims and PVs,
-//!    split by 100 ms samples of `/proc/<pid>/status` into anonymous and file-backed memory (and
-//!    its threads and open sockets counted);
-//! 4. idle API requests: with N PVs bound, a provisioner started with
-//!    `RUST_LOG=info,kube_client::client::builder=debug` is left alone for `BENCH_IDLE_SECS` (30)
-//!    seconds and its "requesting" log lines are counted.
+//!    of N claims of the default (archive) class until every `archived-*` directory exists
+//!    (`BENCH_ARCHIVE=0` skips that batch); the binder's share again: when the last PV was seen
+//!    `Released`, our overhead after it and the ratio;
+//! 5. the provisioner's CPU seconds (utime + stime from `/proc/<pid>/stat`) in each phase, in total
+//!    and per claim, the control plane's and the bench's own, and the provisioner's peak RSS
+//!    (`VmHWM`) with N claims and PVs, split by 100 ms samples of `/proc/<pid>/status` into
+//!    anonymous and file-backed memory (and its threads and open sockets counted).
+//!
+//! A phase's deadline grows with N and shrinks with kube-controller-manager's QPS ([`phase_deadline`]):
+//! at 20 requests/s the binder alone needs minutes per thousand claims.
 //!
 //! Prints a Markdown table: the median of the runs with min–max, then the main figures of every
-//! run, and `uptime` before and after (other work on the machine shows there). `BENCH_KEEP=1` keeps
-//! the working directory (logs of every component and provisioner); `BENCH_PROVISIONER_WRAPPER`
-//! (e.g. `valgrind --tool=massif`) runs each run's provisioning-phase provisioner under a
-//! profiler; `BENCH_PROVISIONER_BIN` measures another build of the provisioner (the image's). Without the `--bench` argument that `cargo bench` passes (e.g. under
-//! `cargo test --all-targets`) it does nothing.
+//! run with the load average at its start, the violations if any, and `uptime` before and after
+//! (other work on the machine shows there); if a run fails, what was measured before it is printed
+//! all the same. `BENCH_KEEP=1` keeps the working directory (logs of every component and
+//! provisioner); `BENCH_PROVISIONER_WRAPPER` (e.g. `valgrind --tool=massif`) runs each run's
+//! provisioning-phase provisioner under a profiler; `BENCH_PROVISIONER_BIN` measures another build
+//! of the provisioner (the image's, or one from before a change). `scripts/bench-scale.sh` runs
+//! the whole scale matrix (N = 100, 1000, 10 000 at both client limits) for one binary. Without the
+//! `--bench` argument that `cargo bench` passes (e.g. under `cargo test --all-targets`) it does
+//! nothing.
 
 mod common;
 #[path = "../tests/e2e/support/mod.rs"]
 mod support;
 
 use std::collections::{BTreeMap, HashMap, HashSet};
+use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -54,7 +72,7 @@ use tokio::time::Instant;
 use common::{
     ProcStat, clock_ticks, env_number, loadavg, median_range, parse_count, parse_list, proc_stat, uptime,
 };
-use support::{ControlPlane, ManagedChild, Suite, TrialCtx, poll_until};
+use support::{ControlPlane, KcmClientLimits, ManagedChild, StartOptions, Suite, TrialCtx, poll_until};
 
 /// The provisioner measured: `BENCH_PROVISIONER_BIN`, e.g. the image's static musl build (`cargo
 /// build --profile dist --target x86_64-unknown-linux-musl`), else this build's binary.
@@ -70,7 +88,7 @@ const SERVER: &str = "127.0.0.1";
 const CONCURRENCY: usize = 64;
 /// The provisioner's staging area at the export root.
 const STAGING_DIR: &str = ".nfs-subdir-provisioner";
-/// Time for a provisioner to start, win the Lease and sync its caches.
+/// Time for a provisioner to start, win the Lease and sync its caches (see [`startup_deadline`]).
 const STARTUP: Duration = Duration::from_secs(60);
 /// Upper bound for a provisioner to exit after SIGTERM (it drains for at most 30 s).
 const STOP: Duration = Duration::from_secs(45);
@@ -114,9 +132,23 @@ fn main() -> ExitCode {
 
 struct Options {
     sizes: Vec<usize>,
+    /// One control plane each, in this order.
+    kcm: Vec<KcmClientLimits>,
     runs: usize,
     idle: Duration,
+    /// The second batch: N claims of the archiving class provisioned and released.
+    archive: bool,
     keep: bool,
+}
+
+/// `qps/burst`, e.g. `20/30`.
+fn parse_kcm_limits(s: &str) -> Option<KcmClientLimits> {
+    let (qps, burst) = s.split_once('/')?;
+    let limits = KcmClientLimits {
+        qps: qps.trim().parse().ok()?,
+        burst: burst.trim().parse().ok()?,
+    };
+    (limits.qps > 0 && limits.burst > 0).then_some(limits)
 }
 
 fn options() -> Result<Options> {
@@ -131,12 +163,19 @@ fn options() -> Result<Options> {
             Err(_) => vec![100, 1000],
         };
     }
+    let kcm = match std::env::var("BENCH_KCM_QPS") {
+        Ok(v) => parse_list(&v, "BENCH_KCM_QPS setting (qps/burst)", parse_kcm_limits)?,
+        Err(_) => vec![KcmClientLimits::DEFAULT, KcmClientLimits::GENEROUS],
+    };
+    ensure!(!kcm.is_empty(), "BENCH_KCM_QPS names no setting");
     let runs = usize::try_from(env_number("BENCH_RUNS", 3)?)?;
     ensure!(runs > 0, "BENCH_RUNS must be at least 1");
     Ok(Options {
         sizes,
+        kcm,
         runs,
         idle: Duration::from_secs(env_number("BENCH_IDLE_SECS", 30)?),
+        archive: std::env::var("BENCH_ARCHIVE").map_or(true, |v| v != "0"),
         keep: std::env::var("BENCH_KEEP").is_ok_and(|v| v == "1"),
     })
 }
@@ -150,62 +189,93 @@ fn run_all() -> Result<()> {
     let ticks = clock_ticks();
     let load_before = uptime();
     eprintln!(
-        "bench: N = {:?}, {} run(s) each, idle window {:?}, provisioner {}, {load_before}",
+        "bench: kube-controller-manager client limits {}, N = {:?}, {} run(s) each, idle window {:?}, \
+         archive batch {}, provisioner {}, {load_before}",
+        opts.kcm
+            .iter()
+            .map(ToString::to_string)
+            .collect::<Vec<_>>()
+            .join(" and "),
         opts.sizes,
         opts.runs,
         opts.idle,
+        if opts.archive { "on" } else { "off" },
         binary(),
     );
-    let cp = ControlPlane::start(&assets, &workdir.join("control-plane"))?;
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()?;
+    let mut results = Results::default();
+    let mut result = Ok(());
+    for &kcm in &opts.kcm {
+        result = run_setting(&runtime, &assets, &workdir, kcm, &opts, ticks, &mut results);
+        if result.is_err() {
+            break;
+        }
+    }
+    runtime.shutdown_timeout(Duration::from_secs(5));
+    let load_after = uptime();
+    if result.is_err() || opts.keep {
+        eprintln!("bench: working directory kept: {}", tmp.keep().display());
+    }
+    // What was measured before a failure is worth having: a run at N = 10 000 takes hours.
+    if !results.columns.is_empty() {
+        println!("{}", results.markdown(opts.runs));
+        println!("Before: {load_before}");
+        println!("After:  {load_after}");
+    }
+    result
+}
+
+/// Every run at one kube-controller-manager client limit, on a control plane of its own.
+fn run_setting(
+    runtime: &tokio::runtime::Runtime,
+    assets: &Path,
+    workdir: &Path,
+    kcm: KcmClientLimits,
+    opts: &Options,
+    ticks: f64,
+    results: &mut Results,
+) -> Result<()> {
+    let workdir = workdir.join(format!("kcm-{}-{}", kcm.qps, kcm.burst));
+    let cp = ControlPlane::start_with(
+        assets,
+        &workdir.join("control-plane"),
+        StartOptions { kcm_client: kcm },
+    )?;
     eprintln!(
-        "bench: control plane ready ({}), logs in {}",
+        "bench: control plane with kube-controller-manager at {kcm} ready ({}), logs in {}",
         cp.startup_phases(),
         cp.workdir().join("logs").display()
     );
     let suite = Arc::new(Suite {
         cp,
-        assets,
-        workdir: workdir.clone(),
+        assets: assets.to_owned(),
+        workdir,
         rbac_dir: support::rbac_dir(),
     });
-
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()?;
     let result = runtime.block_on(async {
-        let mut results: BTreeMap<usize, Vec<Vec<Metric>>> = BTreeMap::new();
         for &n in &opts.sizes {
+            let column = format!("N = {n}, kcm {kcm}");
             for run in 0..opts.runs {
                 eprintln!(
-                    "bench: N = {n}, run {}/{}: load {}",
+                    "bench: {column}, run {}/{}: load {}",
                     run + 1,
                     opts.runs,
                     loadavg()
                 );
-                let metrics = one_run(&suite, n, run, &opts, ticks).await?;
-                for m in &metrics {
+                let outcome = one_run(&suite, kcm, n, run, opts, ticks).await?;
+                for m in &outcome.metrics {
                     eprintln!("bench:   {:<55} {}", m.name, m.unit.format(m.value));
                 }
-                results.entry(n).or_default().push(metrics);
+                results.push(&column, kcm, n, outcome);
             }
         }
-        anyhow::Ok(results)
+        anyhow::Ok(())
     });
-    runtime.shutdown_timeout(Duration::from_secs(5));
-    let load_after = uptime();
-    let kept = result.is_err() || opts.keep;
-    let table = result.map(|results| table(&results, opts.runs) + &per_run_table(&results));
     suite.cp.shutdown();
-    drop(suite);
-    if kept {
-        eprintln!("bench: working directory kept: {}", tmp.keep().display());
-    }
-    let table = table?;
-    println!("{table}");
-    println!("Before: {load_before}");
-    println!("After:  {load_after}");
-    Ok(())
+    result
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -215,9 +285,13 @@ fn run_all() -> Result<()> {
 enum Unit {
     Seconds,
     Millis,
+    /// Milliseconds to two decimals, for CPU time per claim.
+    FineMillis,
     MiB,
     PerSecond,
     Count,
+    /// A dimensionless quotient, e.g. our last PV's time over the binder's last hand-over's.
+    Ratio,
 }
 
 impl Unit {
@@ -225,17 +299,20 @@ impl Unit {
         match self {
             Unit::Seconds => format!("{v:.2} s"),
             Unit::Millis => format!("{v:.0} ms"),
+            Unit::FineMillis => format!("{v:.2} ms"),
             Unit::MiB => format!("{v:.1} MiB"),
             Unit::PerSecond => format!("{v:.2}/s"),
             Unit::Count => format!("{v:.0}"),
+            Unit::Ratio => format!("{v:.3}"),
         }
     }
 
     fn bare(self, v: f64) -> String {
         match self {
-            Unit::Seconds | Unit::PerSecond => format!("{v:.2}"),
+            Unit::Seconds | Unit::PerSecond | Unit::FineMillis => format!("{v:.2}"),
             Unit::MiB => format!("{v:.1}"),
             Unit::Millis | Unit::Count => format!("{v:.0}"),
+            Unit::Ratio => format!("{v:.3}"),
         }
     }
 }
@@ -264,96 +341,187 @@ fn percentile(sorted: &[f64], p: f64) -> f64 {
     sorted[rank.clamp(1, sorted.len()) - 1]
 }
 
-fn table(results: &BTreeMap<usize, Vec<Vec<Metric>>>, runs: usize) -> String {
-    let mut names: Vec<(String, Unit)> = Vec::new();
-    for metrics in results.values().flatten() {
-        for m in metrics {
+/// What one run measured, and what it found wrong.
+struct RunOutcome {
+    metrics: Vec<Metric>,
+    /// Writes a starting leader must not make, and the like: printed with the results.
+    violations: Vec<String>,
+}
+
+/// The runs of one (kube-controller-manager setting, N): a column of the table.
+struct Column {
+    label: String,
+    kcm: KcmClientLimits,
+    n: usize,
+    runs: Vec<RunOutcome>,
+}
+
+/// Every run so far, by column in the order measured.
+#[derive(Default)]
+struct Results {
+    columns: Vec<Column>,
+}
+
+impl Results {
+    fn push(&mut self, label: &str, kcm: KcmClientLimits, n: usize, outcome: RunOutcome) {
+        match self.columns.iter_mut().find(|c| c.label == label) {
+            Some(column) => column.runs.push(outcome),
+            None => self.columns.push(Column {
+                label: label.to_owned(),
+                kcm,
+                n,
+                runs: vec![outcome],
+            }),
+        }
+    }
+
+    fn markdown(&self, runs: usize) -> String {
+        let mut out = self.table(runs) + &self.per_run_table();
+        let violations: Vec<String> = self
+            .columns
+            .iter()
+            .flat_map(|c| {
+                c.runs.iter().enumerate().flat_map(move |(i, r)| {
+                    r.violations
+                        .iter()
+                        .map(move |v| format!("- {}, run {}: {v}", c.label, i + 1))
+                })
+            })
+            .collect();
+        if violations.is_empty() {
+            out.push_str("\nNo violations: no starting or idle leader wrote anything but its Lease.\n");
+        } else {
+            out.push_str("\n**VIOLATIONS**\n\n");
+            out.push_str(&violations.join("\n"));
+            out.push('\n');
+        }
+        out
+    }
+
+    fn table(&self, runs: usize) -> String {
+        let mut names: Vec<(String, Unit)> = Vec::new();
+        for m in self.columns.iter().flat_map(|c| &c.runs).flat_map(|r| &r.metrics) {
             if !names.iter().any(|(n, _)| *n == m.name) {
                 names.push((m.name.clone(), m.unit));
             }
         }
-    }
-    let mut out = format!("\nMedian of {runs} run(s), min–max in parentheses.\n\n| metric |");
-    for n in results.keys() {
-        out.push_str(&format!(" N = {n} |"));
-    }
-    out.push_str("\n|---|");
-    out.push_str(&"---|".repeat(results.len()));
-    out.push('\n');
-    for (name, unit) in names {
-        let label = match unit {
-            Unit::Seconds => format!("{name} (s)"),
-            Unit::Millis => format!("{name} (ms)"),
-            Unit::MiB => format!("{name} (MiB)"),
-            Unit::PerSecond => format!("{name} (/s)"),
-            Unit::Count => name.clone(),
-        };
-        out.push_str(&format!("| {label} |"));
-        for runs in results.values() {
-            let values: Vec<f64> = runs
-                .iter()
-                .flat_map(|metrics| metrics.iter().filter(|m| m.name == name).map(|m| m.value))
-                .collect();
-            if values.is_empty() {
-                out.push_str(" – |");
-                continue;
-            }
-            let (med, min, max) = median_range(&values);
-            if values.len() == 1 {
-                out.push_str(&format!(" {} |", unit.bare(med)));
-            } else {
-                out.push_str(&format!(
-                    " {} ({}–{}) |",
-                    unit.bare(med),
-                    unit.bare(min),
-                    unit.bare(max)
-                ));
-            }
+        let mut out = format!("\nMedian of {runs} run(s), min–max in parentheses.\n\n| metric |");
+        for column in &self.columns {
+            out.push_str(&format!(" {} |", column.label));
         }
+        out.push_str("\n|---|");
+        out.push_str(&"---|".repeat(self.columns.len()));
         out.push('\n');
-    }
-    out
-}
-
-/// The main figures of every run, one row per run: the spread behind the medians.
-fn per_run_table(results: &BTreeMap<usize, Vec<Vec<Metric>>>) -> String {
-    const COLUMNS: [(&str, &str); 10] = [
-        ("provision: all PVs", "all PVs (s)"),
-        ("provision: all claims Bound", "all Bound (s)"),
-        ("provision: claim → PV latency p50", "claim → PV p50 (ms)"),
-        ("provision: claim → PV latency p99", "claim → PV p99 (ms)"),
-        ("release, onDelete: delete: all PVs gone", "release, delete (s)"),
-        ("release, archive: all PVs gone", "release, archive (s)"),
-        ("provision: CPU provisioner", "CPU provisioning (s)"),
-        (
-            "release, onDelete: delete: CPU provisioner",
-            "CPU release, delete (s)",
-        ),
-        ("release, archive: CPU provisioner", "CPU release, archive (s)"),
-        ("peak RSS (VmHWM) of the provisioning process", "peak RSS (MiB)"),
-    ];
-    let mut out = String::from("\nEvery run:\n\n| N | run |");
-    for (_, label) in COLUMNS {
-        out.push_str(&format!(" {label} |"));
-    }
-    out.push_str("\n|---|---|");
-    out.push_str(&"---|".repeat(COLUMNS.len()));
-    out.push('\n');
-    for (n, runs) in results {
-        for (i, metrics) in runs.iter().enumerate() {
-            out.push_str(&format!("| {n} | {} |", i + 1));
-            for (name, _) in COLUMNS {
-                let text = metrics
+        for (name, unit) in names {
+            let label = match unit {
+                Unit::Seconds => format!("{name} (s)"),
+                Unit::Millis | Unit::FineMillis => format!("{name} (ms)"),
+                Unit::MiB => format!("{name} (MiB)"),
+                Unit::PerSecond => format!("{name} (/s)"),
+                Unit::Count | Unit::Ratio => name.clone(),
+            };
+            out.push_str(&format!("| {label} |"));
+            for column in &self.columns {
+                let values: Vec<f64> = column
+                    .runs
                     .iter()
-                    .find(|m| m.name == name)
-                    .map_or_else(|| "–".into(), |m| m.unit.bare(m.value));
-                out.push_str(&format!(" {text} |"));
+                    .flat_map(|r| r.metrics.iter().filter(|m| m.name == name).map(|m| m.value))
+                    .collect();
+                if values.is_empty() {
+                    out.push_str(" – |");
+                    continue;
+                }
+                let (med, min, max) = median_range(&values);
+                if values.len() == 1 {
+                    out.push_str(&format!(" {} |", unit.bare(med)));
+                } else {
+                    out.push_str(&format!(
+                        " {} ({}–{}) |",
+                        unit.bare(med),
+                        unit.bare(min),
+                        unit.bare(max)
+                    ));
+                }
             }
             out.push('\n');
         }
+        out
     }
-    out
+
+    /// The main figures of every run, one row per run: the spread behind the medians, and the
+    /// load the run started under.
+    fn per_run_table(&self) -> String {
+        const COLUMNS: [(&str, &str); 18] = [
+            (LOAD, "load (1 min)"),
+            ("provision: all claims handed over by kcm", "last hand-over (s)"),
+            ("provision: all PVs", "our last PV (s)"),
+            (
+                "provision: overhead, our last PV after the last hand-over",
+                "overhead (s)",
+            ),
+            ("provision: ratio, our last PV / the last hand-over", "ratio"),
+            ("provision: all claims Bound", "all Bound (s)"),
+            (
+                "release, onDelete: delete: all PVs Released (kcm)",
+                "last Released (s)",
+            ),
+            (
+                "release, onDelete: delete: all PVs gone",
+                "our last PV and dir gone (s)",
+            ),
+            (
+                "release, onDelete: delete: overhead, our last PV and directory gone after the last Released",
+                "release overhead (s)",
+            ),
+            (
+                "release, onDelete: delete: ratio, our last PV and directory gone / the last Released",
+                "release ratio",
+            ),
+            ("release, archive: all PVs gone", "release, archive (s)"),
+            (
+                "provision: CPU provisioner per claim",
+                "CPU/claim provisioning (ms)",
+            ),
+            (
+                "release, onDelete: delete: CPU provisioner per claim",
+                "CPU/claim release (ms)",
+            ),
+            ("peak RSS (VmHWM) of the provisioning process", "peak RSS (MiB)"),
+            ("peak RSS (VmHWM), any process of the run", "peak RSS, any (MiB)"),
+            ("start-up: process start → /readyz 200", "start-up (s)"),
+            (
+                "start-up and idle: writes other than the Lease (must be 0)",
+                "start-up writes",
+            ),
+            ("idle: requests other than Lease renewals", "idle, not Lease"),
+        ];
+        let mut out = String::from("\nEvery run:\n\n| kcm | N | run |");
+        for (_, label) in COLUMNS {
+            out.push_str(&format!(" {label} |"));
+        }
+        out.push_str("\n|---|---|---|");
+        out.push_str(&"---|".repeat(COLUMNS.len()));
+        out.push('\n');
+        for column in &self.columns {
+            for (i, run) in column.runs.iter().enumerate() {
+                out.push_str(&format!("| {} | {} | {} |", column.kcm, column.n, i + 1));
+                for (name, _) in COLUMNS {
+                    let text = run
+                        .metrics
+                        .iter()
+                        .find(|m| m.name == name)
+                        .map_or_else(|| "–".into(), |m| m.unit.bare(m.value));
+                    out.push_str(&format!(" {text} |"));
+                }
+                out.push('\n');
+            }
+        }
+        out
+    }
 }
+
+/// The metric of the load a run started under.
+const LOAD: &str = "load average (1 min) at the start of the run";
 
 // ---------------------------------------------------------------------------------------------
 // /proc
@@ -629,10 +797,42 @@ struct Run {
     started: usize,
     ticks: f64,
     deadline: Duration,
+    /// [`startup_deadline`]
+    startup: Duration,
+    /// What this run found wrong (see [`RunOutcome::violations`]).
+    violations: Mutex<Vec<String>>,
+}
+
+/// How long a provisioning or release phase of N claims may take before the bench calls it hung.
+/// kube-controller-manager 1.20's PV binder sends about 6 requests per claim through its own
+/// client (the hand-over annotation, an Event, the PV's claimRef and status, the claim's volumeName
+/// and status), so at `qps` it cannot bind more than qps/6 claims a second; with a budget it never
+/// waits for, the control plane's CPU paced it at ~30 ms per claim on this machine (1000 claims
+/// Bound in 30 s). Three times that, and never less than 0.6 s per claim (what the Go provisioner
+/// needs, should `BENCH_PROVISIONER_BIN` name one).
+fn phase_deadline(n: usize, kcm: KcmClientLimits) -> Duration {
+    let per_claim = (3.0 * (6.0 / f64::from(kcm.qps) + 0.03)).max(0.6);
+    Duration::from_secs(120) + Duration::from_secs_f64(per_claim * n as f64)
+}
+
+/// How long a provisioner may take to start with N claims and PVs present, and then to settle:
+/// [`STARTUP`], and 5 ms per claim for listing 2N objects and for a build that still reconciles
+/// every claim in O(N) at start (before/after comparisons measure such builds too).
+fn startup_deadline(n: usize) -> Duration {
+    STARTUP + Duration::from_millis(5) * u32::try_from(n).unwrap_or(u32::MAX)
 }
 
 struct Provisioner {
     child: ManagedChild,
+    /// Just before the process was spawned.
+    spawned: Instant,
+    /// When the bench first saw `caches synced` in its log, and /readyz answer 200.
+    synced: Instant,
+    ready: Instant,
+    /// Its CPU time (clock ticks) when /readyz was first seen 200: all of its start-up.
+    ready_cpu_ticks: u64,
+    /// Its log's length then: what it logged up to being ready.
+    ready_log_len: u64,
 }
 
 impl Provisioner {
@@ -665,23 +865,22 @@ impl Provisioner {
     }
 }
 
-/// Lines of a provisioner log that announce an HTTP request: (all, not about the Lease).
-fn count_requests(log: &Path, from: u64) -> Result<(usize, usize)> {
-    let bytes = std::fs::read(log).with_context(|| format!("reading {}", log.display()))?;
-    let start = usize::try_from(from)?.min(bytes.len());
-    let text = String::from_utf8_lossy(&bytes[start..]);
-    let requests: Vec<&str> = text.lines().filter(|l| l.contains("requesting")).collect();
-    let other = requests.iter().filter(|l| !l.contains("/leases/")).count();
-    Ok((requests.len(), other))
+/// An API request as the provisioner's log announces it (`requesting`, with
+/// `kube_client::client::builder=debug`): the Kubernetes verb and the resource.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
+struct Request {
+    /// get, list, watch, create, update, patch, delete (or the HTTP method if none fits)
+    verb: String,
+    /// e.g. `leases`, `persistentvolumes`, `persistentvolumeclaims/status`
+    resource: String,
 }
 
-/// The request lines of a provisioner log after byte `from`, without timestamps, for the report.
-fn request_kinds(log: &Path, from: u64) -> Result<BTreeMap<String, usize>> {
-    let bytes = std::fs::read(log)?;
-    let start = usize::try_from(from)?.min(bytes.len());
-    let text = String::from_utf8_lossy(&bytes[start..]);
-    let mut kinds = BTreeMap::new();
-    for line in text.lines().filter(|l| l.contains("requesting")) {
+impl Request {
+    /// From one log line; `None` for lines that announce no request.
+    fn parse(line: &str) -> Option<Request> {
+        if !line.contains("requesting") {
+            return None;
+        }
         let line = strip_ansi(line);
         let method = ["GET", "PUT", "POST", "PATCH", "DELETE"]
             .into_iter()
@@ -690,16 +889,71 @@ fn request_kinds(log: &Path, from: u64) -> Result<BTreeMap<String, usize>> {
         let url = line
             .split_whitespace()
             .find_map(|w| w.strip_prefix("http.url="))
-            .map(|u| u.split('?').next().unwrap_or(u).trim_end_matches([',', '}', ':']))
+            .map(|u| u.trim_end_matches([',', '}', ':']))
             .unwrap_or("?");
-        // Drop the scheme and host.
-        let path = url
-            .splitn(4, '/')
-            .nth(3)
-            .map_or(url.to_owned(), |p| format!("/{p}"));
-        *kinds.entry(format!("{method} {path}")).or_insert(0) += 1;
+        let (url, query) = url.split_once('?').unwrap_or((url, ""));
+        // Drop the scheme and host, then the API prefix: /api/v1 or /apis/<group>/<version>.
+        let segments: Vec<&str> = url.splitn(4, '/').nth(3).unwrap_or("").split('/').collect();
+        let rest = match segments.first() {
+            Some(&"api") => segments.get(2..),
+            Some(&"apis") => segments.get(3..),
+            _ => None,
+        }
+        .unwrap_or(&[]);
+        let rest = match rest {
+            ["namespaces", _, resource, more @ ..] => std::iter::once(*resource)
+                .chain(more.iter().copied())
+                .collect::<Vec<_>>(),
+            other => other.to_vec(),
+        };
+        let (resource, named) = match rest.as_slice() {
+            [] => ("?".to_owned(), false),
+            [resource] => ((*resource).to_owned(), false),
+            [resource, _name] => ((*resource).to_owned(), true),
+            [resource, _name, sub, ..] => (format!("{resource}/{sub}"), true),
+        };
+        let watch = query.split('&').any(|kv| kv == "watch=true" || kv == "watch=1");
+        let verb = match (method, named, watch) {
+            ("GET", true, _) => "get",
+            ("GET", false, true) => "watch",
+            ("GET", false, false) => "list",
+            ("POST", ..) => "create",
+            ("PUT", ..) => "update",
+            ("PATCH", ..) => "patch",
+            ("DELETE", ..) => "delete",
+            (other, ..) => other,
+        };
+        Some(Request {
+            verb: verb.to_owned(),
+            resource,
+        })
     }
-    Ok(kinds)
+
+    fn is_lease(&self) -> bool {
+        self.resource == "leases"
+    }
+
+    fn is_write(&self) -> bool {
+        !matches!(self.verb.as_str(), "get" | "list" | "watch")
+    }
+}
+
+/// The requests a provisioner log announces between bytes `from` and `to` (`None`: the end).
+fn requests(log: &Path, from: u64, to: Option<u64>) -> Result<Vec<Request>> {
+    let bytes = std::fs::read(log).with_context(|| format!("reading {}", log.display()))?;
+    let end = to.map_or(Ok(bytes.len()), usize::try_from)?.min(bytes.len());
+    let start = usize::try_from(from)?.min(end);
+    let text = String::from_utf8_lossy(&bytes[start..end]);
+    Ok(text.lines().filter_map(Request::parse).collect())
+}
+
+/// Requests counted by verb and resource, for the report.
+fn by_kind(requests: &[Request]) -> BTreeMap<String, usize> {
+    let mut kinds = BTreeMap::new();
+    for r in requests {
+        *kinds.entry(format!("{} {}", r.verb, r.resource)).or_insert(0) += 1;
+    }
+    kinds
 }
 
 /// `LOG_FORMAT=text` colours its output; the escapes split `key=value` pairs.
@@ -726,7 +980,7 @@ fn file_len(path: &Path) -> u64 {
 }
 
 impl Run {
-    async fn new(suite: &Arc<Suite>, n: usize, run: usize, ticks: f64) -> Result<Run> {
+    async fn new(suite: &Arc<Suite>, kcm: KcmClientLimits, n: usize, run: usize, ticks: f64) -> Result<Run> {
         let name = format!("n{n}-run{run}");
         let dir = suite.workdir.join("runs").join(&name);
         std::fs::create_dir_all(&dir)?;
@@ -749,10 +1003,20 @@ impl Run {
             seen: SharedSeen::default(),
             started: 0,
             ticks,
-            // Generous: the Go provisioner needs ~0.55 s per claim.
-            deadline: Duration::from_secs(120) + Duration::from_millis(600) * u32::try_from(n)?,
+            deadline: phase_deadline(n, kcm),
+            startup: startup_deadline(n),
+            violations: Mutex::default(),
             t,
         })
+    }
+
+    /// Records something the provisioner must not do, and says so at once.
+    fn violation(&self, what: String) {
+        eprintln!("bench: VIOLATION: {what}");
+        self.violations
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .push(what);
     }
 
     fn nfs_path(&self) -> String {
@@ -774,11 +1038,16 @@ impl Run {
         Ok(name)
     }
 
-    /// Starts a provisioner as a Deployment would and waits until it leads with synced caches.
+    /// Starts a provisioner as a Deployment would and waits until it leads with synced caches and
+    /// answers /readyz with 200.
     async fn start(&mut self, logging: Logging) -> Result<Provisioner> {
         self.started += 1;
         let name = format!("provisioner-{}", self.started);
+        // Its own port on loopback: the default 0.0.0.0:8080 may be taken by anything else.
+        let [port] = support::free_ports::<1>()?;
+        let http = SocketAddr::from(([127, 0, 0, 1], port));
         let env: Vec<(&str, String)> = vec![
+            ("HTTP_ADDR", http.to_string()),
             ("PROVISIONER_NAME", self.provisioner_name.clone()),
             ("NFS_SERVER", SERVER.into()),
             ("NFS_PATH", self.nfs_path()),
@@ -797,6 +1066,7 @@ impl Run {
             .filter(|_| self.started == 1)
             .map(|w| w.split_whitespace().map(str::to_owned).collect())
             .unwrap_or_default();
+        let spawned = Instant::now();
         let child = match wrapper.split_first() {
             Some((program, args)) => self.t.spawn(
                 &name,
@@ -808,16 +1078,51 @@ impl Run {
                 .t
                 .spawn(&name, Path::new(binary()), std::iter::empty::<&str>(), env)?,
         };
-        let provisioner = Provisioner { child };
-        let log = provisioner.child.log_path().to_owned();
-        poll_until("the provisioner to lead with synced caches", STARTUP, || async {
-            provisioner.check_running()?;
-            let text = std::fs::read_to_string(&log).unwrap_or_default();
-            Ok(text.contains("caches synced").then_some(()))
-        })
+        let log = child.log_path().to_owned();
+        let pid = child.pid();
+        let check_running = || -> Result<()> {
+            if let Some(status) = child.try_exit_status() {
+                bail!("the provisioner exited ({status})");
+            }
+            Ok(())
+        };
+        // Both conditions are watched in one loop, each timestamped when first seen (to the poll
+        // interval), whichever comes first.
+        let synced = std::cell::Cell::new(None::<Instant>);
+        let ready = std::cell::Cell::new(None::<(Instant, u64, u64)>);
+        poll_until(
+            "the provisioner to lead with synced caches and answer /readyz",
+            self.startup,
+            || async {
+                check_running()?;
+                if synced.get().is_none() {
+                    let text = std::fs::read_to_string(&log).unwrap_or_default();
+                    if text.contains("caches synced") {
+                        synced.set(Some(Instant::now()));
+                    }
+                }
+                if ready.get().is_none()
+                    && support::http::get(http, "/readyz")
+                        .await
+                        .is_ok_and(|(code, _)| code == 200)
+                {
+                    let now = Instant::now();
+                    let cpu = proc_stat(pid).map_or(0, |s| s.cpu_ticks);
+                    ready.set(Some((now, cpu, file_len(&log))));
+                }
+                Ok(synced.get().zip(ready.get()))
+            },
+        )
         .await
-        .with_context(|| format!("starting {name}; its log:\n{}", provisioner.child.log_tail(30)))?;
-        Ok(provisioner)
+        .with_context(|| format!("starting {name}; its log:\n{}", child.log_tail(30)))
+        .map(|(synced, (ready, ready_cpu_ticks, ready_log_len))| Provisioner {
+            child,
+            spawned,
+            synced,
+            ready,
+            ready_cpu_ticks,
+            ready_log_len,
+        })
     }
 
     fn claims(&self) -> Api<PersistentVolumeClaim> {
@@ -967,6 +1272,19 @@ impl Run {
                     .as_secs_f64(),
             ),
             metric(
+                format!("{phase}: overhead, our last PV after the last hand-over"),
+                Unit::Seconds,
+                signed_secs(*all_pvs, *all_annotated),
+            ),
+            metric(
+                format!("{phase}: ratio, our last PV / the last hand-over"),
+                Unit::Ratio,
+                all_pvs.saturating_duration_since(first_created).as_secs_f64()
+                    / all_annotated
+                        .saturating_duration_since(first_created)
+                        .as_secs_f64(),
+            ),
+            metric(
                 format!("{phase}: handed over → PV latency p50"),
                 Unit::Millis,
                 percentile(&own, 0.50) * 1000.0,
@@ -978,6 +1296,7 @@ impl Run {
             ),
         ];
         metrics.extend(watched.cpu_metrics(phase, &cpu_before, &cpu_after, self.ticks));
+        metrics.push(cpu_per_claim(phase, &metrics, n));
         Ok((metrics, volumes))
     }
 
@@ -1076,6 +1395,7 @@ impl Run {
             (claims_gone, released, deleting, own)
         };
         own.sort_by(f64::total_cmp);
+        let last_released = *released.iter().max().context("no PVs")?;
         let last = |times: &[Instant]| {
             times
                 .iter()
@@ -1109,6 +1429,17 @@ impl Run {
                 last(&deleting),
             ),
             metric(
+                format!("{phase}: overhead, our last PV and directory gone after the last Released"),
+                Unit::Seconds,
+                signed_secs(end, last_released),
+            ),
+            metric(
+                format!("{phase}: ratio, our last PV and directory gone / the last Released"),
+                Unit::Ratio,
+                end.saturating_duration_since(sent).as_secs_f64()
+                    / last_released.saturating_duration_since(sent).as_secs_f64(),
+            ),
+            metric(
                 format!("{phase}: Released → PV deleted latency p50"),
                 Unit::Millis,
                 percentile(&own, 0.50) * 1000.0,
@@ -1120,19 +1451,89 @@ impl Run {
             ),
         ];
         metrics.extend(watched.cpu_metrics(phase, &cpu_before, &cpu_after, self.ticks));
+        metrics.push(cpu_per_claim(phase, &metrics, volumes.len()));
         Ok(metrics)
     }
 
-    /// Requests per second of an undisturbed provisioner with the current claims and PVs.
-    async fn idle(&self, p: &Provisioner, window: Duration) -> Result<Vec<Metric>> {
+    /// What is there before a leader starts with the run's claims and PVs: what it must leave as is.
+    fn snapshot(&self) -> Result<Snapshot> {
+        let seen = lock(&self.seen);
+        Ok(Snapshot {
+            entries: export_entries(&self.export)?,
+            pvs_added: seen.pv_added.len(),
+            pvs_gone: seen.pv_gone.len(),
+        })
+    }
+
+    /// The start-up of `p`, a leader started with the run's claims and PVs present and every
+    /// request logged: how long until its caches were synced and /readyz answered 200, and what it
+    /// sent meanwhile.
+    fn start_up(&self, p: &Provisioner) -> Result<Vec<Metric>> {
+        let sent = requests(p.child.log_path(), 0, Some(p.ready_log_len))?;
+        eprintln!("bench:   start-up requests until ready: {:?}", by_kind(&sent));
+        let count = |f: fn(&Request) -> bool| sent.iter().filter(|r| f(r)).count() as f64;
+        Ok(vec![
+            metric(
+                "start-up: process start → caches synced logged",
+                Unit::Seconds,
+                (p.synced - p.spawned).as_secs_f64(),
+            ),
+            metric(
+                "start-up: process start → /readyz 200",
+                Unit::Seconds,
+                (p.ready - p.spawned).as_secs_f64(),
+            ),
+            metric(
+                "start-up: CPU provisioner until ready",
+                Unit::Seconds,
+                p.ready_cpu_ticks as f64 / self.ticks,
+            ),
+            metric(
+                "start-up: API requests until ready",
+                Unit::Count,
+                sent.len() as f64,
+            ),
+            metric(
+                "start-up: list requests until ready",
+                Unit::Count,
+                count(|r| r.verb == "list"),
+            ),
+            metric(
+                "start-up: watch requests until ready",
+                Unit::Count,
+                count(|r| r.verb == "watch"),
+            ),
+            metric(
+                "start-up: get requests until ready",
+                Unit::Count,
+                count(|r| r.verb == "get"),
+            ),
+            metric(
+                "start-up: Lease writes until ready",
+                Unit::Count,
+                count(|r| r.is_lease() && r.is_write()),
+            ),
+        ])
+    }
+
+    /// Requests per second of an undisturbed provisioner with the current claims and PVs; then
+    /// whether it changed anything since it started (`before`): a write other than the Lease's, a
+    /// PV or a directory made or removed is a violation.
+    async fn idle(&self, p: &Provisioner, window: Duration, before: &Snapshot) -> Result<Vec<Metric>> {
         let log = p.child.log_path().to_owned();
+        let not_lease = |from: u64| -> Result<usize> {
+            Ok(requests(&log, from, None)?
+                .iter()
+                .filter(|r| !r.is_lease())
+                .count())
+        };
         // Wait for the start-up requests (lists, watches, the first Lease writes) to be over.
-        let quiet_deadline = Instant::now() + STARTUP;
-        let mut last = (count_requests(&log, 0)?.1, Instant::now());
+        let quiet_deadline = Instant::now() + self.startup;
+        let mut last = (not_lease(0)?, Instant::now());
         loop {
             p.check_running()?;
             let now = Instant::now();
-            let other = count_requests(&log, 0)?.1;
+            let other = not_lease(0)?;
             if other != last.0 {
                 last = (other, now);
             } else if now - last.1 >= QUIET {
@@ -1140,7 +1541,8 @@ impl Run {
             }
             ensure!(
                 now < quiet_deadline,
-                "the provisioner kept sending requests other than Lease renewals for {STARTUP:?}"
+                "the provisioner kept sending requests other than Lease renewals for {:?}",
+                self.startup
             );
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
@@ -1153,15 +1555,21 @@ impl Run {
         let cpu_after = watched.sample();
         let elapsed = started.elapsed().as_secs_f64();
         p.check_running()?;
-        let (all, other) = count_requests(&log, from)?;
-        let kinds = request_kinds(&log, from)?;
-        eprintln!("bench:   idle requests in {elapsed:.1} s: {kinds:?}");
+        let idle = requests(&log, from, None)?;
+        eprintln!("bench:   idle requests in {elapsed:.1} s: {:?}", by_kind(&idle));
+        let count = |f: fn(&Request) -> bool| idle.iter().filter(|r| f(r)).count() as f64;
         let mut metrics = vec![
-            metric("idle: API requests", Unit::PerSecond, all as f64 / elapsed),
+            metric("idle: API requests", Unit::PerSecond, idle.len() as f64 / elapsed),
+            metric("idle: Lease requests", Unit::Count, count(Request::is_lease)),
             metric(
                 "idle: requests other than Lease renewals",
                 Unit::Count,
-                other as f64,
+                count(|r| !r.is_lease()),
+            ),
+            metric(
+                "idle: of which watches (re-opened)",
+                Unit::Count,
+                count(|r| !r.is_lease() && r.verb == "watch"),
             ),
         ];
         metrics.extend(
@@ -1170,6 +1578,41 @@ impl Run {
                 .into_iter()
                 .take(1),
         );
+
+        // Since it started: nothing re-provisioned, archived or deleted, no status rewritten.
+        let writes: Vec<Request> = requests(&log, 0, None)?
+            .into_iter()
+            .filter(|r| r.is_write() && !r.is_lease())
+            .collect();
+        if !writes.is_empty() {
+            self.violation(format!(
+                "a leader started with the claims and PVs present wrote other than its Lease \
+                 (start-up and idle): {:?}",
+                by_kind(&writes)
+            ));
+        }
+        let now = self.snapshot()?;
+        let made = now.entries.difference(&before.entries).count();
+        let removed = before.entries.difference(&now.entries).count();
+        let pvs_made = now.pvs_added - before.pvs_added;
+        let pvs_removed = now.pvs_gone - before.pvs_gone;
+        let changes = made + removed + pvs_made + pvs_removed;
+        if changes > 0 {
+            self.violation(format!(
+                "a leader started with the claims and PVs present changed them (start-up and idle): \
+                 {made} directories made, {removed} removed, {pvs_made} PVs made, {pvs_removed} deleted"
+            ));
+        }
+        metrics.push(metric(
+            "start-up and idle: writes other than the Lease (must be 0)",
+            Unit::Count,
+            writes.len() as f64,
+        ));
+        metrics.push(metric(
+            "start-up and idle: directories and PVs made or removed (must be 0)",
+            Unit::Count,
+            changes as f64,
+        ));
         Ok(metrics)
     }
 
@@ -1182,6 +1625,35 @@ impl Run {
             .delete(&self.ns, &DeleteParams::default())
             .await;
     }
+}
+
+/// The export's entries and the PVs seen so far, before a leader starts.
+struct Snapshot {
+    entries: HashSet<String>,
+    pvs_added: usize,
+    pvs_gone: usize,
+}
+
+/// `a - b` in seconds, negative if `a` came first (two watches' events may arrive out of order).
+fn signed_secs(a: Instant, b: Instant) -> f64 {
+    if a >= b {
+        (a - b).as_secs_f64()
+    } else {
+        -(b - a).as_secs_f64()
+    }
+}
+
+/// The provisioner's CPU time of a phase (already in `metrics`) per claim, in milliseconds.
+fn cpu_per_claim(phase: &str, metrics: &[Metric], n: usize) -> Metric {
+    let total = metrics
+        .iter()
+        .find(|m| m.name == format!("{phase}: CPU provisioner"))
+        .map_or(f64::NAN, |m| m.value);
+    metric(
+        format!("{phase}: CPU provisioner per claim"),
+        Unit::FineMillis,
+        total * 1000.0 / n as f64,
+    )
 }
 
 /// Top-level entries of the export, without the staging area.
@@ -1198,12 +1670,18 @@ fn export_entries(export: &Path) -> Result<HashSet<String>> {
 
 async fn one_run(
     suite: &Arc<Suite>,
+    kcm: KcmClientLimits,
     n: usize,
     run: usize,
     opts: &Options,
     ticks: f64,
-) -> Result<Vec<Metric>> {
-    let mut r = Run::new(suite, n, run, ticks).await?;
+) -> Result<RunOutcome> {
+    let load: f64 = loadavg()
+        .split_whitespace()
+        .next()
+        .and_then(|l| l.parse().ok())
+        .unwrap_or(f64::NAN);
+    let mut r = Run::new(suite, kcm, n, run, ticks).await?;
     let delete_class = r.class("delete", json!({ "onDelete": "delete" })).await?;
     let archive_class = r.class("archive", json!({})).await?;
     let watches = [
@@ -1211,12 +1689,12 @@ async fn one_run(
         watch_claims(r.client.clone(), &r.ns, Arc::clone(&r.seen)),
     ];
     let result = async {
-        poll_until("the bench's watches to sync", STARTUP, || async {
+        poll_until("the bench's watches to sync", r.startup, || async {
             let seen = lock(&r.seen);
             Ok((seen.pv_synced && seen.claims_synced).then_some(()))
         })
         .await?;
-        let mut metrics = Vec::new();
+        let mut metrics = vec![metric(LOAD, Unit::Ratio, load)];
 
         // 1. Provisioning, by a provisioner that has done nothing else (its VmHWM is this phase's).
         let p = r.start(LOG_PRODUCTION).await?;
@@ -1227,27 +1705,38 @@ async fn one_run(
         let memory = sampler.stop(p.pid());
         p.stop().await?;
 
-        // 4. Idle, with N claims and N PVs, every request logged.
+        // 2. and 3. A new leader's start-up with N claims and N PVs present, then idle; every
+        // request logged.
+        let before = r.snapshot()?;
         let p = r.start(LOG_REQUESTS).await?;
-        metrics.extend(r.idle(&p, opts.idle).await?);
+        metrics.extend(r.start_up(&p)?);
+        metrics.extend(r.idle(&p, opts.idle, &before).await?);
         let rss_idle = p.peak_rss_mib();
         p.stop().await?;
 
-        // 2. Release (delete), then a second batch provisioned and released (archive).
+        // 4. Release (delete), then a second batch provisioned and released (archive).
         let p = r.start(LOG_PRODUCTION).await?;
+        metrics.push(metric(
+            "start-up, production logging (the release process): process start → /readyz 200",
+            Unit::Seconds,
+            (p.ready - p.spawned).as_secs_f64(),
+        ));
         metrics.extend(
             r.release(&p, "release, onDelete: delete", &batch_d, false)
                 .await?,
         );
-        let (m, batch_a) = r
-            .provision(&p, "provision (2nd batch)", &archive_class, "a", n)
-            .await?;
-        metrics.extend(
-            m.into_iter()
-                .filter(|m| m.name.ends_with("all PVs") || m.name.ends_with("all claims Bound")),
-        );
+        if opts.archive {
+            let (m, batch_a) = r
+                .provision(&p, "provision (2nd batch)", &archive_class, "a", n)
+                .await?;
+            metrics.extend(m.into_iter().filter(|m| {
+                ["all PVs", "all claims Bound", "handed over by kcm", "the last hand-over"]
+                    .iter()
+                    .any(|end| m.name.ends_with(end))
+            }));
+            metrics.extend(r.release(&p, "release, archive", &batch_a, true).await?);
+        }
         let rss_second = p.peak_rss_mib();
-        metrics.extend(r.release(&p, "release, archive", &batch_a, true).await?);
         p.stop().await?;
 
         metrics.push(metric(
@@ -1262,7 +1751,11 @@ async fn one_run(
             rss_idle,
         ));
         metrics.push(metric(
-            "peak RSS (VmHWM) of the release process (started with N claims and PVs; released N, provisioned N)",
+            if opts.archive {
+                "peak RSS (VmHWM) of the release process (started with N claims and PVs; released N, provisioned N, released N)"
+            } else {
+                "peak RSS (VmHWM) of the release process (started with N claims and PVs; released N)"
+            },
             Unit::MiB,
             rss_second,
         ));
@@ -1278,5 +1771,11 @@ async fn one_run(
         w.abort();
     }
     r.cleanup(&[delete_class, archive_class]).await;
-    result.with_context(|| format!("N = {n}, run {}: logs in {}", run + 1, r.t.dir.display()))
+    let metrics =
+        result.with_context(|| format!("N = {n}, run {}: logs in {}", run + 1, r.t.dir.display()))?;
+    let violations = r
+        .violations
+        .into_inner()
+        .unwrap_or_else(std::sync::PoisonError::into_inner);
+    Ok(RunOutcome { metrics, violations })
 }
