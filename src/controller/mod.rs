@@ -11,7 +11,7 @@ pub mod resizes;
 pub mod usage;
 pub mod volumes;
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -211,17 +211,6 @@ impl Ctx {
     /// out when a class changes).
     fn class_exports(&self) -> Arc<Served> {
         self.class_index.read().served()
-    }
-
-    /// Whether a claim whose volume would be `pv` (`pvc-<uid>`) is in the cache.
-    fn claim_of_volume_exists(&self, pv: &str) -> bool {
-        let Some(uid) = pv.strip_prefix("pvc-") else {
-            return true;
-        };
-        self.claims
-            .state()
-            .iter()
-            .any(|c| c.metadata.uid.as_deref() == Some(uid))
     }
 
     fn storages(&self) -> Vec<Storage> {
@@ -541,6 +530,20 @@ async fn probe_exports(ctx: Arc<Ctx>, term: CancellationToken) {
     }
 }
 
+/// The uids of the cached claims: one pass over the claims for a sweep, not one per record.
+fn cached_claim_uids(ctx: &Ctx) -> HashSet<String> {
+    ctx.claims
+        .state()
+        .iter()
+        .filter_map(|c| c.metadata.uid.clone())
+        .collect()
+}
+
+/// Whether a claim whose volume would be `pv` (`pvc-<uid>`) is among the claims of `uids`.
+fn claim_of_volume_exists(pv: &str, uids: &HashSet<String>) -> bool {
+    pv.strip_prefix("pvc-").is_none_or(|uid| uids.contains(uid))
+}
+
 /// How often the staging areas are swept after the term's first sweep.
 const SWEEP_INTERVAL: Duration = Duration::from_secs(600);
 
@@ -585,9 +588,13 @@ async fn sweep_once(ctx: &Arc<Ctx>) {
                     return;
                 }
             };
+            // Taken after the listing, so the claim of every listed record, cached before its
+            // record was written, is in it unless it is gone.
+            let mut claims: Option<HashSet<String>> = None;
             for pv in staged {
                 let pv_exists = ctx.pvs.get(&ObjectRef::new(&pv)).is_some();
-                let claim_gone = !pv_exists && !ctx.claim_of_volume_exists(&pv);
+                let claim_gone = !pv_exists
+                    && !claim_of_volume_exists(&pv, claims.get_or_insert_with(|| cached_claim_uids(&ctx)));
                 if !pv_exists && !claim_gone {
                     continue;
                 }
@@ -645,6 +652,17 @@ mod tests {
         current.store(true, Ordering::Relaxed);
         assert_eq!(due.next().await, Some(ObjectRef::new("pvc-1")));
         assert_eq!(t0.elapsed(), period * 3);
+    }
+
+    #[test]
+    fn a_staged_volume_s_claim_is_told_by_its_uid() {
+        let uids = HashSet::from(["u1".to_owned()]);
+        assert!(claim_of_volume_exists("pvc-u1", &uids));
+        assert!(!claim_of_volume_exists("pvc-u2", &uids));
+        assert!(
+            claim_of_volume_exists("admins-pv", &uids),
+            "not named for a claim: kept"
+        );
     }
 
     #[test]
