@@ -74,7 +74,7 @@ pub async fn reconcile(claim: Arc<PersistentVolumeClaim>, ctx: Arc<Ctx>) -> Resu
     clones::release_protection(&claim, &ctx).await?;
     if resize::volume_name(&claim).is_some() {
         if pv_exists && let Some(pv) = &pv_name {
-            lock(&ctx.reservations).remove(pv);
+            lock(&ctx.reservations).release(pv);
         }
         let result = resizes::reconcile(&claim, &ctx).await;
         if result.is_ok() {
@@ -95,7 +95,7 @@ pub async fn reconcile(claim: Arc<PersistentVolumeClaim>, ctx: Arc<Ctx>) -> Resu
             if skip == Skip::AlreadyProvisioned
                 && let Some(pv) = &pv_name
             {
-                lock(&ctx.reservations).remove(pv);
+                lock(&ctx.reservations).release(pv);
             }
             debug!(?skip, "nothing to do");
             ctx.succeeded(&key(&claim));
@@ -103,8 +103,8 @@ pub async fn reconcile(claim: Arc<PersistentVolumeClaim>, ctx: Arc<Ctx>) -> Resu
         }
         ClaimDecision::Refuse(refusal) => Ok(refuse(&claim, &refusal, refusal.reason(), &ctx)),
         ClaimDecision::Provision(plan) => {
-            // The grace first: the scan of every cached PV for a pre-bound one then runs once
-            // per claim, after the PV has had its time to arrive.
+            // The grace first: the look for a pre-bound PV then runs once per claim, after the PV
+            // has had its time to arrive.
             if let Some(wait) = claim::grace_left(&claim, Timestamp::now()) {
                 debug!(
                     ?wait,
@@ -112,7 +112,7 @@ pub async fn reconcile(claim: Arc<PersistentVolumeClaim>, ctx: Arc<Ctx>) -> Resu
                 );
                 return Ok(Action::requeue(wait));
             }
-            let pvs = ctx.pvs.state();
+            let pvs = ctx.pvs_naming_claim(&claim);
             if let Some(pv) = claim::pre_bound_volume(&claim, pvs.iter().map(AsRef::as_ref)) {
                 info!(
                     pv,

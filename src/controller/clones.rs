@@ -269,7 +269,7 @@ async fn start(
         .as_ref()
         .and_then(|c| c.spec.as_ref()?.volume_name.clone())
         .and_then(|pv| ctx.pvs.get(&ObjectRef::new(&pv)));
-    let served: Vec<_> = ctx.class_exports().into_iter().map(|(e, _)| e).collect();
+    let served = ctx.class_exports();
     let source = match clone::source(
         source_name,
         &plan.request,
@@ -277,7 +277,7 @@ async fn start(
         source_pv.as_deref(),
         ctx.provisioner(),
         ctx.mounted_export(),
-        &served,
+        &served.exports,
     ) {
         Ok(source) => source,
         Err(refusal) => return Ok(provision::refuse(claim, &refusal, refusal.reason(), ctx)),
@@ -363,8 +363,20 @@ pub async fn release_protection(source: &PersistentVolumeClaim, ctx: &Ctx) -> Re
 
 /// Whether a claim handed to us and not provisioned yet asks for a copy of `source`.
 fn clones_waiting(source: &PersistentVolumeClaim, ctx: &Ctx) -> bool {
-    let claims = ctx.claims.state();
-    let waiting = claims
+    let clones: Vec<Arc<PersistentVolumeClaim>> = ctx
+        .clone_index
+        .read()
+        .clones_of(source)
+        .iter()
+        .filter_map(|(namespace, name)| {
+            let claim = ObjectRef::new(name.as_deref()?);
+            ctx.claims.get(&match namespace {
+                Some(namespace) => claim.within(namespace),
+                None => claim,
+            })
+        })
+        .collect();
+    let waiting = clones
         .iter()
         .map(AsRef::as_ref)
         .filter(|c| claim_core::awaits_provisioner(c, ctx.provisioner()));

@@ -5,12 +5,13 @@
 
 pub mod claims;
 pub mod clones;
+pub mod indexed;
 pub mod provision;
 pub mod resizes;
 pub mod usage;
 pub mod volumes;
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -28,10 +29,9 @@ use tracing::{debug, info, warn};
 
 use crate::config::Config;
 use crate::core::claim::ReuseRule;
-use crate::core::export::{Access, Export};
+use crate::core::export::Export;
+use crate::core::index::{ClassExports, CloneIndex, Index, Reservations, Served, VolumeIndex};
 use crate::core::naming::VolumePath;
-use crate::core::params::served_exports;
-use crate::core::volume::directory_in_export;
 use crate::health::Health;
 use crate::k8s::Events;
 use crate::lease::Leadership;
@@ -39,6 +39,7 @@ use crate::metrics::Metrics;
 use crate::storage::error::Refusal as StorageRefusal;
 use crate::storage::{Exports, Storage, StorageFailure};
 use crate::watch;
+use indexed::{Indexed, index_events, indexed};
 
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
@@ -114,9 +115,15 @@ pub struct Ctx {
     pub classes: Store<StorageClass>,
     pub pvs: Store<PersistentVolume>,
     pub claims: Store<PersistentVolumeClaim>,
+    /// The exports the cached classes serve.
+    class_index: Indexed<ClassExports>,
+    /// The cached PVs by directory and by the claim they name.
+    pv_index: Indexed<VolumeIndex>,
+    /// The cached clones by the claim they copy.
+    clone_index: Indexed<CloneIndex>,
     /// Directories being provisioned whose PV is not in the cache yet, so two claims racing for
     /// overlapping directories cannot both pass the overlap check.
-    reservations: Mutex<HashMap<String, (Export, VolumePath)>>,
+    reservations: Mutex<Reservations>,
     /// Consecutive failures per object, for capped exponential backoff. Never dropped: a failing
     /// object is retried until it succeeds or changes.
     failures: Mutex<HashMap<String, u32>>,
@@ -162,50 +169,53 @@ impl Ctx {
         self.shared.exports.mounted_export()
     }
 
-    /// Directories in `export` of every PV (whoever made it) plus in-flight reservations.
-    fn live_directories(
+    /// The directories of PVs (whoever made them) and of in-flight reservations in `export` that
+    /// equal, lie inside or around `path`, by PV name: from the indexes, not a scan.
+    fn overlapping_directories(
         &self,
         export: &Export,
-        reservations: &HashMap<String, (Export, VolumePath)>,
+        path: &VolumePath,
+        reservations: &Reservations,
     ) -> Vec<(String, VolumePath)> {
-        let mut live: Vec<(String, VolumePath)> = self
-            .pvs
-            .state()
-            .iter()
-            .filter_map(|pv| Some((pv.metadata.name.clone()?, directory_in_export(pv, export)?)))
+        let mut found: Vec<(String, VolumePath)> = self
+            .pv_index
+            .read()
+            .overlapping(export, path)
+            .into_iter()
+            .map(|(name, path)| (name.to_owned(), path))
             .collect();
-        live.extend(
+        found.extend(
             reservations
-                .iter()
-                .filter(|(_, (e, _))| e == export)
-                .map(|(k, (_, v))| (k.clone(), v.clone())),
+                .overlapping(export, path)
+                .into_iter()
+                .map(|(name, path)| (name.to_owned(), path.clone())),
         );
-        live
+        found
     }
 
-    /// Every export this provisioner serves now ([`served_exports`] of the cached classes).
-    fn class_exports(&self) -> Vec<(Export, Access)> {
-        let classes = self.classes.state();
-        served_exports(
-            classes.iter().map(AsRef::as_ref),
-            self.provisioner(),
-            self.mounted_export(),
-        )
-    }
-
-    /// Whether a claim whose volume would be `pv` (`pvc-<uid>`) is in the cache.
-    fn claim_of_volume_exists(&self, pv: &str) -> bool {
-        let Some(uid) = pv.strip_prefix("pvc-") else {
-            return true;
-        };
-        self.claims
-            .state()
+    /// The cached PVs whose claimRef names `claim`, but for those made for it: the ones that may
+    /// be pre-bound to it ([`crate::core::claim::pre_bound_volume`]).
+    fn pvs_naming_claim(&self, claim: &PersistentVolumeClaim) -> Vec<Arc<PersistentVolume>> {
+        let index = self.pv_index.read();
+        let names = index.naming_claim(
+            claim.metadata.namespace.as_deref(),
+            claim.metadata.name.as_deref(),
+        );
+        names
             .iter()
-            .any(|c| c.metadata.uid.as_deref() == Some(uid))
+            .filter_map(|name| self.pvs.get(&ObjectRef::new(name)))
+            .collect()
+    }
+
+    /// Every export this provisioner serves now (`served_exports` of the cached classes, worked
+    /// out when a class changes).
+    fn class_exports(&self) -> Arc<Served> {
+        self.class_index.read().served()
     }
 
     fn storages(&self) -> Vec<Storage> {
         self.class_exports()
+            .reached
             .iter()
             .filter_map(|(export, access)| self.shared.exports.get(export, access).ok())
             .collect()
@@ -289,13 +299,16 @@ impl Slim for PersistentVolumeClaim {
 }
 
 /// A watch of every `K` (`crate::watch`: it recovers by itself and reports its freshness),
-/// slimmed and mirrored into a new cache; yields each changed object.
-fn cached<K>(
+/// slimmed and mirrored into a new cache and into `index` (just before the cache: see
+/// [`indexed`]); yields each changed object.
+fn cached<K, I>(
     client: &Client,
     health: &Health,
     metrics: &Metrics,
+    index: I,
 ) -> (
     Store<K>,
+    Indexed<I>,
     impl futures::Stream<Item = Result<K, watcher::Error>> + Send + 'static,
 )
 where
@@ -307,13 +320,14 @@ where
         + Send
         + Sync
         + 'static,
+    I: Index<K> + Send + Sync + 'static,
 {
     let (store, writer) = reflector::store::<K>();
-    let events = watch::watch(Api::<K>::all(client.clone()), health.clone(), metrics.clone())
-        .modify(K::slim)
-        .reflect(writer);
+    let (index, index_writer) = indexed(index);
+    let events = watch::watch(Api::<K>::all(client.clone()), health.clone(), metrics.clone()).modify(K::slim);
+    let events = index_events(events, index_writer).reflect(writer);
     let changes = changes_once_cached(events, store.clone());
-    (store, changes)
+    (store, index, changes)
 }
 
 /// The changed objects of a reflected watch, each yielded once the cache holds it.
@@ -401,9 +415,12 @@ pub async fn run(shared: Shared, term: CancellationToken) {
     let client = shared.client.clone();
     let config = controller::Config::default().concurrency(RECONCILE_CONCURRENCY);
 
-    let (classes, class_changes) = cached::<StorageClass>(&client, &shared.health, &shared.metrics);
-    let (pvs, pv_changes) = cached::<PersistentVolume>(&client, &shared.health, &shared.metrics);
-    let (claims, claim_changes) = cached::<PersistentVolumeClaim>(&client, &shared.health, &shared.metrics);
+    let served = ClassExports::new(&shared.config.provisioner_name, shared.exports.mounted_export());
+    let (classes, class_index, class_changes) = cached(&client, &shared.health, &shared.metrics, served);
+    let (pvs, pv_index, pv_changes) =
+        cached(&client, &shared.health, &shared.metrics, VolumeIndex::default());
+    let (claims, clone_index, claim_changes) =
+        cached(&client, &shared.health, &shared.metrics, CloneIndex::default());
 
     // The one waiter on the stores' readiness; reconciles wait on the watch channels instead.
     let (ready_tx, ready) = channel_watch::channel(false);
@@ -437,6 +454,9 @@ pub async fn run(shared: Shared, term: CancellationToken) {
         classes,
         pvs: pvs.clone(),
         claims: claims.clone(),
+        class_index,
+        pv_index,
+        clone_index,
         shared,
         reservations: Mutex::default(),
         failures: Mutex::default(),
@@ -510,6 +530,20 @@ async fn probe_exports(ctx: Arc<Ctx>, term: CancellationToken) {
     }
 }
 
+/// The uids of the cached claims: one pass over the claims for a sweep, not one per record.
+fn cached_claim_uids(ctx: &Ctx) -> HashSet<String> {
+    ctx.claims
+        .state()
+        .iter()
+        .filter_map(|c| c.metadata.uid.clone())
+        .collect()
+}
+
+/// Whether a claim whose volume would be `pv` (`pvc-<uid>`) is among the claims of `uids`.
+fn claim_of_volume_exists(pv: &str, uids: &HashSet<String>) -> bool {
+    pv.strip_prefix("pvc-").is_none_or(|uid| uids.contains(uid))
+}
+
 /// How often the staging areas are swept after the term's first sweep.
 const SWEEP_INTERVAL: Duration = Duration::from_secs(600);
 
@@ -554,9 +588,13 @@ async fn sweep_once(ctx: &Arc<Ctx>) {
                     return;
                 }
             };
+            // Taken after the listing, so the claim of every listed record, cached before its
+            // record was written, is in it unless it is gone.
+            let mut claims: Option<HashSet<String>> = None;
             for pv in staged {
                 let pv_exists = ctx.pvs.get(&ObjectRef::new(&pv)).is_some();
-                let claim_gone = !pv_exists && !ctx.claim_of_volume_exists(&pv);
+                let claim_gone = !pv_exists
+                    && !claim_of_volume_exists(&pv, claims.get_or_insert_with(|| cached_claim_uids(&ctx)));
                 if !pv_exists && !claim_gone {
                     continue;
                 }
@@ -614,6 +652,17 @@ mod tests {
         current.store(true, Ordering::Relaxed);
         assert_eq!(due.next().await, Some(ObjectRef::new("pvc-1")));
         assert_eq!(t0.elapsed(), period * 3);
+    }
+
+    #[test]
+    fn a_staged_volume_s_claim_is_told_by_its_uid() {
+        let uids = HashSet::from(["u1".to_owned()]);
+        assert!(claim_of_volume_exists("pvc-u1", &uids));
+        assert!(!claim_of_volume_exists("pvc-u2", &uids));
+        assert!(
+            claim_of_volume_exists("admins-pv", &uids),
+            "not named for a claim: kept"
+        );
     }
 
     #[test]

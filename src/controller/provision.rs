@@ -69,16 +69,16 @@ pub fn refuse(
 /// flight, or refuses it as overlapping one of them.
 pub fn reserve(plan: &ProvisionPlan, ctx: &Ctx) -> Result<(), claim::Refusal> {
     let mut reservations = lock(&ctx.reservations);
-    let live = ctx.live_directories(&plan.export, &reservations);
+    let live = ctx.overlapping_directories(&plan.export, &plan.path, &reservations);
     if let Some(refusal) = claim::find_overlap(plan, live.iter().map(|(n, p)| (n.as_str(), p))) {
         return Err(refusal);
     }
-    reservations.insert(plan.pv_name.clone(), (plan.export.clone(), plan.path.clone()));
+    reservations.reserve(&plan.pv_name, &plan.export, &plan.path);
     Ok(())
 }
 
 pub fn unreserve(ctx: &Ctx, pv: &str) {
-    lock(&ctx.reservations).remove(pv);
+    lock(&ctx.reservations).release(pv);
 }
 
 /// Whether the claim of `plan` fits in what its export has free, where its class checks.

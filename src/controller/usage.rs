@@ -64,13 +64,13 @@ pub async fn run(ctx: Arc<Ctx>, term: CancellationToken) {
 
 /// Every volume to measure now, by the export (and the way to it) that holds it.
 fn targets(ctx: &Ctx) -> HashMap<(Export, Access), Vec<Target>> {
-    let served: Vec<Export> = ctx.class_exports().into_iter().map(|(e, _)| e).collect();
+    let served = ctx.class_exports();
     let mut by_export: HashMap<(Export, Access), Vec<Target>> = HashMap::new();
     for pv in ctx.pvs.state() {
         let Some((namespace, claim)) = usage::measured_claim(&pv, ctx.provisioner()) else {
             continue;
         };
-        let Ok(located) = volume::locate(&pv, ctx.mounted_export(), &served) else {
+        let Ok(located) = volume::locate(&pv, ctx.mounted_export(), &served.exports) else {
             continue;
         };
         let labels = VolumeLabels {

@@ -44,16 +44,12 @@ pub fn released_of_ours(ctx: &Ctx) -> Vec<ObjectRef<PersistentVolume>> {
 pub async fn reconcile(pv: Arc<PersistentVolume>, ctx: Arc<Ctx>) -> Result<Action, Error> {
     ctx.caches_ready().await;
     let class = ctx.class(Some(class_of(&pv)).filter(|c| !c.is_empty()));
-    let served: Vec<_> = ctx
-        .class_exports()
-        .into_iter()
-        .map(|(export, _)| export)
-        .collect();
+    let served = ctx.class_exports();
     match volume::decide_among(
         &pv,
         ctx.provisioner(),
         ctx.mounted_export(),
-        &served,
+        &served.exports,
         class.as_deref(),
     ) {
         VolumeDecision::Skip(skip) => {

@@ -17,6 +17,8 @@
 //!   PVs + staging records + listings ──(inventory::classify)──► volumes, archives, orphans
 //!   archive + PVs + age ──(inventory::judge)──► Remove | Keep(why)
 //!   outcome ──(events)──► Kubernetes Event (reason, note) for users
+//!   cached objects ──(index)──► the few a decision needs (overlapping directories, pre-bound PVs,
+//!                               clones of a claim, served exports), without a scan
 //! ```
 
 pub mod annotations;
@@ -24,6 +26,7 @@ pub mod claim;
 pub mod clone;
 pub mod events;
 pub mod export;
+pub mod index;
 pub mod inventory;
 pub mod lease;
 pub mod naming;

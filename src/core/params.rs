@@ -214,24 +214,40 @@ pub fn served_exports<'a>(
     provisioner: &str,
     mounted: Option<&Export>,
 ) -> Vec<(Export, Access)> {
+    gather_exports(
+        mounted,
+        classes
+            .into_iter()
+            .filter_map(|class| class_export(class, provisioner, mounted)),
+    )
+}
+
+/// The direct export `class` names for [`served_exports`], if it is a class of `provisioner`
+/// naming one other than `mounted`, with sound parameters and options.
+pub fn class_export(
+    class: &StorageClass,
+    provisioner: &str,
+    mounted: Option<&Export>,
+) -> Option<(Export, Access)> {
+    if class.provisioner != provisioner {
+        return None;
+    }
+    let params = ClassParams::parse(&class.parameters.clone().unwrap_or_default()).ok()?;
+    let export = params.export.filter(|e| Some(e) != mounted)?;
+    let options = client_options(class.mount_options.as_deref().unwrap_or_default()).ok()?;
+    Some((export, Access::Direct(options)))
+}
+
+/// `mounted` first, then each of `direct` ([`class_export`]s), once: [`served_exports`].
+pub fn gather_exports(
+    mounted: Option<&Export>,
+    direct: impl IntoIterator<Item = (Export, Access)>,
+) -> Vec<(Export, Access)> {
     let mut exports: Vec<(Export, Access)> = mounted
         .map(|m| (m.clone(), Access::Mounted))
         .into_iter()
         .collect();
-    for class in classes {
-        if class.provisioner != provisioner {
-            continue;
-        }
-        let Ok(params) = ClassParams::parse(&class.parameters.clone().unwrap_or_default()) else {
-            continue;
-        };
-        let Some(export) = params.export.filter(|e| Some(e) != mounted) else {
-            continue;
-        };
-        let Ok(options) = client_options(class.mount_options.as_deref().unwrap_or_default()) else {
-            continue;
-        };
-        let entry = (export, Access::Direct(options));
+    for entry in direct {
         if !exports.contains(&entry) {
             exports.push(entry);
         }

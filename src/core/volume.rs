@@ -167,10 +167,15 @@ pub fn awaits_release(pv: &PersistentVolume, provisioner: &str) -> bool {
 /// The directory of a PV in our export, whoever made it; `None` for PVs elsewhere.
 pub fn directory_in_export(pv: &PersistentVolume, export: &Export) -> Option<VolumePath> {
     let nfs = pv.spec.as_ref()?.nfs.as_ref()?;
-    if nfs.server != export.server {
+    directory_at(&nfs.server, &nfs.path, export)
+}
+
+/// [`directory_in_export`] of a PV whose `spec.nfs` is `server` and `path`.
+pub fn directory_at(server: &str, path: &str, export: &Export) -> Option<VolumePath> {
+    if server != export.server {
         return None;
     }
-    relative_to_export(&nfs.path, &export.path).ok()
+    relative_to_export(path, &export.path).ok()
 }
 
 /// Where a volume's directory is: the export, how it is reached, the path inside it.
