@@ -7,12 +7,13 @@ use std::sync::Arc;
 use k8s_openapi::api::core::v1::PersistentVolumeClaim;
 use k8s_openapi::api::storage::v1::StorageClass;
 use kube::runtime::controller::Action;
-use kube::runtime::reflector::{ObjectRef, Store};
+use kube::runtime::reflector::ObjectRef;
 use kube::{Resource, ResourceExt};
 use tracing::{debug, info, warn};
 
+use super::packed::Packed;
 use super::provision::{self, key, refuse, source_kind};
-use super::{Ctx, Error, clones, lock, resizes};
+use super::{Cache, Ctx, Error, clones, lock, resizes};
 use crate::core::claim::{self, ClaimDecision, Skip};
 use crate::core::events;
 use crate::core::resize;
@@ -20,19 +21,20 @@ use k8s_openapi::jiff::Timestamp;
 
 /// Claims waiting for a volume from `class`: re-evaluated when the class appears or changes.
 pub fn pending_claims_of_class(
-    claims: &Store<PersistentVolumeClaim>,
-    class: &StorageClass,
-) -> Vec<ObjectRef<PersistentVolumeClaim>> {
+    claims: &Cache<PersistentVolumeClaim>,
+    class: &Packed<StorageClass>,
+) -> Vec<ObjectRef<Packed<PersistentVolumeClaim>>> {
     let name = class.name_any();
     claims
         .state()
         .iter()
-        .filter(|c| claim::class_name(c) == Some(name.as_str()))
-        .filter(|c| {
-            c.spec
-                .as_ref()
-                .and_then(|s| s.volume_name.as_deref())
-                .is_none_or(str::is_empty)
+        .filter(|packed| {
+            let c = packed.unpack();
+            claim::class_name(&c) == Some(name.as_str())
+                && c.spec
+                    .as_ref()
+                    .and_then(|s| s.volume_name.as_deref())
+                    .is_none_or(str::is_empty)
         })
         .map(|c| ObjectRef::from_obj(c.as_ref()))
         .collect()
@@ -40,18 +42,23 @@ pub fn pending_claims_of_class(
 
 /// Claims handed to us and still unbound, bound to a volume of ours that is to grow, or holding a
 /// cloning protection nothing needs any more, without a retry already scheduled: for the resync.
-pub fn pending_for_us(ctx: &Ctx) -> Vec<ObjectRef<PersistentVolumeClaim>> {
+pub fn pending_for_us(ctx: &Ctx) -> Vec<ObjectRef<Packed<PersistentVolumeClaim>>> {
     ctx.claims
         .state()
         .iter()
-        .filter(|c| {
-            (claim::awaits_provisioner(c, ctx.provisioner())
-                || resizes::wanted(c, ctx)
-                || clones::protection_to_release(c, ctx))
-                && !ctx.backing_off(&key(c))
-        })
+        .filter(|c| waiting_for_us(ctx, c))
         .map(|c| ObjectRef::from_obj(c.as_ref()))
         .collect()
+}
+
+/// Whether `claim` is handed to us and unbound, bound to a volume of ours that is to grow, or
+/// holding a cloning protection nothing needs any more, without a retry already scheduled.
+pub fn waiting_for_us(ctx: &Ctx, claim: &Packed<PersistentVolumeClaim>) -> bool {
+    let c = claim.unpack();
+    (claim::awaits_provisioner(&c, ctx.provisioner())
+        || resizes::wanted(&c, ctx)
+        || clones::protection_to_release(&c, ctx))
+        && !ctx.backing_off(&key(&c))
 }
 
 #[tracing::instrument(skip_all, fields(namespace = %claim.namespace().unwrap_or_default(), claim = %claim.name_any(), class))]

@@ -20,6 +20,7 @@ use tokio::task::AbortHandle;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
+use super::packed::{self, Packed};
 use super::provision;
 use super::{Ctx, Error, lock};
 use crate::core::claim::{self as claim_core, ProvisionPlan};
@@ -36,7 +37,7 @@ pub struct Clones {
     jobs: Mutex<HashMap<String, Job>>,
     slots: Arc<Semaphore>,
     at_once: usize,
-    wake: mpsc::UnboundedSender<ObjectRef<PersistentVolumeClaim>>,
+    wake: mpsc::UnboundedSender<ObjectRef<Packed<PersistentVolumeClaim>>>,
     /// The term: its end stops every copy.
     term: CancellationToken,
 }
@@ -77,7 +78,7 @@ impl Clones {
     /// `term` ends.
     pub fn new(
         at_once: usize,
-        wake: mpsc::UnboundedSender<ObjectRef<PersistentVolumeClaim>>,
+        wake: mpsc::UnboundedSender<ObjectRef<Packed<PersistentVolumeClaim>>>,
         term: CancellationToken,
     ) -> Self {
         Clones {
@@ -126,7 +127,7 @@ impl Clones {
     fn start<F>(
         &self,
         pv: &str,
-        claim: ObjectRef<PersistentVolumeClaim>,
+        claim: ObjectRef<Packed<PersistentVolumeClaim>>,
         namespace: String,
         source: CloneSource,
         progress: Arc<Progress>,
@@ -264,17 +265,17 @@ async fn start(
     ctx: &Ctx,
 ) -> Result<Action, Error> {
     let namespace = claim.namespace().unwrap_or_default();
-    let source_claim = ctx.claims.get(&ObjectRef::new(source_name).within(&namespace));
+    let source_claim = ctx.claim(&namespace, source_name);
     let source_pv = source_claim
         .as_ref()
         .and_then(|c| c.spec.as_ref()?.volume_name.clone())
-        .and_then(|pv| ctx.pvs.get(&ObjectRef::new(&pv)));
+        .and_then(|pv| ctx.pv(&pv));
     let served = ctx.class_exports();
     let source = match clone::source(
         source_name,
         &plan.request,
-        source_claim.as_deref(),
-        source_pv.as_deref(),
+        source_claim.as_ref(),
+        source_pv.as_ref(),
         ctx.provisioner(),
         ctx.mounted_export(),
         &served.exports,
@@ -290,7 +291,7 @@ async fn start(
     if let Err(refusal) = provision::reserve(&plan, ctx) {
         return Ok(provision::refuse(claim, &refusal, refusal.reason(), ctx));
     }
-    if let Some(source_claim) = source_claim.as_deref()
+    if let Some(source_claim) = source_claim.as_ref()
         && !clone::is_protected(source_claim)
     {
         ctx.ensure_leader(&plan.pv_name)?;
@@ -326,7 +327,7 @@ async fn start(
     ctx.shared.events.publish(event, claim.object_ref(&()));
     ctx.clones.start(
         &plan.pv_name,
-        ObjectRef::from_obj(claim),
+        packed::cache_ref(claim),
         namespace,
         source,
         progress,
@@ -363,22 +364,23 @@ pub async fn release_protection(source: &PersistentVolumeClaim, ctx: &Ctx) -> Re
 
 /// Whether a claim handed to us and not provisioned yet asks for a copy of `source`.
 fn clones_waiting(source: &PersistentVolumeClaim, ctx: &Ctx) -> bool {
-    let clones: Vec<Arc<PersistentVolumeClaim>> = ctx
+    let clones: Vec<PersistentVolumeClaim> = ctx
         .clone_index
         .read()
         .clones_of(source)
         .iter()
         .filter_map(|(namespace, name)| {
             let claim = ObjectRef::new(name.as_deref()?);
-            ctx.claims.get(&match namespace {
-                Some(namespace) => claim.within(namespace),
-                None => claim,
-            })
+            ctx.claims
+                .get(&match namespace {
+                    Some(namespace) => claim.within(namespace),
+                    None => claim,
+                })
+                .map(|claim| claim.unpack())
         })
         .collect();
     let waiting = clones
         .iter()
-        .map(AsRef::as_ref)
         .filter(|c| claim_core::awaits_provisioner(c, ctx.provisioner()));
     clone::clones_pending(source, waiting)
 }
@@ -394,7 +396,7 @@ pub async fn source_done(claim: &PersistentVolumeClaim, ctx: &Ctx) {
         return;
     };
     let namespace = claim.namespace().unwrap_or_default();
-    let Some(source) = ctx.claims.get(&ObjectRef::new(&name).within(&namespace)) else {
+    let Some(source) = ctx.claim(&namespace, &name) else {
         return;
     };
     if let Err(error) = release_protection(&source, ctx).await {

@@ -3,7 +3,6 @@
 
 use k8s_openapi::api::core::v1::PersistentVolumeClaim;
 use kube::runtime::controller::Action;
-use kube::runtime::reflector::ObjectRef;
 use kube::{Api, Resource, ResourceExt};
 use tracing::{debug, info, warn};
 
@@ -19,15 +18,15 @@ const REFUSAL_RECHECK: std::time::Duration = std::time::Duration::from_secs(120)
 /// Whether the bound `claim` has a resize to carry out: for the resync.
 pub fn wanted(claim: &PersistentVolumeClaim, ctx: &Ctx) -> bool {
     resize::volume_name(claim).is_some_and(|pv| {
-        let pv = ctx.pvs.get(&ObjectRef::new(pv));
-        resize::wanted(claim, pv.as_deref(), ctx.provisioner())
+        let pv = ctx.pv(pv);
+        resize::wanted(claim, pv.as_ref(), ctx.provisioner())
     })
 }
 
 pub async fn reconcile(claim: &PersistentVolumeClaim, ctx: &Ctx) -> Result<Action, Error> {
-    let pv = resize::volume_name(claim).and_then(|pv| ctx.pvs.get(&ObjectRef::new(pv)));
+    let pv = resize::volume_name(claim).and_then(|pv| ctx.pv(pv));
     let class = claim::class_name(claim).unwrap_or_default();
-    let result = match resize::decide(claim, pv.as_deref(), ctx.provisioner()) {
+    let result = match resize::decide(claim, pv.as_ref(), ctx.provisioner()) {
         ResizeDecision::Skip(skip) => {
             debug!(?skip, "no resize");
             return Ok(Action::await_change());

@@ -7,7 +7,6 @@
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 
-use k8s_openapi::api::core::v1::PersistentVolume;
 use kube::runtime::reflector::ObjectRef;
 use kube::{Resource, ResourceExt};
 use tokio_util::sync::CancellationToken;
@@ -23,9 +22,10 @@ use crate::k8s;
 use crate::metrics::VolumeLabels;
 use crate::storage::Usage;
 
-/// One volume to measure.
+/// One volume to measure. Its PV is read from the cache again when its turn comes: a round over
+/// thousands of volumes takes minutes, and holding every PV for that long would hold a decoded
+/// copy of each ([`super::packed`]).
 struct Target {
-    pv: Arc<PersistentVolume>,
     labels: VolumeLabels,
     path: VolumePath,
 }
@@ -66,7 +66,7 @@ pub async fn run(ctx: Arc<Ctx>, term: CancellationToken) {
 fn targets(ctx: &Ctx) -> HashMap<(Export, Access), Vec<Target>> {
     let served = ctx.class_exports();
     let mut by_export: HashMap<(Export, Access), Vec<Target>> = HashMap::new();
-    for pv in ctx.pvs.state() {
+    for pv in ctx.pvs.state().iter().map(|pv| pv.unpack()) {
         let Some((namespace, claim)) = usage::measured_claim(&pv, ctx.provisioner()) else {
             continue;
         };
@@ -82,7 +82,6 @@ fn targets(ctx: &Ctx) -> HashMap<(Export, Access), Vec<Target>> {
             .entry((located.export, located.access))
             .or_default()
             .push(Target {
-                pv,
                 labels,
                 path: located.path,
             });
@@ -123,12 +122,16 @@ async fn measure_export(
         }
         match storage.measure_volume(&target.path).await {
             Ok(Some(usage)) => {
-                let capacity = usage::capacity(&target.pv);
+                // Released since the round began: nothing to report.
+                let Some(pv) = ctx.pv(&target.labels.persistentvolume) else {
+                    continue;
+                };
+                let capacity = usage::capacity(&pv);
                 ctx.shared
                     .metrics
                     .volume_measured(&target.labels, usage.used_bytes, usage.inodes, capacity);
                 measured.push(target.labels.clone());
-                tell_crossing(ctx, &target, &usage, capacity).await;
+                tell_crossing(ctx, &target, usage::is_marked_over(&pv), &usage, capacity).await;
             }
             // Released and removed since the round began.
             Ok(None) => {}
@@ -144,8 +147,7 @@ async fn measure_export(
 }
 
 /// An Event on the claim and a mark on the PV when the measurement crossed the claim's request.
-async fn tell_crossing(ctx: &Ctx, target: &Target, usage: &Usage, capacity: Option<u64>) {
-    let marked = usage::is_marked_over(&target.pv);
+async fn tell_crossing(ctx: &Ctx, target: &Target, marked: bool, usage: &Usage, capacity: Option<u64>) {
     let Some(crossing) = usage::crossing(marked, usage.used_bytes, capacity) else {
         return;
     };

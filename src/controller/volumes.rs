@@ -9,6 +9,7 @@ use kube::runtime::reflector::ObjectRef;
 use kube::{Resource, ResourceExt};
 use tracing::{debug, info, warn};
 
+use super::packed::Packed;
 use super::{Ctx, Error};
 use crate::core::events;
 use crate::core::params::OnDelete;
@@ -31,13 +32,19 @@ fn key(pv: &PersistentVolume) -> String {
 }
 
 /// Released PVs of ours without a retry already scheduled: for the resync.
-pub fn released_of_ours(ctx: &Ctx) -> Vec<ObjectRef<PersistentVolume>> {
+pub fn released_of_ours(ctx: &Ctx) -> Vec<ObjectRef<Packed<PersistentVolume>>> {
     ctx.pvs
         .state()
         .iter()
-        .filter(|pv| volume::awaits_release(pv, ctx.provisioner()) && !ctx.backing_off(&key(pv)))
+        .filter(|pv| waiting_for_us(ctx, pv))
         .map(|pv| ObjectRef::from_obj(pv.as_ref()))
         .collect()
+}
+
+/// Whether `pv` may have a release for us to carry out, without a retry already scheduled.
+pub fn waiting_for_us(ctx: &Ctx, pv: &Packed<PersistentVolume>) -> bool {
+    let pv = pv.unpack();
+    volume::awaits_release(&pv, ctx.provisioner()) && !ctx.backing_off(&key(&pv))
 }
 
 #[tracing::instrument(skip_all, fields(pv = %pv.name_any(), class = class_of(&pv)))]
