@@ -4,10 +4,13 @@
 //! `nfs_subdir_provisioner_*` families add what that library never had: leadership, the health
 //! of each export, the freshness of each watch, and why operations fail.
 
-use std::sync::Arc;
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
-use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::collector::Collector;
+use prometheus_client::encoding::{DescriptorEncoder, EncodeLabelSet};
+use prometheus_client::metrics::MetricType;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
@@ -65,6 +68,65 @@ fn duration_histogram() -> Histogram {
     Histogram::new(DEFAULT_BUCKETS)
 }
 
+/// The last measurement of every volume, one entry each, encoded as three gauge families on
+/// scrape. Three `Family`s would keep each volume's labels three times over, with a gauge and a
+/// map entry each: about 0.75 KiB a volume, 7 MiB at 10 000 (BENCHMARKS.md).
+#[derive(Debug, Default)]
+struct VolumeStats(Mutex<HashMap<VolumeLabels, Measured>>);
+
+#[derive(Debug, Clone, Copy)]
+struct Measured {
+    used: i64,
+    inodes: i64,
+    capacity: Option<i64>,
+}
+
+type VolumeSeries = (&'static str, &'static str, fn(&Measured) -> Option<i64>);
+
+/// Name, help (as the registry ends it, with a full stop) and value of each volume family.
+const VOLUME_SERIES: [VolumeSeries; 3] = [
+    (
+        "nfs_subdir_provisioner_volume_stats_used_bytes",
+        "Bytes a volume's directory takes on the NFS server (every inode once, as du counts), as last measured. Named after kubelet_volume_stats_used_bytes, whose NFS figure is the whole export's.",
+        |m| Some(m.used),
+    ),
+    (
+        "nfs_subdir_provisioner_volume_stats_capacity_bytes",
+        "The size a volume's claim asks for (its PV's capacity). NFS does not enforce it.",
+        |m| m.capacity,
+    ),
+    (
+        "nfs_subdir_provisioner_volume_stats_inodes_used",
+        "Inodes (files, directories, symlinks) in a volume's directory, as last measured.",
+        |m| Some(m.inodes),
+    ),
+];
+
+impl VolumeStats {
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<VolumeLabels, Measured>> {
+        self.0.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+}
+
+impl Collector for VolumeStats {
+    fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), std::fmt::Error> {
+        let stats = self.lock();
+        for (name, help, value) in VOLUME_SERIES {
+            // As for a family, a metric without series is left out.
+            if !stats.values().any(|m| value(m).is_some()) {
+                continue;
+            }
+            let mut family = encoder.encode_descriptor(name, help, None, MetricType::Gauge)?;
+            for (labels, measured) in stats.iter() {
+                if let Some(v) = value(measured) {
+                    family.encode_family(labels)?.encode_gauge(&v)?;
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
 /// The process's metrics; cheap to clone (every family is shared).
 #[derive(Clone)]
 pub struct Metrics {
@@ -81,9 +143,7 @@ pub struct Metrics {
     clones_in_progress: Gauge,
     clone_bytes: Family<ClassLabels, Counter>,
     clone_entries: Family<ClassLabels, Counter>,
-    volume_used: Family<VolumeLabels, Gauge>,
-    volume_capacity: Family<VolumeLabels, Gauge>,
-    volume_inodes: Family<VolumeLabels, Gauge>,
+    volume_stats: Arc<VolumeStats>,
     export_capacity: Family<ExportLabels, Gauge>,
     export_available: Family<ExportLabels, Gauge>,
     usage_round: Family<ExportLabels, TimestampGauge>,
@@ -119,9 +179,7 @@ impl Metrics {
         let clones_in_progress = Gauge::default();
         let clone_bytes = Family::default();
         let clone_entries = Family::default();
-        let volume_used = Family::default();
-        let volume_capacity = Family::default();
-        let volume_inodes = Family::default();
+        let volume_stats = Arc::new(VolumeStats::default());
         let export_capacity = Family::default();
         let export_available = Family::default();
         let usage_round = Family::default();
@@ -136,132 +194,118 @@ impl Metrics {
         // Counters get their `_total` suffix from the encoder.
         registry.register(
             "controller_persistentvolumeclaim_provision",
-            "Total number of persistent volumes provisioned successfully. Broken down by storage class name and source of the claim.",
+            "Total number of persistent volumes provisioned successfully. Broken down by storage class name and source of the claim",
             provisioned.clone(),
         );
         registry.register(
             "controller_persistentvolumeclaim_provision_failed",
-            "Total number of persistent volume provision failed attempts. Broken down by storage class name and source of the claim.",
+            "Total number of persistent volume provision failed attempts. Broken down by storage class name and source of the claim",
             provision_failed.clone(),
         );
         registry.register(
             "controller_persistentvolumeclaim_provision_duration_seconds",
-            "Latency in seconds to provision persistent volumes. Failed provisioning attempts are ignored. Broken down by storage class name and source of the claim.",
+            "Latency in seconds to provision persistent volumes. Failed provisioning attempts are ignored. Broken down by storage class name and source of the claim",
             provision_duration.clone(),
         );
         registry.register(
             "controller_persistentvolume_delete",
-            "Total number of persistent volumes released successfully (directory archived, deleted or retained, then the PV deleted). Broken down by storage class name.",
+            "Total number of persistent volumes released successfully (directory archived, deleted or retained, then the PV deleted). Broken down by storage class name",
             deleted.clone(),
         );
         registry.register(
             "controller_persistentvolume_delete_failed",
-            "Total number of persistent volume release failed attempts. Broken down by storage class name.",
+            "Total number of persistent volume release failed attempts. Broken down by storage class name",
             delete_failed.clone(),
         );
         registry.register(
             "controller_persistentvolume_delete_duration_seconds",
-            "Latency in seconds to release persistent volumes. Failed attempts are ignored. Broken down by storage class name.",
+            "Latency in seconds to release persistent volumes. Failed attempts are ignored. Broken down by storage class name",
             delete_duration.clone(),
         );
         registry.register(
             "nfs_subdir_provisioner_volumes_resized",
-            "Claims whose volume was grown to their new request (PV and claim both record the size). Broken down by storage class name.",
+            "Claims whose volume was grown to their new request (PV and claim both record the size). Broken down by storage class name",
             resized.clone(),
         );
         registry.register(
             "nfs_subdir_provisioner_volume_resize_failed",
-            "Failed attempts to grow a claim's volume; each is retried. Broken down by storage class name.",
+            "Failed attempts to grow a claim's volume; each is retried. Broken down by storage class name",
             resize_failed.clone(),
         );
         registry.register(
             "nfs_subdir_provisioner_operation_failures",
-            "Failed provision, release and resize attempts (each counted in its own family too), by operation and reason: a short fixed word such as NoSpace, InvalidClass, ExportTimeout or APIUnavailable. The Warning Event on the object has the details.",
+            "Failed provision, release and resize attempts (each counted in its own family too), by operation and reason: a short fixed word such as NoSpace, InvalidClass, ExportTimeout or APIUnavailable. The Warning Event on the object has the details",
             failures.clone(),
         );
         registry.register(
             "nfs_subdir_provisioner_clones_in_progress",
-            "Clones being copied or waiting for a slot (MAX_CONCURRENT_CLONES).",
+            "Clones being copied or waiting for a slot (MAX_CONCURRENT_CLONES)",
             clones_in_progress.clone(),
         );
         registry.register(
             "nfs_subdir_provisioner_clone_copied_bytes",
-            "Bytes of file content copied into clones, as they are copied. Broken down by storage class name.",
+            "Bytes of file content copied into clones, as they are copied. Broken down by storage class name",
             clone_bytes.clone(),
         );
         registry.register(
             "nfs_subdir_provisioner_clone_copied_entries",
-            "Files, directories and symlinks copied into clones, as they are copied. Broken down by storage class name.",
+            "Files, directories and symlinks copied into clones, as they are copied. Broken down by storage class name",
             clone_entries.clone(),
         );
-        registry.register(
-            "nfs_subdir_provisioner_volume_stats_used_bytes",
-            "Bytes a volume's directory takes on the NFS server (every inode once, as du counts), as last measured. Named after kubelet_volume_stats_used_bytes, whose NFS figure is the whole export's.",
-            volume_used.clone(),
-        );
-        registry.register(
-            "nfs_subdir_provisioner_volume_stats_capacity_bytes",
-            "The size a volume's claim asks for (its PV's capacity). NFS does not enforce it.",
-            volume_capacity.clone(),
-        );
-        registry.register(
-            "nfs_subdir_provisioner_volume_stats_inodes_used",
-            "Inodes (files, directories, symlinks) in a volume's directory, as last measured.",
-            volume_inodes.clone(),
-        );
+        registry.register_collector(Box::new(Arc::clone(&volume_stats)));
         registry.register(
             "nfs_subdir_provisioner_export_capacity_bytes",
-            "Size of the export's filesystem, as the server reports it (statvfs, FSSTAT).",
+            "Size of the export's filesystem, as the server reports it (statvfs, FSSTAT)",
             export_capacity.clone(),
         );
         registry.register(
             "nfs_subdir_provisioner_export_available_bytes",
-            "Bytes of the export's filesystem free for unprivileged users, as the server reports it.",
+            "Bytes of the export's filesystem free for unprivileged users, as the server reports it",
             export_available.clone(),
         );
         registry.register(
             "nfs_subdir_provisioner_usage_last_round_timestamp_seconds",
-            "When the leader last finished measuring every volume of the export, as Unix time.",
+            "When the leader last finished measuring every volume of the export, as Unix time",
             usage_round.clone(),
         );
         registry.register(
             "nfs_subdir_provisioner_usage_failures",
-            "Volumes of the export that could not be measured (each is tried again next round).",
+            "Volumes of the export that could not be measured (each is tried again next round)",
             usage_failures.clone(),
         );
         registry.register(
             "nfs_subdir_provisioner_leader",
-            "1 while this replica holds the leader Lease (or runs without leader election), else 0.",
+            "1 while this replica holds the leader Lease (or runs without leader election), else 0",
             leader.clone(),
         );
         registry.register(
             "nfs_subdir_provisioner_export_healthy",
-            "1 while the export's last operation or probe answered in time, 0 after one failed or timed out.",
+            "1 while the export's last operation or probe answered in time, 0 after one failed or timed out",
             export_healthy.clone(),
         );
         registry.register(
             "nfs_subdir_provisioner_export_timeouts",
-            "Operations on the export that did not finish within their deadline.",
+            "Operations on the export that did not finish within their deadline",
             export_timeouts.clone(),
         );
         registry.register(
             "nfs_subdir_provisioner_watch_healthy",
-            "1 while the leader's list and watch of the resource work, 0 from a failed attempt until one succeeds.",
+            "1 while the leader's list and watch of the resource work, 0 from a failed attempt until one succeeds",
             watch_healthy.clone(),
         );
         registry.register(
             "nfs_subdir_provisioner_watch_last_confirmed_timestamp_seconds",
-            "When the API server last proved the leader's watch of the resource current (list completed, watch started, event or bookmark), as Unix time. A working watch is confirmed at least once a minute.",
+            "When the API server last proved the leader's watch of the resource current (list completed, watch started, event or bookmark), as Unix time. A working watch is confirmed at least once a minute",
             watch_confirmed.clone(),
         );
         registry.register(
             "nfs_subdir_provisioner_watch_failures",
-            "Failed list or watch attempts of the resource (refused, errors, streams that stalled); each is retried within seconds.",
+            "Failed list or watch attempts of the resource (refused, errors, streams that stalled); each is retried within seconds",
             watch_failures.clone(),
         );
         registry.register(
             "nfs_subdir_provisioner_watch_relists",
-            "Full lists of the resource after the first, because the API server no longer had the watch's resourceVersion (410 Gone).",
+            "Full lists of the resource after the first, because the API server no longer had the watch's resourceVersion (410 Gone)",
             watch_relists.clone(),
         );
         Metrics {
@@ -278,9 +322,7 @@ impl Metrics {
             clones_in_progress,
             clone_bytes,
             clone_entries,
-            volume_used,
-            volume_capacity,
-            volume_inodes,
+            volume_stats,
             export_capacity,
             export_available,
             usage_round,
@@ -375,23 +417,17 @@ impl Metrics {
     /// A volume's measurement; `capacity`: what its PV records, if it can be read.
     pub fn volume_measured(&self, volume: &VolumeLabels, used: u64, inodes: u64, capacity: Option<u64>) {
         let gauge = |v: u64| i64::try_from(v).unwrap_or(i64::MAX);
-        self.volume_used.get_or_create(volume).set(gauge(used));
-        self.volume_inodes.get_or_create(volume).set(gauge(inodes));
-        match capacity {
-            Some(c) => {
-                self.volume_capacity.get_or_create(volume).set(gauge(c));
-            }
-            None => {
-                self.volume_capacity.remove(volume);
-            }
-        }
+        let measured = Measured {
+            used: gauge(used),
+            inodes: gauge(inodes),
+            capacity: capacity.map(gauge),
+        };
+        self.volume_stats.lock().insert(volume.clone(), measured);
     }
 
     /// The volume is gone (or no longer ours to measure): its series go.
     pub fn volume_forgotten(&self, volume: &VolumeLabels) {
-        self.volume_used.remove(volume);
-        self.volume_inodes.remove(volume);
-        self.volume_capacity.remove(volume);
+        self.volume_stats.lock().remove(volume);
     }
 
     pub fn export_capacity(&self, export: &str, total: u64, available: u64) {
@@ -580,8 +616,31 @@ mod tests {
             ),
             Some(1.0)
         );
+        for family in [
+            "nfs_subdir_provisioner_volume_stats_used_bytes",
+            "nfs_subdir_provisioner_volume_stats_capacity_bytes",
+            "nfs_subdir_provisioner_volume_stats_inodes_used",
+        ] {
+            assert!(text.contains(&format!("# TYPE {family} gauge\n")), "{family}");
+            assert!(text.contains(&format!("# HELP {family} ")), "{family}");
+        }
+        assert!(
+            text.lines()
+                .filter(|l| l.starts_with("# HELP"))
+                .all(|l| l.ends_with('.') && !l.ends_with("..")),
+            "every help text ends with one full stop"
+        );
+        m.volume_measured(&volume, 1, 1, None);
+        let text = m.encode();
+        assert!(
+            !text.contains("volume_stats_capacity_bytes"),
+            "no capacity, no series"
+        );
+        assert!(text.contains("volume_stats_used_bytes{"));
         m.volume_forgotten(&volume);
-        assert!(!m.encode().contains("pvc-1"));
+        let text = m.encode();
+        assert!(!text.contains("pvc-1"));
+        assert!(!text.contains("volume_stats"), "no volume, no family");
     }
 
     #[test]
