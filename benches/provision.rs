@@ -40,7 +40,8 @@
 //! (other work on the machine shows there); if a run fails, what was measured before it is printed
 //! all the same. `BENCH_KEEP=1` keeps the working directory (logs of every component and
 //! provisioner); `BENCH_PROVISIONER_WRAPPER` (e.g. `valgrind --tool=massif`) runs each run's
-//! provisioning-phase provisioner under a profiler; `BENCH_PROVISIONER_BIN` measures another build
+//! provisioning-phase provisioner (or the `BENCH_PROVISIONER_WRAPPED`th: 2 start-up and idle, 3
+//! release) under a profiler; `BENCH_PROVISIONER_BIN` measures another build
 //! of the provisioner (the image's, or one from before a change). `scripts/bench-scale.sh` runs
 //! the whole scale matrix (N = 100, 1000, 10 000 at both client limits) for one binary. Without the
 //! `--bench` argument that `cargo bench` passes (e.g. under `cargo test --all-targets`) it does
@@ -1058,12 +1059,19 @@ impl Run {
             ("RUST_LOG", logging.filter.into()),
             ("LOG_FORMAT", logging.format.into()),
         ];
-        // For profiling the provisioning phase: `BENCH_PROVISIONER_WRAPPER="valgrind --tool=massif
-        // --massif-out-file=/tmp/massif.%p"` runs the first provisioner of each run under it (its
-        // timings and RSS are then the wrapper's, not the provisioner's).
+        // For profiling: `BENCH_PROVISIONER_WRAPPER="valgrind --tool=massif
+        // --massif-out-file=/tmp/massif.%p"` runs one provisioner of each run under it (its
+        // timings and RSS are then the wrapper's, not the provisioner's): the provisioning
+        // phase's, or the one `BENCH_PROVISIONER_WRAPPED` numbers (1 provisioning, 2 start-up and
+        // idle, 3 release). The wrapper must pass SIGTERM on, or the next phase waits for a Lease
+        // its provisioner still holds.
+        let wrapped = std::env::var("BENCH_PROVISIONER_WRAPPED")
+            .ok()
+            .and_then(|n| n.parse::<usize>().ok())
+            .unwrap_or(1);
         let wrapper: Vec<String> = std::env::var("BENCH_PROVISIONER_WRAPPER")
             .ok()
-            .filter(|_| self.started == 1)
+            .filter(|_| self.started == wrapped)
             .map(|w| w.split_whitespace().map(str::to_owned).collect())
             .unwrap_or_default();
         let spawned = Instant::now();
