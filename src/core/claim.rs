@@ -211,6 +211,22 @@ pub fn awaits_provisioner(claim: &PersistentVolumeClaim, provisioner: &str) -> b
         && requested_provisioner(claim) == Some(provisioner)
 }
 
+/// Whether a change of `claim` can ask anything of `provisioner`: the claim is handed to it, bound
+/// (a resize to carry out, a clone's source to let go), being deleted, or holds a cloning
+/// protection. A claim kube-controller-manager has not handed over yet (every claim just created)
+/// asks nothing: its hand-over is a change of its own. Claims that ask nothing are not reconciled,
+/// so a burst of creations does not queue a reconcile per claim twice over.
+pub fn may_concern(claim: &PersistentVolumeClaim, provisioner: &str) -> bool {
+    claim.metadata.deletion_timestamp.is_some()
+        || claim
+            .spec
+            .as_ref()
+            .and_then(|s| s.volume_name.as_deref())
+            .is_some_and(|v| !v.is_empty())
+        || requested_provisioner(claim) == Some(provisioner)
+        || clone::is_protected(claim)
+}
+
 /// How long after its creation a claim waits before a directory is made for it, so that a PV an
 /// admin pre-bound to it in the same `kubectl apply` (or Helm release, or GitOps sync) has
 /// reached the PV cache first. Measured from the claim's `creationTimestamp`; a claim older than
@@ -511,6 +527,39 @@ mod tests {
             }),
             status: None,
         }
+    }
+
+    #[test]
+    fn only_claims_that_ask_something_of_us_are_reconciled_on_a_change() {
+        let handed = claim();
+        assert!(may_concern(&handed, ME));
+        assert!(!may_concern(&handed, "example.com/other"), "handed to another");
+
+        let mut created = claim();
+        created.metadata.annotations = None;
+        assert!(!may_concern(&created, ME), "not handed over yet");
+        let mut ga = created.clone();
+        ga.metadata.annotations = Some(BTreeMap::from([(STORAGE_PROVISIONER.into(), ME.into())]));
+        assert!(may_concern(&ga, ME), "handed over with the GA annotation");
+
+        let mut bound = created.clone();
+        if let Some(spec) = bound.spec.as_mut() {
+            spec.volume_name = Some("pvc-1".into());
+        }
+        assert!(may_concern(&bound, ME), "bound: a resize or a clone's end");
+        let mut unbound = created.clone();
+        if let Some(spec) = unbound.spec.as_mut() {
+            spec.volume_name = Some(String::new());
+        }
+        assert!(!may_concern(&unbound, ME));
+
+        let mut deleting = created.clone();
+        deleting.metadata.deletion_timestamp = Some(Time(Timestamp::UNIX_EPOCH));
+        assert!(may_concern(&deleting, ME), "a clone being copied stops");
+
+        let mut source = created;
+        source.metadata.finalizers = Some(vec![crate::core::annotations::CLONING_PROTECTION.into()]);
+        assert!(may_concern(&source, ME), "a protection to let go");
     }
 
     #[test]
