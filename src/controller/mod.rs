@@ -417,21 +417,34 @@ where
 /// resync's own test). Every other reconcile would find nothing to do, and each one queued holds
 /// an entry of kube's schedule: after a start or a relist with 10 000 Bound claims and their PVs,
 /// 20 000 at once (about 13 MiB), and during a burst of 10 000 new claims one per claim not yet
-/// handed over (BENCHMARKS.md).
-fn reconciled<K, E>(
+/// handed over (BENCHMARKS.md). `waiting` reads other caches (a claim's PV, for a resize), so a
+/// listed object waits for them to be `ready` first; a reconcile would wait for them too.
+fn reconciled<K, E, R>(
     changes: impl futures::Stream<Item = Result<Change<K>, E>> + Send + 'static,
     concerned: impl Fn(&K) -> bool + Send + 'static,
-    waiting: impl Fn(&K) -> bool + Send + 'static,
+    waiting: impl Fn(&K) -> bool + Send + Sync + 'static,
+    ready: impl Fn() -> R + Send + 'static,
 ) -> impl futures::Stream<Item = Result<K, E>> + Send + 'static
 where
     K: Send + 'static,
     E: Send + 'static,
+    R: std::future::Future<Output = ()> + Send + 'static,
 {
+    let waiting = Arc::new(waiting);
     changes.try_filter_map(move |change| {
-        futures::future::ready(Ok(match change {
-            Change::Applied(object) => concerned(&object).then_some(object),
-            Change::Listed(object) => waiting(&object).then_some(object),
-        }))
+        let listed = match change {
+            Change::Applied(object) => Err(concerned(&object).then_some(object)),
+            Change::Listed(object) => Ok((object, ready(), Arc::clone(&waiting))),
+        };
+        async move {
+            Ok(match listed {
+                Err(applied) => applied,
+                Ok((object, ready, waiting)) => {
+                    ready.await;
+                    waiting(&object).then_some(object)
+                }
+            })
+        }
     })
 }
 
@@ -548,10 +561,22 @@ pub async fn run(shared: Shared, term: CancellationToken) {
 
     // Errors never reach these streams (`crate::watch` handles them), so the controllers' own
     // trigger backoff, which would pause every watch of a controller at once, never applies.
-    let pv_changes = reconciled(pv_changes, |_| true, {
+    let caches_ready = {
         let ctx = Arc::clone(&ctx);
-        move |pv| volumes::waiting_for_us(&ctx, pv)
-    });
+        move || {
+            let ctx = Arc::clone(&ctx);
+            async move { ctx.caches_ready().await }
+        }
+    };
+    let pv_changes = reconciled(
+        pv_changes,
+        |_| true,
+        {
+            let ctx = Arc::clone(&ctx);
+            move |pv| volumes::waiting_for_us(&ctx, pv)
+        },
+        caches_ready.clone(),
+    );
     let claim_changes = reconciled(
         claim_changes,
         {
@@ -564,6 +589,7 @@ pub async fn run(shared: Shared, term: CancellationToken) {
             let ctx = Arc::clone(&ctx);
             move |claim| claims::waiting_for_us(&ctx, claim)
         },
+        caches_ready,
     );
     let class_changes = class_changes.map_ok(Change::into_object);
     let volume_controller = Controller::for_stream(pv_changes, pvs)
@@ -895,11 +921,35 @@ mod tests {
             changes,
             |name: &&str| *name != "created",
             |name: &&str| *name == "pending",
+            || futures::future::ready(()),
         )
         .map(Result::unwrap)
         .collect()
         .await;
         assert_eq!(passed, ["pending", "bound-1"]);
+    }
+
+    #[tokio::test]
+    async fn a_listed_object_is_judged_once_the_other_caches_are_ready() {
+        use futures::FutureExt;
+        let (ready_tx, ready_rx) = channel_watch::channel(false);
+        let cached = ready_rx.clone();
+        let changes = futures::stream::iter([Ok::<_, watcher::Error>(Change::Listed("to-grow"))]);
+        // What a claim's resize test sees: its PV only once the PV cache holds the whole list.
+        let mut passed = std::pin::pin!(reconciled(
+            changes,
+            |_: &&str| true,
+            move |_: &&str| *cached.borrow(),
+            move || {
+                let mut ready = ready_rx.clone();
+                async move {
+                    let _ = ready.wait_for(|r| *r).await;
+                }
+            },
+        ));
+        assert!(passed.next().now_or_never().is_none(), "waits for the caches");
+        ready_tx.send(true).unwrap();
+        assert_eq!(passed.next().await.map(Result::unwrap), Some("to-grow"));
     }
 
     #[test]
