@@ -70,7 +70,7 @@ fn duration_histogram() -> Histogram {
 
 /// The last measurement of every volume, one entry each, encoded as three gauge families on
 /// scrape. Three `Family`s would keep each volume's labels three times over, with a gauge and a
-/// map entry each: about 0.75 KiB a volume, 7 MiB at 10 000 (BENCHMARKS.md).
+/// map entry each: 3 MiB at 10 000 volumes in a heap profile (BENCHMARKS.md).
 #[derive(Debug, Default)]
 struct VolumeStats(Mutex<HashMap<VolumeLabels, Measured>>);
 

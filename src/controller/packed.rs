@@ -6,10 +6,10 @@
 //! its strings (its spec has a slot for each of some thirty volume sources), 4.8 KiB in all on the
 //! heap; a claim 3.2 KiB. Their JSON is 0.9 and 0.6 KiB, mostly field names and values every
 //! object of the kind repeats, which LZ4 with a dictionary of one typical object turns into
-//! back-references. Packed, a PV and its claim take about 1 KiB with the identity and the cache's
-//! key, which is what lets 10 000 claims and their PVs stay cached in the memory BENCHMARKS.md
-//! states. A read costs a decompression and a decode, a few microseconds; a reconcile reads a
-//! constant number of objects, so the cost per claim stays flat.
+//! back-references. Packed, a PV and its claim take about 1.7 KiB with their identities and the
+//! cache's keys (a heap profile at 10 000), which is what lets 10 000 claims and their PVs stay
+//! cached in the memory BENCHMARKS.md states. A read costs a decompression and a decode, a few
+//! microseconds; a reconcile reads a constant number of objects, so the cost per claim stays flat.
 
 use std::borrow::Cow;
 use std::fmt;
