@@ -3,8 +3,8 @@
 use anyhow::ensure;
 use serde_json::json;
 
-use super::fixture::{Env, entries, mode_of};
-use crate::support::{E2eTrial, trial};
+use super::fixture::{Env, WAIT, entries, mode_of};
+use crate::support::{E2eTrial, poll_until, trial};
 
 pub fn trials() -> Vec<E2eTrial> {
     vec![
@@ -67,8 +67,29 @@ pub fn trials() -> Vec<E2eTrial> {
                 }))
                 .await?;
             let result = async {
-                env.claim("plain", None, json!({})).await?;
-                let pv = env.wait_bound("plain").await?;
+                // The API server's admission defaults a claim's class from its own StorageClass
+                // informer, which may not have seen a class made a moment ago: a claim created
+                // before then has no class, for good. Claims are created until one gets it.
+                let mut attempt = 0;
+                let plain = poll_until(
+                    "the API server to give a new claim the default class",
+                    WAIT,
+                    || {
+                        attempt += 1;
+                        let name = format!("plain-{attempt}");
+                        let env = &env;
+                        async move {
+                            let claim = env.claim(&name, None, json!({})).await?;
+                            Ok(claim
+                                .spec
+                                .and_then(|s| s.storage_class_name)
+                                .is_some()
+                                .then_some(name))
+                        }
+                    },
+                )
+                .await?;
+                let pv = env.wait_bound(&plain).await?;
                 ensure!(pv.spec.and_then(|s| s.storage_class_name).as_deref() == Some(class.as_str()));
                 Ok(())
             }
