@@ -3,8 +3,8 @@
 //! listed objects fill a fresh index, which replaces the old one whole once the list is complete).
 //!
 //! An event reaches the index just before the store, so whatever a reconcile finds in a store is
-//! in its index already: a claim that finds its new PV cached drops the reservation of its
-//! directory, and from then on only the index keeps another claim out of that directory.
+//! in its index already: a PV's change, once cached, drops the reservation of its directory, and
+//! from then on only the index keeps another claim out of that directory.
 
 use std::sync::{Arc, PoisonError, RwLock, RwLockReadGuard};
 

@@ -371,6 +371,12 @@ enum Change<K> {
 }
 
 impl<K> Change<K> {
+    fn object(&self) -> &K {
+        match self {
+            Change::Applied(object) | Change::Listed(object) => object,
+        }
+    }
+
     fn into_object(self) -> K {
         match self {
             Change::Applied(object) | Change::Listed(object) => object,
@@ -568,6 +574,18 @@ pub async fn run(shared: Shared, term: CancellationToken) {
             async move { ctx.caches_ready().await }
         }
     };
+    // A reservation is there for the time its PV is not cached; once it is (in its index first),
+    // the index keeps other claims out of the directory. Dropped here rather than when the claim
+    // binds, which kube-controller-manager may take minutes to do in a burst: 10 000 reservations
+    // held 1.3 MiB at the peak of the 10 000-claim benchmark.
+    let pv_changes = pv_changes.inspect_ok({
+        let ctx = Arc::clone(&ctx);
+        move |change| {
+            if let Some(name) = change.object().meta().name.as_deref() {
+                lock(&ctx.reservations).release(name);
+            }
+        }
+    });
     let pv_changes = reconciled(
         pv_changes,
         |_| true,

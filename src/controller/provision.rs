@@ -207,8 +207,8 @@ async fn taken(
             Reuse::Off | Reuse::Allowed => error.into(),
         });
     }
-    // Keep the reservation until the cache sees the PV (the next reconcile then skips the claim
-    // and drops it), so no overlapping claim slips in meanwhile.
+    // Keep the reservation until the cache sees the PV (its change drops it), so no overlapping
+    // claim slips in meanwhile.
     debug!(pv, "PersistentVolume exists; waiting for the cache to see it");
     if let Err(error) = storage.finish_volume(pv).await {
         warn!(pv, %error, "could not clear staging record");

@@ -7,6 +7,7 @@
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 
+use k8s_openapi::api::core::v1::PersistentVolume;
 use kube::runtime::reflector::ObjectRef;
 use kube::{Resource, ResourceExt};
 use tokio_util::sync::CancellationToken;
@@ -22,10 +23,13 @@ use crate::k8s;
 use crate::metrics::VolumeLabels;
 use crate::storage::Usage;
 
-/// One volume to measure. Its PV is read from the cache again when its turn comes: a round over
-/// thousands of volumes takes minutes, and holding every PV for that long would hold a decoded
-/// copy of each ([`super::packed`]).
-struct Target {
+/// A volume to measure, by its PV's name: the PV is read from the cache again when its turn
+/// comes. A round over thousands of volumes takes minutes; holding each PV (decoded, see
+/// [`super::packed`]) or even its labels and path for that long held 2.2 MiB at 10 000 volumes.
+type Target = Box<str>;
+
+/// A volume whose turn has come: its series' labels and its directory, as its PV says now.
+struct Volume {
     labels: VolumeLabels,
     path: VolumePath,
 }
@@ -67,26 +71,36 @@ fn targets(ctx: &Ctx) -> HashMap<(Export, Access), Vec<Target>> {
     let served = ctx.class_exports();
     let mut by_export: HashMap<(Export, Access), Vec<Target>> = HashMap::new();
     for pv in ctx.pvs.state().iter().map(|pv| pv.unpack()) {
-        let Some((namespace, claim)) = usage::measured_claim(&pv, ctx.provisioner()) else {
-            continue;
-        };
-        let Ok(located) = volume::locate(&pv, ctx.mounted_export(), &served.exports) else {
-            continue;
-        };
-        let labels = VolumeLabels {
-            namespace,
-            persistentvolumeclaim: claim,
-            persistentvolume: pv.name_any(),
-        };
-        by_export
-            .entry((located.export, located.access))
-            .or_default()
-            .push(Target {
-                labels,
-                path: located.path,
-            });
+        if let Some((located, _)) = measured(ctx, &pv, &served.exports) {
+            by_export
+                .entry((located.export, located.access))
+                .or_default()
+                .push(pv.name_any().into_boxed_str());
+        }
     }
     by_export
+}
+
+/// Where `pv`'s volume is and the labels of its series, if it is one of ours to measure.
+fn measured(ctx: &Ctx, pv: &PersistentVolume, served: &[Export]) -> Option<(volume::Located, VolumeLabels)> {
+    let (namespace, claim) = usage::measured_claim(pv, ctx.provisioner())?;
+    let located = volume::locate(pv, ctx.mounted_export(), served).ok()?;
+    let labels = VolumeLabels {
+        namespace,
+        persistentvolumeclaim: claim,
+        persistentvolume: pv.name_any(),
+    };
+    Some((located, labels))
+}
+
+/// `target` as its PV says now, if it is still in `export` and ours to measure.
+fn volume_now(ctx: &Ctx, target: &str, export: &Export) -> Option<Volume> {
+    let pv = ctx.pv(target)?;
+    let (located, labels) = measured(ctx, &pv, &ctx.class_exports().exports)?;
+    (located.export == *export).then_some(Volume {
+        labels,
+        path: located.path,
+    })
 }
 
 /// One round over every export; the volumes measured.
@@ -120,6 +134,10 @@ async fn measure_export(
         if !ctx.shared.leadership.may_act() {
             return measured;
         }
+        // Released or gone since the round began: nothing to measure.
+        let Some(target) = volume_now(ctx, &target, &export) else {
+            continue;
+        };
         match storage.measure_volume(&target.path).await {
             Ok(Some(usage)) => {
                 // Released since the round began: nothing to report.
@@ -147,7 +165,7 @@ async fn measure_export(
 }
 
 /// An Event on the claim and a mark on the PV when the measurement crossed the claim's request.
-async fn tell_crossing(ctx: &Ctx, target: &Target, marked: bool, usage: &Usage, capacity: Option<u64>) {
+async fn tell_crossing(ctx: &Ctx, target: &Volume, marked: bool, usage: &Usage, capacity: Option<u64>) {
     let Some(crossing) = usage::crossing(marked, usage.used_bytes, capacity) else {
         return;
     };
