@@ -26,6 +26,7 @@ pub mod copy;
 pub mod error;
 pub mod exports;
 pub mod nfs3;
+pub mod nfs4;
 pub mod posix;
 pub mod protocol;
 pub mod remove;

@@ -25,7 +25,7 @@
 mod connect;
 mod error;
 mod proto;
-mod rpc;
+pub(crate) mod rpc;
 pub mod testing;
 
 use std::sync::{Arc, Mutex, PoisonError};
