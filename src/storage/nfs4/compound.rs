@@ -28,11 +28,50 @@ pub struct Stateid {
     pub other: [u8; 12],
 }
 
+/// The special stateid that stands for "the stateid the previous operation of this COMPOUND
+/// returned" (RFC 8881 §16.2.3.1.2): WRITE and CLOSE right after the OPEN that made a file.
+pub const CURRENT_STATEID: Stateid = Stateid {
+    seqid: 1,
+    other: [0; 12],
+};
+
 impl Stateid {
     fn encode(&self, e: &mut Encoder) {
         e.u32(self.seqid).fixed(&self.other);
     }
+
+    fn decode(d: &mut Decoder<'_>) -> XdrResult<Stateid> {
+        let seqid = d.u32("a stateid")?;
+        let other = d.fixed(12, "a stateid")?.try_into().expect("12 bytes");
+        Ok(Stateid { seqid, other })
+    }
 }
+
+/// How WRITE asks the data to be kept (`stable_how4`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Stable {
+    Unstable = 0,
+    DataSync = 1,
+    FileSync = 2,
+}
+
+impl Stable {
+    fn from_wire(value: u32) -> XdrResult<Stable> {
+        match value {
+            0 => Ok(Stable::Unstable),
+            1 => Ok(Stable::DataSync),
+            2 => Ok(Stable::FileSync),
+            value => Err(XdrError::Unexpected {
+                what: "a write's stability",
+                value,
+            }),
+        }
+    }
+}
+
+/// `OPEN4_SHARE_ACCESS_WRITE | OPEN4_SHARE_ACCESS_WANT_NO_DELEG`: open to write, and never hand
+/// us a delegation (we keep no state a server could recall).
+const SHARE_WRITE_NO_DELEG: u32 = 0x0002 | 0x0400;
 
 /// What CREATE makes (`createtype4`): the objects that are not regular files.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -121,6 +160,41 @@ pub enum Op {
         to: Vec<u8>,
     },
     ReadLink,
+    /// Creates `name` in the current directory only if it is not there, or is there from a
+    /// request of ours with this `verifier` (EXCLUSIVE4_1, RFC 8881 §18.16.3), opened to write
+    /// for `owner`; `attrs` must be among the server's `suppattr_exclcreat`.
+    OpenExclusive {
+        client: u64,
+        owner: Vec<u8>,
+        name: Vec<u8>,
+        verifier: [u8; 8],
+        attrs: NewAttributes,
+    },
+    Close(Stateid),
+    Write {
+        stateid: Stateid,
+        offset: u64,
+        stable: Stable,
+        data: Vec<u8>,
+    },
+    Read {
+        stateid: Stateid,
+        offset: u64,
+        count: u32,
+    },
+    Commit,
+    /// Lists the current directory from `cookie` on (0 first; then a cookie an entry gave, with
+    /// the verifier the reply gave), at most `max_bytes` of reply, with `attrs` of each entry.
+    ReadDir {
+        cookie: u64,
+        verifier: [u8; 8],
+        max_bytes: u32,
+        attrs: Bitmap,
+    },
+    /// Links the saved filehandle into the current directory as `name`.
+    Link(Vec<u8>),
+    /// The security flavors the server accepts for the current filehandle.
+    SecInfoNoName,
     ExchangeId {
         verifier: [u8; 8],
         owner: Vec<u8>,
@@ -162,14 +236,20 @@ impl Attributes4 {
 
 /// Operation numbers (`nfs_opnum4`).
 mod opnum {
+    pub const CLOSE: u32 = 4;
+    pub const COMMIT: u32 = 5;
     pub const CREATE: u32 = 6;
     pub const GETATTR: u32 = 9;
     pub const GETFH: u32 = 10;
+    pub const LINK: u32 = 11;
     pub const LOOKUP: u32 = 15;
     pub const LOOKUPP: u32 = 16;
     pub const NVERIFY: u32 = 17;
+    pub const OPEN: u32 = 18;
     pub const PUTFH: u32 = 22;
     pub const PUTROOTFH: u32 = 24;
+    pub const READ: u32 = 25;
+    pub const READDIR: u32 = 26;
     pub const READLINK: u32 = 27;
     pub const REMOVE: u32 = 28;
     pub const RENAME: u32 = 29;
@@ -177,9 +257,11 @@ mod opnum {
     pub const SAVEFH: u32 = 32;
     pub const SETATTR: u32 = 34;
     pub const VERIFY: u32 = 37;
+    pub const WRITE: u32 = 38;
     pub const EXCHANGE_ID: u32 = 42;
     pub const CREATE_SESSION: u32 = 43;
     pub const DESTROY_SESSION: u32 = 44;
+    pub const SECINFO_NO_NAME: u32 = 52;
     pub const SEQUENCE: u32 = 53;
     pub const RECLAIM_COMPLETE: u32 = 58;
     pub const ILLEGAL: u32 = 10044;
@@ -209,6 +291,14 @@ impl Op {
             Op::Remove(_) => opnum::REMOVE,
             Op::Rename { .. } => opnum::RENAME,
             Op::ReadLink => opnum::READLINK,
+            Op::OpenExclusive { .. } => opnum::OPEN,
+            Op::Close(_) => opnum::CLOSE,
+            Op::Write { .. } => opnum::WRITE,
+            Op::Read { .. } => opnum::READ,
+            Op::Commit => opnum::COMMIT,
+            Op::ReadDir { .. } => opnum::READDIR,
+            Op::Link(_) => opnum::LINK,
+            Op::SecInfoNoName => opnum::SECINFO_NO_NAME,
             Op::ExchangeId { .. } => opnum::EXCHANGE_ID,
             Op::CreateSession { .. } => opnum::CREATE_SESSION,
             Op::DestroySession(_) => opnum::DESTROY_SESSION,
@@ -236,8 +326,66 @@ impl Op {
             Op::PutFh(fh) => {
                 e.opaque(fh);
             }
-            Op::Lookup(name) | Op::Remove(name) => {
+            Op::Lookup(name) | Op::Remove(name) | Op::Link(name) => {
                 e.opaque(name);
+            }
+            Op::OpenExclusive {
+                client,
+                owner,
+                name,
+                verifier,
+                attrs,
+            } => {
+                // seqid (ignored in 4.1), access, deny none, the open owner.
+                e.u32(0)
+                    .u32(SHARE_WRITE_NO_DELEG)
+                    .u32(0)
+                    .u64(*client)
+                    .opaque(owner);
+                // OPEN4_CREATE, EXCLUSIVE4_1 with its verifier and attributes.
+                e.u32(1).u32(3).fixed(verifier);
+                attrs.encode(e);
+                // CLAIM_NULL: the name in the current directory.
+                e.u32(0).opaque(name);
+            }
+            Op::Close(stateid) => {
+                e.u32(0);
+                stateid.encode(e);
+            }
+            Op::Write {
+                stateid,
+                offset,
+                stable,
+                data,
+            } => {
+                stateid.encode(e);
+                e.u64(*offset).u32(*stable as u32).opaque(data);
+            }
+            Op::Read {
+                stateid,
+                offset,
+                count,
+            } => {
+                stateid.encode(e);
+                e.u64(*offset).u32(*count);
+            }
+            Op::Commit => {
+                // The whole file.
+                e.u64(0).u32(0);
+            }
+            Op::ReadDir {
+                cookie,
+                verifier,
+                max_bytes,
+                attrs,
+            } => {
+                // dircount (a hint of the names' share) and maxcount (the whole reply).
+                e.u64(*cookie).fixed(verifier).u32(*max_bytes).u32(*max_bytes);
+                attrs.encode(e);
+            }
+            Op::SecInfoNoName => {
+                // SECINFO_STYLE4_CURRENT_FH.
+                e.u32(0);
             }
             Op::GetAttr(mask) => mask.encode(e),
             Op::Verify(attrs) | Op::NotVerify(attrs) => attrs.encode(e),
@@ -356,6 +504,31 @@ pub enum Done {
         to_dir: ChangeInfo,
     },
     ReadLink(Vec<u8>),
+    Open {
+        stateid: Stateid,
+        /// Attributes the server set from our request: bits not set here but asked for must be
+        /// set with a SETATTR after the OPEN, in a COMPOUND of their own (§18.16.4).
+        attrs_set: Bitmap,
+    },
+    Close,
+    Write {
+        count: u32,
+        committed: Stable,
+        verifier: [u8; 8],
+    },
+    Read {
+        eof: bool,
+        data: Vec<u8>,
+    },
+    Commit([u8; 8]),
+    ReadDir {
+        verifier: [u8; 8],
+        entries: Vec<DirEntry>,
+        eof: bool,
+    },
+    Link(ChangeInfo),
+    /// The RPC security flavors offered, in the server's order of preference.
+    SecInfo(Vec<u32>),
     ExchangeId {
         client: u64,
         sequence: u32,
@@ -368,6 +541,14 @@ pub enum Done {
     },
 }
 
+/// One entry of a directory listing.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DirEntry {
+    pub cookie: u64,
+    pub name: Vec<u8>,
+    pub attrs: Attributes,
+}
+
 /// One operation's result: its number and status, and what it returned if it succeeded.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct OpResult {
@@ -378,6 +559,10 @@ pub struct OpResult {
 
 /// The longest symlink target we read.
 const LINK_MAX: usize = 4096;
+/// The longest name in a directory listing (`NAME_MAX` and then some).
+const NAME_MAX: usize = 1024;
+/// The most entries one READDIR reply may hold: a reply of at most a few MiB holds no more.
+const ENTRIES_MAX: usize = 1 << 16;
 /// The longest opaque in EXCHANGE_ID's reply (`NFS4_OPAQUE_LIMIT`).
 const OPAQUE_LIMIT: usize = 1024;
 
@@ -448,6 +633,84 @@ impl OpResult {
                 to_dir: ChangeInfo::decode(d)?,
             },
             opnum::READLINK => Done::ReadLink(d.opaque(LINK_MAX, "a symlink's target")?.to_vec()),
+            opnum::OPEN => {
+                let stateid = Stateid::decode(d)?;
+                ChangeInfo::decode(d)?;
+                let _flags = d.u32("OPEN's reply")?;
+                let attrs_set = Bitmap::decode(d)?;
+                match d.u32("OPEN's delegation")? {
+                    // OPEN_DELEGATE_NONE.
+                    0 => {}
+                    // OPEN_DELEGATE_NONE_EXT: why not, and a flag for two of the reasons.
+                    3 => {
+                        if matches!(d.u32("OPEN's delegation")?, 7 | 8) {
+                            d.bool("OPEN's delegation")?;
+                        }
+                    }
+                    // We asked for none; a read or write delegation is not understood.
+                    other => {
+                        return Err(XdrError::Unexpected {
+                            what: "a delegation not asked for",
+                            value: other,
+                        });
+                    }
+                }
+                Done::Open { stateid, attrs_set }
+            }
+            opnum::CLOSE => {
+                Stateid::decode(d)?;
+                Done::Close
+            }
+            opnum::WRITE => Done::Write {
+                count: d.u32("WRITE's reply")?,
+                committed: Stable::from_wire(d.u32("WRITE's reply")?)?,
+                verifier: d.fixed(8, "WRITE's reply")?.try_into().expect("8 bytes"),
+            },
+            opnum::READ => Done::Read {
+                eof: d.bool("READ's reply")?,
+                data: d.opaque(usize::MAX, "READ's data")?.to_vec(),
+            },
+            opnum::COMMIT => Done::Commit(d.fixed(8, "COMMIT's reply")?.try_into().expect("8 bytes")),
+            opnum::READDIR => {
+                let verifier = d.fixed(8, "READDIR's reply")?.try_into().expect("8 bytes");
+                let mut entries = Vec::new();
+                while d.bool("READDIR's entries")? {
+                    if entries.len() == ENTRIES_MAX {
+                        return Err(XdrError::TooLong {
+                            what: "READDIR's entries",
+                            len: entries.len() + 1,
+                            max: ENTRIES_MAX,
+                        });
+                    }
+                    entries.push(DirEntry {
+                        cookie: d.u64("a directory entry")?,
+                        name: d.opaque(NAME_MAX, "a directory entry's name")?.to_vec(),
+                        attrs: Attributes::decode(d)?,
+                    });
+                }
+                Done::ReadDir {
+                    verifier,
+                    entries,
+                    eof: d.bool("READDIR's end")?,
+                }
+            }
+            opnum::LINK => Done::Link(ChangeInfo::decode(d)?),
+            opnum::SECINFO_NO_NAME => {
+                let what = "SECINFO_NO_NAME's reply";
+                let count = d.count(64, what)?;
+                let mut flavors = Vec::with_capacity(count);
+                for _ in 0..count {
+                    let flavor = d.u32(what)?;
+                    // RPCSEC_GSS: its mechanism, quality of protection and service.
+                    if flavor == 6 {
+                        d.opaque(OPAQUE_LIMIT, what)?;
+                        d.u32(what)?;
+                        d.u32(what)?;
+                    }
+                    flavors.push(flavor);
+                }
+                Done::SecInfo(flavors)
+            }
             opnum::EXCHANGE_ID => {
                 let what = "EXCHANGE_ID's reply";
                 let client = d.u64(what)?;
@@ -812,5 +1075,94 @@ mod tests {
                 fore: attrs
             })
         );
+    }
+
+    #[test]
+    fn an_exclusive_open_asks_for_no_delegation_and_carries_its_verifier_and_mode() {
+        let compound = Compound {
+            tag: "w",
+            ops: vec![Op::OpenExclusive {
+                client: 0x0102,
+                owner: b"o".to_vec(),
+                name: b"f".to_vec(),
+                verifier: [9; 8],
+                attrs: NewAttributes {
+                    mode: Some(0o600),
+                    ..NewAttributes::default()
+                },
+            }],
+        };
+        let w = words(&compound.encode());
+        let verifier = u32::from_be_bytes([9; 4]);
+        let open = vec![
+            18,
+            0,
+            0x0402, // WRITE, WANT_NO_DELEG
+            0,
+            0,
+            0x0102, // clientid
+            1,
+            u32::from_be_bytes(*b"o\0\0\0"),
+            1,
+            3, // OPEN4_CREATE, EXCLUSIVE4_1
+            verifier,
+            verifier,
+            2,
+            0,
+            1 << 1,
+            4,
+            0o600,
+            0, // CLAIM_NULL
+            1,
+            u32::from_be_bytes(*b"f\0\0\0"),
+        ];
+        assert_eq!(&w[4..], &open[..]);
+    }
+
+    #[test]
+    fn a_directory_listing_decodes_its_entries_in_order_and_its_end() {
+        let sent = Compound {
+            tag: "ls",
+            ops: vec![Op::ReadDir {
+                cookie: 0,
+                verifier: [0; 8],
+                max_bytes: 4096,
+                attrs: Bitmap::of(&[id::TYPE]),
+            }],
+        };
+        let bytes = reply_bytes(
+            Status::OK,
+            &[(26, Status::OK, &|e: &mut Encoder| {
+                e.fixed(&[5; 8]);
+                for (cookie, name, kind) in [(3, &b"a"[..], 2), (4, &b"bc"[..], 1)] {
+                    e.bool(true).u64(cookie).opaque(name);
+                    Bitmap::of(&[id::TYPE]).encode(e);
+                    e.opaque(&kind_bytes(kind));
+                }
+                e.bool(false).bool(true);
+            })],
+        );
+        let reply = Reply::decode(&bytes, &sent).unwrap();
+        let Some(Done::ReadDir {
+            verifier,
+            entries,
+            eof,
+        }) = &reply.results[0].done
+        else {
+            panic!("{reply:?}");
+        };
+        assert_eq!((*verifier, *eof), ([5; 8], true));
+        let listed: Vec<_> = entries
+            .iter()
+            .map(|e| (e.cookie, e.name.clone(), e.attrs.file_type))
+            .collect();
+        assert_eq!(
+            listed,
+            vec![(3, b"a".to_vec(), Some(2)), (4, b"bc".to_vec(), Some(1))]
+        );
+    }
+
+    fn kind_bytes(kind: u32) -> Vec<u8> {
+        kind.to_be_bytes().to_vec()
     }
 }
