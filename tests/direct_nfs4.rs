@@ -23,9 +23,14 @@ const SUITE: &str = "direct_nfs4";
 
 async fn open(env: &nfs::Env) -> Connection {
     let addr = SocketAddr::new(env.server.parse().unwrap(), env.nfs_port);
-    Connection::open(addr, unique("nfs4-test").as_bytes(), Duration::from_secs(10))
-        .await
-        .unwrap()
+    Connection::open(
+        addr,
+        unique("nfs4-test").as_bytes(),
+        Duration::from_secs(10),
+        Duration::from_secs(30),
+    )
+    .await
+    .unwrap()
 }
 
 fn fh(result: &OpResult) -> Vec<u8> {
@@ -99,7 +104,7 @@ async fn a_directory_is_made_exclusively_with_its_mode_and_read_back_as_the_serv
     assert_eq!((st.uid, st.gid), (on_server.uid(), on_server.gid()));
 
     // A second CREATE of the same name is refused: the create is exclusive.
-    let again = c.call_reply("mkdir", mkdir(0o700), true).await.unwrap();
+    let again = c.call_reply("mkdir", mkdir(0o700), true).await.unwrap().value;
     assert_eq!(again.failed(), Some((1, Status::EXIST)));
     let after = std::fs::symlink_metadata(env.export_dir.join(&name)).unwrap();
     assert_eq!(
@@ -117,7 +122,11 @@ async fn a_directory_is_made_exclusively_with_its_mode_and_read_back_as_the_serv
             Op::Remove(name.clone().into_bytes()),
         ]
     };
-    let not_a_file = c.call_reply("remove", remove(ftype::REG), true).await.unwrap();
+    let not_a_file = c
+        .call_reply("remove", remove(ftype::REG), true)
+        .await
+        .unwrap()
+        .value;
     assert_eq!(not_a_file.failed(), Some((2, Status::NOT_SAME)));
     assert!(
         env.export_dir.join(&name).is_dir(),
@@ -205,7 +214,8 @@ async fn a_file_is_created_exclusively_written_and_closed_in_one_request_and_rea
         let other = c
             .call_reply("write_file", write(&c, verifier), true)
             .await
-            .unwrap();
+            .unwrap()
+            .value;
         assert_eq!(other.failed(), Some((1, Status::EXIST)));
     }
     assert_eq!(std::fs::read(&on_server).unwrap(), b"state: placing\n");
@@ -376,7 +386,7 @@ async fn owners_go_as_numbers_and_a_rename_replaces_an_empty_directory_but_not_a
         ]
     };
     // The protocol reports a full target as EXIST (RFC 8881 §18.26.3); some servers say NOTEMPTY.
-    let onto_full = c.call_reply("rename", rename(&full), true).await.unwrap();
+    let onto_full = c.call_reply("rename", rename(&full), true).await.unwrap().value;
     assert!(
         matches!(onto_full.failed(), Some((3, Status::EXIST | Status::NOTEMPTY))),
         "{onto_full:?}"
@@ -392,4 +402,77 @@ async fn owners_go_as_numbers_and_a_rename_replaces_an_empty_directory_but_not_a
         std::fs::metadata(env.export_dir.join(&empty)).unwrap().uid(),
         1000
     );
+}
+
+async fn mkdir(c: &mut Connection, name: &str) -> Result<(), Nfs4Error> {
+    let results = c
+        .call(
+            "root",
+            vec![Op::PutRootFh, Op::Lookup(b"export".to_vec()), Op::GetFh],
+            false,
+        )
+        .await?;
+    c.call(
+        "mkdir",
+        vec![
+            Op::PutFh(fh(&results[2])),
+            Op::Create {
+                object: NewObject::Dir,
+                name: name.as_bytes().to_vec(),
+                attrs: NewAttributes::default(),
+            },
+        ],
+        true,
+    )
+    .await
+    .map(|_| ())
+}
+
+/// A restart loses the server's sessions (and, with them, ours): the next call makes a new
+/// session, or a new client id, and goes through.
+#[tokio::test]
+async fn after_a_server_restart_the_next_call_recovers_the_session_and_goes_through() {
+    if !nfs::servers_enabled(SUITE) {
+        return;
+    }
+    let server = nfs::OwnServer::start("v4-restart");
+    let mut c = open(&server.env).await;
+    mkdir(&mut c, "before").await.unwrap();
+    server.restart();
+    mkdir(&mut c, "after").await.unwrap();
+    assert!(c.recoveries >= 1, "a new session was made");
+    for name in ["before", "after"] {
+        assert!(server.env.export_dir.join(name).is_dir(), "{name}");
+    }
+    // And the new session keeps working.
+    mkdir(&mut c, "later").await.unwrap();
+}
+
+/// A server that stops answering fails the call within its deadline, not later, and the
+/// connection works again once the server does.
+#[tokio::test]
+async fn a_frozen_server_fails_the_call_within_its_deadline() {
+    if !nfs::servers_enabled(SUITE) {
+        return;
+    }
+    let server = nfs::OwnServer::start("v4-pause");
+    let addr = SocketAddr::new(server.env.server.parse().unwrap(), server.env.nfs_port);
+    let mut c = Connection::open(
+        addr,
+        unique("nfs4-pause").as_bytes(),
+        Duration::from_secs(1),
+        Duration::from_secs(4),
+    )
+    .await
+    .unwrap();
+    {
+        let _paused = server.pause();
+        let started = std::time::Instant::now();
+        let failed = mkdir(&mut c, "frozen").await;
+        let took = started.elapsed();
+        assert!(matches!(failed, Err(Nfs4Error::TimedOut { .. })), "{failed:?}");
+        assert!(took < Duration::from_secs(6), "took {took:?}");
+    }
+    mkdir(&mut c, "thawed").await.unwrap();
+    assert!(server.env.export_dir.join("thawed").is_dir());
 }
