@@ -26,6 +26,10 @@
 #   NFS_SERVER_BIND        loopback address to publish on (default 127.0.0.1; any of 127.0.0.0/8,
 #                          so tests can give each server its own host name); pass the same to
 #                          wait/status
+#   NFS_SERVER_PROTOCOLS   "3,4" (default) or "4": NFSv4 only, as EFS, Azure Files and hardened
+#                          servers run: ganesha opens no MOUNT listener and MOUNT_PORT is not
+#                          published (the argument is still taken, and ignored); the readiness
+#                          check then speaks NFSv4 (libnfs does 4.0, so minor version 0 stays on)
 #
 # Needs root (rootful podman; the VFS FSAL needs real root and CAP_DAC_READ_SEARCH). Runs
 # scripts/podman-setup.sh first when podman or the base image is missing, and installs
@@ -40,6 +44,11 @@ BASE=${NFS_SERVER_BASE_IMAGE:-debian:bookworm}
 LABEL=org.nfs-subdir-provisioner.test-nfs
 TIMEOUT=${NFS_SERVER_TIMEOUT:-60}
 BIND=${NFS_SERVER_BIND:-127.0.0.1}
+PROTOCOLS=${NFS_SERVER_PROTOCOLS:-3,4}
+case $PROTOCOLS in
+  3,4 | 4) ;;
+  *) echo "nfs-server: ERROR: NFS_SERVER_PROTOCOLS=$PROTOCOLS is neither 3,4 nor 4" >&2; exit 2 ;;
+esac
 case $BIND in
   127.*) ;;
   *) echo "nfs-server: ERROR: NFS_SERVER_BIND=$BIND is not a loopback address (127.0.0.0/8)" >&2; exit 2 ;;
@@ -130,12 +139,14 @@ check_port() {
 }
 
 # One podman call: state and labels of container NAME into C_STATE C_HASH C_HOSTDIR C_NPORT
-# C_MPORT. Returns 1 if there is no such container.
+# C_MPORT C_PROTOCOLS. Returns 1 if there is no such container.
 inspect_container() {
   local us=$'\x1f' out
-  out=$(podman container inspect --format "{{.State.Status}}$us{{index .Config.Labels \"$LABEL.hash\"}}$us{{index .Config.Labels \"$LABEL.hostdir\"}}$us{{index .Config.Labels \"$LABEL.nfs-port\"}}$us{{index .Config.Labels \"$LABEL.mount-port\"}}" "$1" 2>/dev/null) \
+  out=$(podman container inspect --format "{{.State.Status}}$us{{index .Config.Labels \"$LABEL.hash\"}}$us{{index .Config.Labels \"$LABEL.hostdir\"}}$us{{index .Config.Labels \"$LABEL.nfs-port\"}}$us{{index .Config.Labels \"$LABEL.mount-port\"}}$us{{index .Config.Labels \"$LABEL.protocols\"}}" "$1" 2>/dev/null) \
     || return 1
-  IFS=$us read -r C_STATE C_HASH C_HOSTDIR C_NPORT C_MPORT <<<"$out"
+  IFS=$us read -r C_STATE C_HASH C_HOSTDIR C_NPORT C_MPORT C_PROTOCOLS <<<"$out"
+  # Containers from before the label served both.
+  C_PROTOCOLS=${C_PROTOCOLS:-3,4}
 }
 
 sq() { printf "'%s'" "${1//\'/\'\\\'\'}"; } # single-quote for the shell
@@ -157,22 +168,28 @@ print_urls() {
   } >&3
 }
 
-# One NFS round trip (MNT + NFSv3 READDIRPLUS) against both exports.
+# One NFS round trip against both exports: MNT + NFSv3 READDIRPLUS, or NFSv4 with no MOUNT.
 answers() {
-  local nport=$1 mport=$2 e
+  local nport=$1 mport=$2 protocols=${3:-$PROTOCOLS} e q
+  q="nfsport=$nport&mountport=$mport"
+  [ "$protocols" = 4 ] && q="version=4&nfsport=$nport"
   for e in export export-rootsquash; do
-    timeout 5 nfs-ls "nfs://$BIND/$e?nfsport=$nport&mountport=$mport" >/dev/null 2>&1 || return 1
+    timeout 5 nfs-ls "nfs://$BIND/$e?$q" >/dev/null 2>&1 || return 1
   done
 }
 
-# wait_ready NAME NFS_PORT MOUNT_PORT TIMEOUT: poll until both exports answer.
+# wait_ready NAME NFS_PORT MOUNT_PORT TIMEOUT [PROTOCOLS]: poll until both exports answer.
 wait_ready() {
-  local name=$1 nport=$2 mport=$3 timeout=$4 deadline state t
+  local name=$1 nport=$2 mport=$3 timeout=$4 protocols=${5:-$PROTOCOLS} deadline state t
   t=$EPOCHREALTIME
   deadline=$(awk -v t="$EPOCHREALTIME" -v d="$timeout" 'BEGIN { printf "%.3f", t + d }')
   while true; do
-    if answers "$nport" "$mport"; then
-      log "$name serves $BIND:$nport (NFS) / $BIND:$mport (MOUNT); answered after $(elapsed "$t") s"
+    if answers "$nport" "$mport" "$protocols"; then
+      if [ "$protocols" = 4 ]; then
+        log "$name serves $BIND:$nport (NFSv4 only); answered after $(elapsed "$t") s"
+      else
+        log "$name serves $BIND:$nport (NFS) / $BIND:$mport (MOUNT); answered after $(elapsed "$t") s"
+      fi
       return 0
     fi
     state=$(podman container inspect --format '{{.State.Status}}' "$name" 2>/dev/null || echo missing)
@@ -199,10 +216,22 @@ cmd_start() {
   # World-writable, so that root squashed to 65534 (and any other uid) can create entries.
   [ -d "$hostdir/export-rootsquash" ] || install -d -m 0777 "$hostdir/export-rootsquash"
 
+  # NFSv4 only: the image's configuration with version 3 taken out, put in beside the exports.
+  local conf=() publish_mount=(-p "$BIND:$mport:20048/tcp")
+  if [ "$PROTOCOLS" = 4 ]; then
+    sed -e 's/^\( *\)NFS_Protocols = 3, 4;/\1NFS_Protocols = 4;/' \
+      -e 's/^\( *\)Protocols = 3, 4;/\1Protocols = 4;/' \
+      -e '/^ *MNT_Port = /d' -e '/^ *mount_path_pseudo = /d' \
+      "$SRC/ganesha.conf" >"$hostdir/ganesha-v4.conf"
+    grep -q 'NFS_Protocols = 4;' "$hostdir/ganesha-v4.conf" || die "could not make an NFSv4-only ganesha.conf"
+    conf=(-v "$hostdir/ganesha-v4.conf:/etc/ganesha/ganesha.conf:ro")
+    publish_mount=()
+  fi
+
   local exists=0
   if inspect_container "$name"; then
     exists=1
-    if [ "$C_STATE $C_HASH $C_HOSTDIR $C_NPORT $C_MPORT" = "running $WANT_HASH $hostdir $nport $mport" ]; then
+    if [ "$C_STATE $C_HASH $C_HOSTDIR $C_NPORT $C_MPORT $C_PROTOCOLS" = "running $WANT_HASH $hostdir $nport $mport $PROTOCOLS" ]; then
       log "container $name is already running with these settings"
     else
       log "replacing container $name ($C_STATE, image hash ${C_HASH:-?}, $C_HOSTDIR, ports ${C_NPORT:-?}/${C_MPORT:-?})"
@@ -218,10 +247,12 @@ cmd_start() {
       --cap-add DAC_READ_SEARCH \
       --label "$LABEL=1" --label "$LABEL.hash=$WANT_HASH" --label "$LABEL.hostdir=$hostdir" \
       --label "$LABEL.nfs-port=$nport" --label "$LABEL.mount-port=$mport" \
+      --label "$LABEL.protocols=$PROTOCOLS" \
       -v "$hostdir/export:/export" \
       -v "$hostdir/export-rootsquash:/export-rootsquash" \
+      "${conf[@]}" \
       -p "$BIND:$nport:2049/tcp" \
-      -p "$BIND:$mport:20048/tcp" \
+      "${publish_mount[@]}" \
       "$IMAGE" >/dev/null \
       || {
         if podman container exists "$name"; then
@@ -257,7 +288,7 @@ inspect_ours() {
 cmd_wait() {
   if [ $# -lt 1 ] || [ $# -gt 2 ]; then die "wait needs NAME [SECONDS]"; fi
   inspect_ours "$1"
-  wait_ready "$1" "$C_NPORT" "$C_MPORT" "${2:-$TIMEOUT}"
+  wait_ready "$1" "$C_NPORT" "$C_MPORT" "${2:-$TIMEOUT}" "$C_PROTOCOLS"
   print_urls "$C_HOSTDIR" "$C_NPORT" "$C_MPORT"
 }
 
@@ -273,7 +304,7 @@ cmd_status() {
     log "$name: $C_STATE"
     return 1
   fi
-  if answers "$C_NPORT" "$C_MPORT"; then
+  if answers "$C_NPORT" "$C_MPORT" "$C_PROTOCOLS"; then
     log "$name: running and answering"
     print_urls "$C_HOSTDIR" "$C_NPORT" "$C_MPORT"
   else

@@ -476,3 +476,21 @@ async fn a_frozen_server_fails_the_call_within_its_deadline() {
     mkdir(&mut c, "thawed").await.unwrap();
     assert!(server.env.export_dir.join("thawed").is_dir());
 }
+
+/// A server that speaks NFSv4 only (no MOUNT, no NFSv3, as EFS and hardened servers run) is
+/// reached on its one port; the NFSv3 client cannot reach it at all.
+#[tokio::test]
+async fn a_v4_only_server_is_served_on_its_one_port_where_nfsv3_cannot_reach_it() {
+    if !nfs::servers_enabled(SUITE) {
+        return;
+    }
+    let server = nfs::OwnServer::start_v4_only("v4-only");
+    let mut c = open(&server.env).await;
+    mkdir(&mut c, "made-over-v4").await.unwrap();
+    assert!(server.env.export_dir.join("made-over-v4").is_dir());
+    let v3 = server
+        .env
+        .try_connect(nfs::EXPORT, &["timeo=10", "retrans=0"], 1)
+        .await;
+    assert!(v3.is_err(), "NFSv3 reached a v4-only server");
+}
