@@ -30,6 +30,8 @@
 #                          servers run: ganesha opens no MOUNT listener and MOUNT_PORT is not
 #                          published (the argument is still taken, and ignored); the readiness
 #                          check then speaks NFSv4 (libnfs does 4.0, so minor version 0 stays on)
+#   NFS_SERVER_GRACE       seconds of NFSv4 grace period after each (re)start (default: none,
+#                          Graceless); the lease is as long. Tests of a client's recovery use it
 #
 # Needs root (rootful podman; the VFS FSAL needs real root and CAP_DAC_READ_SEARCH). Runs
 # scripts/podman-setup.sh first when podman or the base image is missing, and installs
@@ -48,6 +50,11 @@ PROTOCOLS=${NFS_SERVER_PROTOCOLS:-3,4}
 case $PROTOCOLS in
   3,4 | 4) ;;
   *) echo "nfs-server: ERROR: NFS_SERVER_PROTOCOLS=$PROTOCOLS is neither 3,4 nor 4" >&2; exit 2 ;;
+esac
+GRACE=${NFS_SERVER_GRACE:-}
+case $GRACE in
+  '' | [1-9] | [1-9][0-9]) ;;
+  *) echo "nfs-server: ERROR: NFS_SERVER_GRACE=$GRACE is not a number of seconds (1-99)" >&2; exit 2 ;;
 esac
 case $BIND in
   127.*) ;;
@@ -139,14 +146,15 @@ check_port() {
 }
 
 # One podman call: state and labels of container NAME into C_STATE C_HASH C_HOSTDIR C_NPORT
-# C_MPORT C_PROTOCOLS. Returns 1 if there is no such container.
+# C_MPORT C_PROTOCOLS C_GRACE. Returns 1 if there is no such container.
 inspect_container() {
   local us=$'\x1f' out
-  out=$(podman container inspect --format "{{.State.Status}}$us{{index .Config.Labels \"$LABEL.hash\"}}$us{{index .Config.Labels \"$LABEL.hostdir\"}}$us{{index .Config.Labels \"$LABEL.nfs-port\"}}$us{{index .Config.Labels \"$LABEL.mount-port\"}}$us{{index .Config.Labels \"$LABEL.protocols\"}}" "$1" 2>/dev/null) \
+  out=$(podman container inspect --format "{{.State.Status}}$us{{index .Config.Labels \"$LABEL.hash\"}}$us{{index .Config.Labels \"$LABEL.hostdir\"}}$us{{index .Config.Labels \"$LABEL.nfs-port\"}}$us{{index .Config.Labels \"$LABEL.mount-port\"}}$us{{index .Config.Labels \"$LABEL.protocols\"}}$us{{index .Config.Labels \"$LABEL.grace\"}}" "$1" 2>/dev/null) \
     || return 1
-  IFS=$us read -r C_STATE C_HASH C_HOSTDIR C_NPORT C_MPORT C_PROTOCOLS <<<"$out"
-  # Containers from before the label served both.
+  IFS=$us read -r C_STATE C_HASH C_HOSTDIR C_NPORT C_MPORT C_PROTOCOLS C_GRACE <<<"$out"
+  # Containers from before these labels served both versions, graceless.
   C_PROTOCOLS=${C_PROTOCOLS:-3,4}
+  C_GRACE=${C_GRACE:-none}
 }
 
 sq() { printf "'%s'" "${1//\'/\'\\\'\'}"; } # single-quote for the shell
@@ -216,22 +224,34 @@ cmd_start() {
   # World-writable, so that root squashed to 65534 (and any other uid) can create entries.
   [ -d "$hostdir/export-rootsquash" ] || install -d -m 0777 "$hostdir/export-rootsquash"
 
-  # NFSv4 only: the image's configuration with version 3 taken out, put in beside the exports.
-  local conf=() publish_mount=(-p "$BIND:$mport:20048/tcp")
+  # NFSv4 only, or with a grace period: the image's configuration changed accordingly, put in
+  # beside the exports and over the image's.
+  local conf=() publish_mount=(-p "$BIND:$mport:20048/tcp") edits=()
   if [ "$PROTOCOLS" = 4 ]; then
-    sed -e 's/^\( *\)NFS_Protocols = 3, 4;/\1NFS_Protocols = 4;/' \
-      -e 's/^\( *\)Protocols = 3, 4;/\1Protocols = 4;/' \
-      -e '/^ *MNT_Port = /d' -e '/^ *mount_path_pseudo = /d' \
-      "$SRC/ganesha.conf" >"$hostdir/ganesha-v4.conf"
-    grep -q 'NFS_Protocols = 4;' "$hostdir/ganesha-v4.conf" || die "could not make an NFSv4-only ganesha.conf"
-    conf=(-v "$hostdir/ganesha-v4.conf:/etc/ganesha/ganesha.conf:ro")
+    edits+=(-e 's/^\( *\)NFS_Protocols = 3, 4;/\1NFS_Protocols = 4;/'
+      -e 's/^\( *\)Protocols = 3, 4;/\1Protocols = 4;/'
+      -e '/^ *MNT_Port = /d' -e '/^ *mount_path_pseudo = /d')
     publish_mount=()
+  fi
+  if [ -n "$GRACE" ]; then
+    edits+=(-e "s/^\\( *\\)Graceless = true;/\\1Graceless = false;\\n\\1Grace_Period = $GRACE;/"
+      -e "s/^\\( *\\)Lease_Lifetime = [0-9]*;/\\1Lease_Lifetime = $GRACE;/")
+  fi
+  if [ ${#edits[@]} -gt 0 ]; then
+    sed "${edits[@]}" "$SRC/ganesha.conf" >"$hostdir/ganesha.conf"
+    if [ "$PROTOCOLS" = 4 ]; then
+      grep -q 'NFS_Protocols = 4;' "$hostdir/ganesha.conf" || die "could not make an NFSv4-only ganesha.conf"
+    fi
+    if [ -n "$GRACE" ]; then
+      grep -q "Grace_Period = $GRACE;" "$hostdir/ganesha.conf" || die "could not set the grace period in ganesha.conf"
+    fi
+    conf=(-v "$hostdir/ganesha.conf:/etc/ganesha/ganesha.conf:ro")
   fi
 
   local exists=0
   if inspect_container "$name"; then
     exists=1
-    if [ "$C_STATE $C_HASH $C_HOSTDIR $C_NPORT $C_MPORT $C_PROTOCOLS" = "running $WANT_HASH $hostdir $nport $mport $PROTOCOLS" ]; then
+    if [ "$C_STATE $C_HASH $C_HOSTDIR $C_NPORT $C_MPORT $C_PROTOCOLS $C_GRACE" = "running $WANT_HASH $hostdir $nport $mport $PROTOCOLS ${GRACE:-none}" ]; then
       log "container $name is already running with these settings"
     else
       log "replacing container $name ($C_STATE, image hash ${C_HASH:-?}, $C_HOSTDIR, ports ${C_NPORT:-?}/${C_MPORT:-?})"
@@ -247,7 +267,7 @@ cmd_start() {
       --cap-add DAC_READ_SEARCH \
       --label "$LABEL=1" --label "$LABEL.hash=$WANT_HASH" --label "$LABEL.hostdir=$hostdir" \
       --label "$LABEL.nfs-port=$nport" --label "$LABEL.mount-port=$mport" \
-      --label "$LABEL.protocols=$PROTOCOLS" \
+      --label "$LABEL.protocols=$PROTOCOLS" --label "$LABEL.grace=${GRACE:-none}" \
       -v "$hostdir/export:/export" \
       -v "$hostdir/export-rootsquash:/export-rootsquash" \
       "${conf[@]}" \

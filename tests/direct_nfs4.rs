@@ -494,3 +494,44 @@ async fn a_v4_only_server_is_served_on_its_one_port_where_nfsv3_cannot_reach_it(
         .await;
     assert!(v3.is_err(), "NFSv3 reached a v4-only server");
 }
+
+/// A server restarted with a grace period, and a client it recorded (one holding open state)
+/// that never comes back to reclaim: ganesha answers NFS4ERR_GRACE to OPEN, REMOVE, RENAME and
+/// SETATTR until the period ends, and the call waits it out within its deadline.
+#[tokio::test]
+async fn after_a_restart_into_a_grace_period_a_remove_waits_it_out_and_goes_through() {
+    if !nfs::servers_enabled(SUITE) {
+        return;
+    }
+    let server = nfs::OwnServer::start_with(
+        "v4-grace",
+        &[("NFS_SERVER_PROTOCOLS", "4"), ("NFS_SERVER_GRACE", "5")],
+    );
+    let mut c = open(&server.env).await;
+    mkdir(&mut c, "before").await.unwrap();
+    let mut gone = open(&server.env).await;
+    let root = export_root(&mut gone).await;
+    let open_file = vec![Op::PutFh(root), open_exclusive(&gone, "held-open", [3; 8])];
+    gone.call("open", open_file, true).await.unwrap();
+    drop(gone);
+    server.restart();
+
+    let started = std::time::Instant::now();
+    let root = export_root(&mut c).await;
+    c.call(
+        "remove",
+        vec![Op::PutFh(root), Op::Remove(b"before".to_vec())],
+        true,
+    )
+    .await
+    .unwrap();
+    let took = started.elapsed();
+    assert!(!server.env.export_dir.join("before").exists());
+    assert!(c.recoveries >= 1);
+    // The grace period (5 s) held the remove back; the deadline (30 s) did not run out.
+    assert!(
+        took >= Duration::from_secs(2),
+        "no grace period seen: took {took:?}"
+    );
+    assert!(took < Duration::from_secs(20), "took {took:?}");
+}

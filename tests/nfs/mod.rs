@@ -196,16 +196,18 @@ impl OwnServer {
     /// Starts a container on free ports (a few attempts: a port may be taken between the check
     /// and podman's bind).
     pub fn start(label: &str) -> Self {
-        Self::start_serving(label, "3,4")
+        Self::start_with(label, &[])
     }
 
     /// As [`OwnServer::start`], serving NFSv4 only: no MOUNT, and no NFSv3
     /// (`NFS_SERVER_PROTOCOLS=4`).
     pub fn start_v4_only(label: &str) -> Self {
-        Self::start_serving(label, "4")
+        Self::start_with(label, &[("NFS_SERVER_PROTOCOLS", "4")])
     }
 
-    fn start_serving(label: &str, protocols: &str) -> Self {
+    /// As [`OwnServer::start`], with scripts/nfs-server.sh's settings `env` (e.g.
+    /// `NFS_SERVER_GRACE`).
+    pub fn start_with(label: &str, env: &[(&str, &str)]) -> Self {
         let name = unique(&format!("nfs-test-{label}"));
         let dir = tempfile::Builder::new()
             .prefix(&format!("{name}-"))
@@ -215,7 +217,7 @@ impl OwnServer {
         for _ in 0..3 {
             let (nfs_port, mount_port) = free_ports();
             let out = Command::new("bash")
-                .env("NFS_SERVER_PROTOCOLS", protocols)
+                .envs(env.iter().copied())
                 .arg(repo().join("scripts/nfs-server.sh"))
                 .args(["start", &name])
                 .arg(dir.path())
