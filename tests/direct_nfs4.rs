@@ -26,6 +26,7 @@ async fn open(env: &nfs::Env) -> Connection {
     Connection::open(
         addr,
         unique("nfs4-test").as_bytes(),
+        false,
         Duration::from_secs(10),
         Duration::from_secs(30),
     )
@@ -460,6 +461,7 @@ async fn a_frozen_server_fails_the_call_within_its_deadline() {
     let mut c = Connection::open(
         addr,
         unique("nfs4-pause").as_bytes(),
+        false,
         Duration::from_secs(1),
         Duration::from_secs(4),
     )

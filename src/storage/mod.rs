@@ -14,7 +14,9 @@
 //!                                 record files, read a directory, remove, statfs, file I/O,
 //!                                 symlinks, attributes)
 //!                                   ├─ posix::PosixTransport: the export mounted at NFS_MOUNT_PATH
-//!                                   └─ nfs3::Nfs3Transport: our userspace NFSv3 client, no mount
+//!                                   ├─ nfs3::Nfs3Transport: our userspace NFSv3 client, no mount
+//!                                   └─ nfs4::Nfs4Transport: our userspace NFSv4.1 client, no mount
+//!                                      (not yet chosen by any class: issue 19 in progress)
 //! ```
 //!
 //! The protocol's decisions about staging records are pure ([`crate::core::staging`]); what each

@@ -11,8 +11,9 @@ use crate::nfs::{self, EXPORT, p, unique};
 use nfs_subdir_provisioner::core::params::DirMode;
 use nfs_subdir_provisioner::core::staging::{STAGING_DIR, TARGET_FILE, VOL_DIR};
 use nfs_subdir_provisioner::storage::nfs3::Nfs3Transport;
+use nfs_subdir_provisioner::storage::nfs4::Nfs4Transport;
 use nfs_subdir_provisioner::storage::posix::MountedExport;
-use nfs_subdir_provisioner::storage::{Backend, Created, Existing, Refusal, StorageFailure};
+use nfs_subdir_provisioner::storage::{Backend, Created, Existing, Refusal, StorageFailure, Volumes};
 use nix::sys::stat::Mode;
 use tempfile::TempDir;
 
@@ -186,6 +187,8 @@ pub struct Fx {
     /// The mounted transport's export (removed with the fixture).
     pub _tmp: Option<TempDir>,
     pub _umask: Option<UmaskLock>,
+    /// The backend is over NFSv4.1 (its errors are `NfsV4Error`s).
+    pub v41: bool,
 }
 
 impl Fx {
@@ -213,6 +216,7 @@ impl Fx {
             outside: tempfile::tempdir().unwrap(),
             _tmp: Some(tmp),
             _umask: Some(umask),
+            v41: false,
         }
     }
 
@@ -230,6 +234,25 @@ impl Fx {
             outside: tempfile::tempdir().unwrap(),
             _tmp: None,
             _umask: None,
+            v41: false,
+        })
+    }
+
+    /// As [`Fx::direct`], with the backend over the NFSv4.1 transport (the same server speaks
+    /// both); preconditions are still made over NFSv3.
+    pub async fn direct_v41(scenario: &str) -> Option<Fx> {
+        let env = nfs::env(SUITE)?;
+        let backend = Volumes::new(Nfs4Transport::new(env.export(EXPORT), env.options(&[])));
+        Some(Fx {
+            backend: Arc::new(backend),
+            tools: Tools::Nfs(env.connect(EXPORT, &[], 4).await),
+            backing: env.export_dir,
+            top: unique(scenario),
+            id: unique("pv"),
+            outside: tempfile::tempdir().unwrap(),
+            _tmp: None,
+            _umask: None,
+            v41: true,
         })
     }
 

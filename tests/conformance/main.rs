@@ -57,6 +57,20 @@ macro_rules! conformance {
             $module::$scenario(&fx).await;
             fx.cleanup().await;
         }
+
+        /// Over NFSv4.1: `<scenario>::direct_v41`.
+        mod $scenario {
+            use super::*;
+
+            #[tokio::test]
+            async fn direct_v41() {
+                let Some(fx) = Fx::direct_v41(stringify!($scenario)).await else {
+                    return;
+                };
+                super::$module::$scenario(&fx).await;
+                fx.cleanup().await;
+            }
+        }
     )*};
 }
 

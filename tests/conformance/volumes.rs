@@ -832,7 +832,13 @@ pub async fn delete_errors_name_the_entry_and_a_retry_resumes(fx: &Fx) {
     let err = fx.backend.delete_volume(&fx.path(&["vol"]), 4).await.unwrap_err();
     drop(lock);
     let f = fx.shown(&["vol", "locked", "f"]);
-    if fx.is_nfs() {
+    if fx.v41 {
+        assert!(
+            matches!(err.transport::<nfs_subdir_provisioner::storage::nfs4::NfsV4Error>(), Some(e) if e.status() == Some(nfs_subdir_provisioner::storage::nfs4::status::Status::PERM)),
+            "{err:?}"
+        );
+        assert_eq!(err.to_string(), format!("unlink {f}: NFS4ERR_PERM"));
+    } else if fx.is_nfs() {
         assert!(
             matches!(err.transport::<nfs_subdir_provisioner::storage::nfs3::NfsError>(), Some(e) if e.status() == Some(nfs3_client::nfs3_types::nfs3::nfsstat3::NFS3ERR_PERM)),
             "{err:?}"

@@ -91,6 +91,8 @@ const BACK_CHANNEL: ChannelAttrs = ChannelAttrs {
 /// One connection with its client id and session.
 pub struct Connection {
     addr: SocketAddr,
+    /// Source ports: reserved ones (`resvport`) where allowed.
+    connector: Connector,
     owner: Vec<u8>,
     /// How long one request may go unanswered before it is sent again on a new connection.
     timeo: Duration,
@@ -127,17 +129,20 @@ const BUSY_PAUSE: Duration = Duration::from_millis(500);
 
 impl Connection {
     /// Connects to `addr` (the NFS port; no portmapper or MOUNT in v4), names this client
-    /// `owner` (stable for this process, unique per provisioner replica) and opens a session.
+    /// `owner` (stable for this process, unique per provisioner replica) and opens a session;
+    /// `resvport`: from a source port below 1024 where that is allowed.
     /// Each request must be answered within `timeo`; a call, recovery included, takes at most
     /// `deadline`.
     pub async fn open(
         addr: SocketAddr,
         owner: &[u8],
+        resvport: bool,
         timeo: Duration,
         deadline: Duration,
     ) -> Result<Connection, Nfs4Error> {
         let mut connection = Connection {
             addr,
+            connector: Connector::new(resvport, timeo),
             owner: owner.to_vec(),
             timeo,
             deadline,
@@ -157,8 +162,7 @@ impl Connection {
     /// A connection, made if there is none.
     async fn rpc(&mut self) -> Result<&mut RpcClient<Stream>, Nfs4Error> {
         if self.rpc.is_none() {
-            let connector = Connector::new(false, self.timeo);
-            let tcp = match tokio::time::timeout(self.timeo, connector.connect(self.addr)).await {
+            let tcp = match tokio::time::timeout(self.timeo, self.connector.connect(self.addr)).await {
                 Ok(Ok(tcp)) => tcp,
                 Ok(Err(error)) => {
                     return Err(Nfs4Error::Connect {

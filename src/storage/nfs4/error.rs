@@ -1,0 +1,70 @@
+//! The NFSv4.1 transport's own failures (refusals are the protocol's, in `storage::error`): each
+//! says which operation, on which path (relative to the export root), and what the server
+//! answered or why it did not.
+
+use super::session::Nfs4Error;
+use super::status::Status;
+
+#[derive(Debug, thiserror::Error)]
+pub enum NfsV4Error {
+    #[error("{op} {path}: {status}{}", status_hint(*.status))]
+    Status {
+        op: &'static str,
+        path: String,
+        status: Status,
+    },
+    #[error(
+        "{op} {path}: {status}: the export squashes root (root_squash; new directories belong to \
+         {anon_uid}:{anon_gid}); set no_root_squash on the export or drop uid/gid from the StorageClass"
+    )]
+    RootSquashed {
+        op: &'static str,
+        path: String,
+        status: Status,
+        anon_uid: u32,
+        anon_gid: u32,
+    },
+    #[error("{op} {path}: {source}")]
+    Call {
+        op: &'static str,
+        path: String,
+        source: Nfs4Error,
+    },
+    #[error("{op} {path}: {reason}")]
+    Protocol {
+        op: &'static str,
+        path: String,
+        reason: String,
+    },
+}
+
+fn status_hint(status: Status) -> &'static str {
+    match status {
+        Status::BADOWNER => {
+            " (the server does not take numeric owners: ganesha Allow_Numeric_Owners = true; Linux \
+             nfsd: nfs4_disable_idmapping=Y)"
+        }
+        Status::WRONGSEC => " (the export does not accept AUTH_SYS: add sec=sys on the server)",
+        Status::GRACE => " (the server restarted and is still in its grace period; retried later)",
+        _ => "",
+    }
+}
+
+impl NfsV4Error {
+    pub fn status(&self) -> Option<Status> {
+        match self {
+            NfsV4Error::Status { status, .. } | NfsV4Error::RootSquashed { status, .. } => Some(*status),
+            NfsV4Error::Call {
+                source: Nfs4Error::Status { status, .. },
+                ..
+            } => Some(*status),
+            _ => None,
+        }
+    }
+}
+
+impl From<NfsV4Error> for crate::storage::error::StorageFailure {
+    fn from(e: NfsV4Error) -> Self {
+        crate::storage::error::StorageFailure::Transport(Box::new(e))
+    }
+}
