@@ -207,11 +207,13 @@ async fn class_checks(client: &Client, provisioner: &str, exports: &Exports) -> 
         };
         match client_options(class.mount_options.as_deref().unwrap_or_default()) {
             Ok(options) => {
+                let version = options.version;
                 items.push(pass(format!(
-                    "StorageClass {name}: parameters valid (export {export}, served directly)"
+                    "StorageClass {name}: parameters valid (export {export}, served directly over {version})"
                 )));
+                let over = format!("over direct {version}");
                 match exports.get(&export, &Access::Direct(options)) {
-                    Ok(storage) => items.extend(export_checks(&storage, "over direct NFS").await),
+                    Ok(storage) => items.extend(export_checks(&storage, &over).await),
                     Err(error) => items.push(fail(format!("export {export}: {error}"))),
                 }
             }

@@ -389,6 +389,7 @@ pub fn client_options(port: u16, mount_port: u16) -> ClientOptions {
         timeout: Duration::from_secs(10),
         retrans: 2,
         resvport: false,
+        ..ClientOptions::default()
     }
 }
 

@@ -29,12 +29,33 @@ pub enum Access {
     Direct(ClientOptions),
 }
 
+/// The NFS protocol a direct client speaks.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
+pub enum NfsVersion {
+    /// NFSv3, with the portmapper and MOUNT (the default, as before NFSv4.1 was served).
+    #[default]
+    V3,
+    /// NFSv4.1 (also for `nfsvers=4` and `4.2`): one port, no portmapper or MOUNT.
+    V4_1,
+}
+
+impl std::fmt::Display for NfsVersion {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            NfsVersion::V3 => "NFSv3",
+            NfsVersion::V4_1 => "NFSv4.1",
+        })
+    }
+}
+
 /// What a direct NFS client takes from `mountOptions`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub struct ClientOptions {
-    /// NFS port; `None` asks the server's portmapper.
+    /// `nfsvers`/`vers` (or `v3`, `v4.1`, ...): 3, or 4.1 for 4, 4.1 and 4.2.
+    pub version: NfsVersion,
+    /// NFS port; `None` asks the server's portmapper (NFSv3) or is 2049 (NFSv4.1).
     pub port: Option<u16>,
-    /// MOUNT protocol port; `None` asks the server's portmapper.
+    /// MOUNT protocol port; `None` asks the server's portmapper. NFSv4.1 has no MOUNT.
     pub mount_port: Option<u16>,
     /// Deadline of one request (`timeo`, deciseconds). Default 10 s, below the kernel's 60 s on
     /// purpose: an operation is several requests, and a server that stopped answering must fail
@@ -51,6 +72,7 @@ pub struct ClientOptions {
 impl Default for ClientOptions {
     fn default() -> Self {
         ClientOptions {
+            version: NfsVersion::V3,
             port: None,
             mount_port: None,
             timeout: Duration::from_secs(10),
@@ -63,7 +85,7 @@ impl Default for ClientOptions {
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum OptionsError {
     #[error(
-        "mount option {0:?}: only NFS version 3 is served directly (the server and share parameters); use nfsvers=3 or drop the option"
+        "mount option {0:?}: NFS versions 3 and 4.1 are served directly (the server and share parameters; 4 and 4.2          are served as 4.1); NFSv4.0 has no sessions: use nfsvers=4.1, or nfsvers=3"
     )]
     UnsupportedVersion(String),
     #[error("mount option {option:?}: the direct NFS client supports only {supported}")]
@@ -94,9 +116,12 @@ pub fn client_options(mount_options: &[String]) -> Result<ClientOptions, Options
                 .ok_or_else(|| invalid("a port number from 1 to 65535"))
         };
         match key {
-            "nfsvers" | "vers" if value == "3" => {}
-            "v3" => {}
-            "nfsvers" | "vers" | "v4" | "v4.0" | "v4.1" | "v4.2" => {
+            "nfsvers" | "vers" if value == "3" => options.version = NfsVersion::V3,
+            "v3" => options.version = NfsVersion::V3,
+            "nfsvers" | "vers" if matches!(value, "4" | "4.1" | "4.2") => options.version = NfsVersion::V4_1,
+            "v4" | "v4.1" | "v4.2" => options.version = NfsVersion::V4_1,
+            "minorversion" if matches!(value, "1" | "2") => {}
+            "nfsvers" | "vers" | "v2" | "v4.0" | "minorversion" => {
                 return Err(OptionsError::UnsupportedVersion(option.to_owned()));
             }
             "port" => options.port = Some(port()?),
@@ -184,13 +209,28 @@ mod tests {
     }
 
     #[test]
-    fn nfs_v4_is_refused_with_a_reason() {
-        for v in ["nfsvers=4.1", "vers=4", "v4.2"] {
+    fn nfs_v4_1_and_4_2_are_served_as_4_1_and_v4_0_is_refused_with_a_reason() {
+        for v in ["nfsvers=4.1", "vers=4", "v4.2", "nfsvers=4,minorversion=1", "v4"] {
+            assert_eq!(opts(&[v]).unwrap().version, NfsVersion::V4_1, "{v}");
+        }
+        for v in [
+            "nfsvers=4.0",
+            "v4.0",
+            "nfsvers=4,minorversion=0",
+            "vers=2",
+            "nfsvers=5",
+        ] {
             let err = opts(&[v]).unwrap_err();
             assert!(matches!(err, OptionsError::UnsupportedVersion(_)), "{v}");
-            assert!(err.to_string().contains("version 3"), "{err}");
+            assert!(err.to_string().contains("4.1"), "{err}");
         }
-        assert!(opts(&["vers=3", "v3"]).is_ok());
+        assert_eq!(opts(&["vers=3", "v3"]).unwrap().version, NfsVersion::V3);
+        assert_eq!(opts(&[]).unwrap().version, NfsVersion::V3);
+        // Later options win, the version too.
+        assert_eq!(
+            opts(&["nfsvers=4.1", "nfsvers=3"]).unwrap().version,
+            NfsVersion::V3
+        );
     }
 
     #[test]

@@ -13,13 +13,14 @@ use std::time::Duration;
 use super::copy::Progress;
 use super::error::StorageFailure;
 use super::nfs3::Nfs3Transport;
+use super::nfs4::Nfs4Transport;
 use super::posix::MountedExport;
 use super::protocol::{Archived, Backend, Created, Fill, Listing, OpFuture, Removed, Volumes};
 use super::transport::Capacity;
 use super::usage::Usage;
 use super::walker::Pace;
 use crate::config::Config;
-use crate::core::export::{Access, ClientOptions, Export};
+use crate::core::export::{Access, ClientOptions, Export, NfsVersion};
 use crate::core::naming::VolumePath;
 use crate::core::params::DirMode;
 use crate::core::staging::Existing;
@@ -398,8 +399,12 @@ impl Exports {
         Ok(direct
             .entry((export.clone(), options))
             .or_insert_with(|| {
+                let backend: Arc<dyn Backend> = match options.version {
+                    NfsVersion::V3 => Arc::new(Volumes::new(Nfs3Transport::new(export.clone(), options))),
+                    NfsVersion::V4_1 => Arc::new(Volumes::new(Nfs4Transport::new(export.clone(), options))),
+                };
                 Storage::new(
-                    Arc::new(Volumes::new(Nfs3Transport::new(export.clone(), options))),
+                    backend,
                     export.to_string(),
                     self.limits,
                     self.health.clone(),

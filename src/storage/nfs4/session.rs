@@ -16,10 +16,11 @@
 //! * a call that failed unanswered leaves the slot in doubt: the next call makes a new session
 //!   first;
 //! * `NFS4ERR_GRACE` from an operation (a restarted server waiting for its clients to reclaim):
-//!   the request again after a pause until the grace period ends or the deadline passes.
+//!   the request again after a pause until the grace period ends ([`GRACE_BUDGET`] at most: a
+//!   server in grace answers, so the deadline for unanswered requests does not apply).
 //!
-//! Not here yet (`docs/design/nfsv4.1-transport.md`): several slots shared by a pool of
-//! connections, and the transport built on this.
+//! Not here (`docs/design/nfsv4.1-transport.md`): several slots on one session; each connection
+//! of the pool ([`super::pool`]) is a client with a one-slot session of its own.
 
 use std::net::SocketAddr;
 use std::time::Duration;
@@ -41,26 +42,31 @@ use crate::storage::nfs3::rpc::{Connector, Stream, credential};
 
 pub use super::compound::Op;
 
-/// Why a COMPOUND got no usable reply, or what the server refused.
+/// Why a COMPOUND got no usable reply, or what the server refused. `op` is the request's tag;
+/// the messages leave it to the error that wraps them, which names the operation and its path.
 #[derive(Debug, Error)]
 pub enum Nfs4Error {
-    #[error("{op}: connecting to {addr}: {error}")]
+    #[error("connecting to {addr}: {error}")]
     Connect {
         op: &'static str,
         addr: SocketAddr,
         error: std::io::Error,
     },
-    #[error("{op}: no reply within {0:?}", .timeout)]
-    TimedOut { op: &'static str, timeout: Duration },
-    #[error("{op}: {error}")]
+    #[error("no answer from {addr} within {after:?} (timeo x (retrans + 1)): is the server answering?")]
+    TimedOut {
+        op: &'static str,
+        addr: SocketAddr,
+        after: Duration,
+    },
+    #[error("RPC failed: {error}")]
     Rpc { op: &'static str, error: String },
-    #[error("{op}: the connection broke: {error}")]
+    #[error("the connection broke: {error}")]
     Broken { op: &'static str, error: String },
-    #[error("{op}: the server's reply does not parse: {error}")]
+    #[error("the server's reply does not parse: {error}")]
     Xdr { op: &'static str, error: XdrError },
-    #[error("{op}: the server answered {status}")]
+    #[error("the server answered {status}")]
     Status { op: &'static str, status: Status },
-    #[error("{op}: the server answered for session {got:02x?}, not ours")]
+    #[error("the server answered for session {got:02x?}, not ours")]
     WrongSession { op: &'static str, got: SessionId },
 }
 
@@ -126,6 +132,10 @@ pub struct Sent<T> {
 
 /// How long to wait before asking a server that said DELAY or GRACE again.
 const BUSY_PAUSE: Duration = Duration::from_millis(500);
+/// How long a call waits out a grace period at most. A server in grace answers (it is not the
+/// dead server the deadline is for) and a restart's grace is as long as its lease (ganesha's
+/// default: 90 s); the storage layer's FS_OPERATION_TIMEOUT bounds the whole operation anyway.
+const GRACE_BUDGET: Duration = Duration::from_secs(120);
 
 impl Connection {
     /// Connects to `addr` (the NFS port; no portmapper or MOUNT in v4), names this client
@@ -174,7 +184,8 @@ impl Connection {
                 Err(_) => {
                     return Err(Nfs4Error::TimedOut {
                         op: "connect",
-                        timeout: self.timeo,
+                        addr: self.addr,
+                        after: self.timeo,
                     });
                 }
             };
@@ -210,7 +221,11 @@ impl Connection {
             Err(_) => {
                 // The stream is mid-reply: unusable.
                 self.rpc = None;
-                return Err(Nfs4Error::TimedOut { op, timeout: timeo });
+                return Err(Nfs4Error::TimedOut {
+                    op,
+                    addr: self.addr,
+                    after: timeo,
+                });
             }
         };
         Reply::decode(&raw.0, compound).map_err(|error| Nfs4Error::Xdr { op, error })
@@ -324,7 +339,8 @@ impl Connection {
         ops: Vec<Op>,
         cache_this: bool,
     ) -> Result<Sent<Reply>, Nfs4Error> {
-        let until = Instant::now() + self.deadline;
+        let mut until = Instant::now() + self.deadline;
+        let grace_until = Instant::now() + self.deadline.max(GRACE_BUDGET);
         let mut resent = false;
         if self.in_doubt {
             self.recover(until).await?;
@@ -334,8 +350,9 @@ impl Connection {
             match Box::pin(self.call_within(tag, ops.clone(), cache_this, until)).await {
                 Ok(reply) => {
                     let grace = matches!(reply.failed(), Some((_, Status::GRACE)));
-                    if grace && Instant::now() + BUSY_PAUSE < until {
+                    if grace && Instant::now() + BUSY_PAUSE < grace_until {
                         tokio::time::sleep(BUSY_PAUSE).await;
+                        until = Instant::now() + self.deadline;
                         continue;
                     }
                     return Ok(Sent { value: reply, resent });
@@ -347,7 +364,15 @@ impl Connection {
                 }
                 Err(error) => {
                     self.in_doubt = is_unanswered(&error);
-                    return Err(error);
+                    // Unanswered to the end: the whole deadline went by.
+                    return Err(match error {
+                        Nfs4Error::TimedOut { op, addr, .. } => Nfs4Error::TimedOut {
+                            op,
+                            addr,
+                            after: self.deadline,
+                        },
+                        error => error,
+                    });
                 }
             }
         }
