@@ -1,5 +1,6 @@
 //! Deleting big trees over NFS with the provisioner's own code (`Backend::delete_volume` of
-//! `Volumes<Nfs3Transport>`, the volume protocol over the NFSv3 transport).
+//! `Volumes<Nfs3Transport>`, the volume protocol over the NFSv3 transport, or with
+//! `BENCH_NFS_VERSION=4.1` over the NFSv4.1 transport, `Volumes<Nfs4Transport>`).
 //!
 //! `cargo bench --bench nfs_delete [-- 10000 100000]`
 //!
@@ -305,6 +306,11 @@ async fn measure(opts: &Options, ganesha: &mut Ganesha, ticks: f64) -> Result<Re
     Ok((samples, rtts))
 }
 
+/// Whether the timed client speaks NFSv4.1 (`BENCH_NFS_VERSION=4.1`) rather than NFSv3.
+fn nfs_v41() -> bool {
+    std::env::var("BENCH_NFS_VERSION").is_ok_and(|v| v == "4.1")
+}
+
 /// One build and delete, in seconds.
 struct Sample {
     delete: f64,
@@ -338,10 +344,20 @@ async fn one_delete(
     build(&builder, &top, files).await?;
     let built = started.elapsed().as_secs_f64();
     drop(builder);
-    let client = connect(port, ganesha.mount_port, config.connections)
-        .await
-        .with_context(|| format!("connecting {}", config.label()))?;
-    warm_up(&client, config.connections).await?;
+    let client: Box<dyn Backend> = if nfs_v41() {
+        Box::new(
+            nfs::connect_v41(port, config.connections)
+                .await
+                .with_context(|| format!("connecting {} over NFSv4.1", config.label()))?,
+        )
+    } else {
+        Box::new(
+            connect(port, ganesha.mount_port, config.connections)
+                .await
+                .with_context(|| format!("connecting {}", config.label()))?,
+        )
+    };
+    warm_up(client.as_ref(), config.connections).await?;
     let me = std::process::id();
     let profiler = match perf_dir {
         Some(dir) => Some(Profiler::start(&dir.join(format!("{top}.data"))).await?),
@@ -475,10 +491,16 @@ fn table(opts: &Options, samples: &BTreeMap<Case, Samples>, rtts: &BTreeMap<Dura
     };
     let plain = |rtt: Duration| format!("{:.1} ms", ms(rtt));
     let mut out = format!(
-        "\nSeconds to delete the tree with `Volumes<Nfs3Transport>::delete_volume`: median of {} run(s), \
+        "\nSeconds to delete the tree with `Volumes<{}>::delete_volume`: median of {} run(s), \
          min–max in parentheses; \"(1 run)\": a case of over a minute per run, run {} time(s) \
          (`BENCH_SLOW_RUNS`). FSSTAT: the measured time of one serial round trip.\n\n",
-        opts.runs, opts.slow_runs
+        if nfs_v41() {
+            "Nfs4Transport"
+        } else {
+            "Nfs3Transport"
+        },
+        opts.runs,
+        opts.slow_runs
     );
     out.push_str(&grid(opts, samples, &measured, &|_, s| cell(&s.delete, 2)));
     out.push_str("\nEntries removed per second (median run):\n\n");

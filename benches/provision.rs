@@ -43,7 +43,10 @@
 //! provisioning-phase provisioner (or the `BENCH_PROVISIONER_WRAPPED`th: 2 start-up and idle, 3
 //! release) under a profiler; `BENCH_PROVISIONER_BIN` measures another build
 //! of the provisioner (the image's, or one from before a change). `scripts/bench-scale.sh` runs
-//! the whole scale matrix (N = 100, 1000, 10 000 at both client limits) for one binary. Without the
+//! the whole scale matrix (N = 100, 1000, 10 000 at both client limits) for one binary.
+//! `BENCH_NFS=3` or `4.1` has the classes name an nfs-ganesha container (scripts/nfs-server.sh;
+//! `4.1`: NFSv4 only) serving the run's export directory, reached by the direct client of that
+//! version instead of the mounted export. Without the
 //! `--bench` argument that `cargo bench` passes (e.g. under `cargo test --all-targets`) it does
 //! nothing.
 
@@ -802,6 +805,8 @@ struct Run {
     startup: Duration,
     /// What this run found wrong (see [`RunOutcome::violations`]).
     violations: Mutex<Vec<String>>,
+    /// `BENCH_NFS`: the nfs-ganesha serving [`Run::export`], which the classes name directly.
+    nfs: Option<support::nfs_server::NfsServer>,
 }
 
 /// How long a provisioning or release phase of N claims may take before the bench calls it hung.
@@ -995,7 +1000,20 @@ impl Run {
         let kubeconfig = t.provisioner_kubeconfig(&ns).await?;
         let export = dir.join("export");
         std::fs::create_dir_all(&export)?;
+        // `dir/export` is what the server serves: volumes land where the mounted ones would.
+        let nfs = match std::env::var("BENCH_NFS").unwrap_or_default().as_str() {
+            "" => None,
+            "3" => {
+                Some(support::nfs_server::NfsServer::start(&format!("{ns}-nfs"), "127.0.0.1", &dir).await?)
+            }
+            "4.1" => Some(
+                support::nfs_server::NfsServer::start_v4_only(&format!("{ns}-nfs"), "127.0.0.1", &dir, None)
+                    .await?,
+            ),
+            other => anyhow::bail!("BENCH_NFS={other}: 3 or 4.1 (or unset: the mounted export)"),
+        };
         Ok(Run {
+            nfs,
             client: suite.cp.admin_client(),
             provisioner_name: format!("bench.example.com/{ns}"),
             ns,
@@ -1026,10 +1044,26 @@ impl Run {
 
     async fn class(&self, suffix: &str, params: serde_json::Value) -> Result<String> {
         let name = format!("{}-{suffix}", self.ns);
+        let mut params = params;
+        let mut mount_options = json!([]);
+        if let Some(nfs) = &self.nfs {
+            params["server"] = json!(nfs.bind);
+            params["share"] = json!("/export");
+            // The server's ports, the provisioner's own defaults otherwise.
+            mount_options = if nfs.v4_only {
+                json!(["nfsvers=4.1", format!("port={}", nfs.port)])
+            } else {
+                json!([
+                    "nfsvers=3",
+                    format!("port={},mountport={}", nfs.port, nfs.mount_port)
+                ])
+            };
+        }
         let class: StorageClass = serde_json::from_value(json!({
             "metadata": { "name": name },
             "provisioner": self.provisioner_name,
             "parameters": params,
+            "mountOptions": mount_options,
             "reclaimPolicy": "Delete",
         }))?;
         Api::<StorageClass>::all(self.client.clone())

@@ -13,9 +13,10 @@ use std::thread;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, ensure};
-use nfs_subdir_provisioner::core::export::{ClientOptions, Export};
-use nfs_subdir_provisioner::storage::Volumes;
+use nfs_subdir_provisioner::core::export::{ClientOptions, Export, NfsVersion};
 use nfs_subdir_provisioner::storage::nfs3::Nfs3Transport;
+use nfs_subdir_provisioner::storage::nfs4::Nfs4Transport;
+use nfs_subdir_provisioner::storage::{Backend, Volumes};
 
 use super::proc_stat;
 
@@ -379,6 +380,20 @@ pub async fn connect(port: u16, mount_port: u16, connections: usize) -> Result<C
     Ok(Volumes::new(transport))
 }
 
+/// The same over NFSv4.1: requests to `port` only (no MOUNT).
+pub async fn connect_v41(port: u16, connections: usize) -> Result<Volumes<Nfs4Transport>> {
+    let export = Export {
+        server: SERVER.to_owned(),
+        path: SHARE.to_owned(),
+    };
+    let options = ClientOptions {
+        version: NfsVersion::V4_1,
+        ..client_options(port, 0)
+    };
+    let transport = Nfs4Transport::connect(export, options, connections).await?;
+    Ok(Volumes::new(transport))
+}
+
 pub fn client_options(port: u16, mount_port: u16) -> ClientOptions {
     ClientOptions {
         port: Some(port),
@@ -395,7 +410,7 @@ pub fn client_options(port: u16, mount_port: u16) -> ClientOptions {
 
 /// Opens the pool's connections (a connection is made on first use; the provisioner's pool is
 /// warm after its first operations), so that connect time is not part of a delete.
-pub async fn warm_up(export: &Client, connections: usize) -> Result<()> {
+pub async fn warm_up<B: Backend + ?Sized>(export: &B, connections: usize) -> Result<()> {
     for _ in 0..3 {
         futures::future::try_join_all((0..connections).map(|_| export.capacity())).await?;
     }

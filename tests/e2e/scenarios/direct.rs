@@ -156,7 +156,7 @@ pub fn trials() -> Vec<E2eTrial> {
             let (root_3, root_4) = (t.dir.join("server-v3"), t.dir.join("server-v4"));
             let (v3, v4) = tokio::try_join!(
                 NfsServer::start(&name_3, "127.0.0.6", &root_3),
-                NfsServer::start_v4_only(&name_4, "127.0.0.7", &root_4, 5),
+                NfsServer::start_v4_only(&name_4, "127.0.0.7", &root_4, Some(5)),
             )?;
             let (provisioner, http) = env.start_serving(&[
                 ("ENABLE_LEADER_ELECTION", "false"),

@@ -38,19 +38,19 @@ impl NfsServer {
     }
 
     /// NFSv4 only (no MOUNT listener, one published port), with a grace period of
-    /// `grace_secs` after each restart.
-    pub async fn start_v4_only(name: &str, bind: &str, dir: &Path, grace_secs: u32) -> Result<NfsServer> {
-        let grace = grace_secs.to_string();
-        Self::start_with(
-            name,
-            bind,
-            dir,
-            &[
-                ("NFS_SERVER_PROTOCOLS", "4"),
-                ("NFS_SERVER_GRACE", grace.as_str()),
-            ],
-        )
-        .await
+    /// `grace_secs` after each restart (`None`: graceless, as the default server).
+    pub async fn start_v4_only(
+        name: &str,
+        bind: &str,
+        dir: &Path,
+        grace_secs: Option<u32>,
+    ) -> Result<NfsServer> {
+        let grace = grace_secs.map(|g| g.to_string());
+        let mut env = vec![("NFS_SERVER_PROTOCOLS", "4")];
+        if let Some(grace) = grace.as_deref() {
+            env.push(("NFS_SERVER_GRACE", grace));
+        }
+        Self::start_with(name, bind, dir, &env).await
     }
 
     async fn start_with(name: &str, bind: &str, dir: &Path, env: &[(&str, &str)]) -> Result<NfsServer> {
