@@ -68,3 +68,24 @@ impl From<NfsV4Error> for crate::storage::error::StorageFailure {
         crate::storage::error::StorageFailure::Transport(Box::new(e))
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_refused_numeric_owner_names_the_server_option_that_allows_it() {
+        let e = NfsV4Error::Status {
+            op: "chown",
+            path: "a/b".into(),
+            status: Status::BADOWNER,
+        };
+        let shown = e.to_string();
+        assert!(shown.starts_with("chown a/b: NFS4ERR_BADOWNER"), "{shown}");
+        assert!(
+            shown.contains("Allow_Numeric_Owners") && shown.contains("nfs4_disable_idmapping"),
+            "{shown}"
+        );
+        assert_eq!(e.status(), Some(Status::BADOWNER));
+    }
+}

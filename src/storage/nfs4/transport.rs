@@ -33,8 +33,9 @@ use crate::storage::transport::{
 
 /// The NFS port of NFSv4, where `port=` does not say another.
 pub const NFS_PORT: u16 = 2049;
-/// Connections a pool starts with.
-pub const DEFAULT_CONNECTIONS: usize = 4;
+/// Connections (and so requests in flight) a pool allows before a delete grows it, as over NFSv3;
+/// each is opened when first needed.
+pub const DEFAULT_CONNECTIONS: usize = crate::storage::nfs3::DEFAULT_CONNECTIONS;
 /// Bytes one READ or WRITE moves at most, whatever the server offers: the session's requests
 /// and replies are sized for it.
 const IO_SIZE_MAX: u64 = 1 << 20;
