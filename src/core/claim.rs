@@ -933,9 +933,14 @@ mod tests {
     }
 
     #[test]
-    fn refuse_a_direct_class_asking_for_nfs_v4() {
+    fn a_direct_class_asking_for_nfs_v4_1_is_served_and_one_asking_for_4_0_refused() {
         let mut c = class(&[("server", "10.0.0.9"), ("share", "/srv")]);
         c.mount_options = Some(vec!["nfsvers=4.1".into()]);
+        assert!(matches!(
+            decide_with(&claim(), Some(&c)),
+            ClaimDecision::Provision(_)
+        ));
+        c.mount_options = Some(vec!["nfsvers=4.0".into()]);
         assert!(matches!(
             decide_with(&claim(), Some(&c)),
             ClaimDecision::Refuse(Refusal::MountOptions(_))

@@ -711,7 +711,7 @@ pub(crate) mod tests {
             "broken",
             ME,
             &[("server", "s2"), ("share", "/srv")],
-            &["nfsvers=4"],
+            &["nfsvers=4.0"],
         ));
         classes.apply(&class(
             "theirs",

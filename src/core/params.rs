@@ -398,7 +398,7 @@ mod tests {
             class("b", "me", &direct, &[]),
             class("c", "other", &[("server", "o"), ("share", "/o")], &[]),
             class("d", "me", &[("server", "m"), ("share", "/m")], &[]),
-            class("e", "me", &[("server", "x"), ("share", "/x")], &["nfsvers=4"]),
+            class("e", "me", &[("server", "x"), ("share", "/x")], &["nfsvers=4.0"]),
             class(
                 "f",
                 "me",

@@ -29,6 +29,7 @@ pub mod error;
 pub mod exports;
 pub mod nfs3;
 pub mod nfs4;
+mod nfs_emulation;
 pub mod posix;
 pub mod protocol;
 pub mod remove;

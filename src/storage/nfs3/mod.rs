@@ -43,6 +43,7 @@ pub use rpc::MAX_CONNECTIONS;
 pub use self::proto::Node;
 use self::proto::{Mkdir, mode_attr, status};
 use super::error::StorageResult;
+use super::nfs_emulation::{self, Claimed, NfsRequests, RenameAnswer, SetAnswer};
 use super::transport::{
     At, Attrs, Capacity, Entry, FileCopied, FileType, Kind, Made, Move, Opened, OpenedFile, Owner, Page,
     ReadFile, Renamed, Stat, Target, Time, Transport, Unlinked,
@@ -211,6 +212,75 @@ impl Nfs3Transport {
     }
 }
 
+impl NfsRequests for Nfs3Transport {
+    type Node = Node;
+
+    async fn look_up(&self, dir: &Node, name: &[u8], at: At<'_>) -> StorageResult<Option<Node>> {
+        self.lookup(dir, name, at).await
+    }
+
+    fn is_claim(node: &Node) -> bool {
+        is_claim(node)
+    }
+
+    fn file_id(node: &Node) -> u64 {
+        node.attr.fileid
+    }
+
+    async fn make_claim(&self, dir: &Node, name: &[u8], at: At<'_>) -> StorageResult<Claimed> {
+        Ok(
+            match self
+                .proto()
+                .mkdir(&dir.fh, name, CLAIM_MODE, at.op, at.path)
+                .await?
+            {
+                Mkdir::New(_) => Claimed::New,
+                Mkdir::Exists { resent } => Claimed::Exists { resent },
+            },
+        )
+    }
+
+    async fn drop_claim(&self, dir: &Node, name: &[u8], at: At<'_>) {
+        let _ = self.proto().rmdir(&dir.fh, name, at.op, at.path).await;
+    }
+
+    async fn rename_once(&self, m: Move<'_, Node>, at: At<'_>) -> StorageResult<RenameAnswer> {
+        let answer = self
+            .proto()
+            .rename(&m.from_dir.fh, m.from, &m.to_dir.fh, m.to, at.op, at.path)
+            .await?;
+        match answer.status {
+            nfsstat3::NFS3_OK => Ok(RenameAnswer::Done),
+            nfsstat3::NFS3ERR_NOENT => Ok(RenameAnswer::SourceMissing {
+                resent: answer.resent,
+            }),
+            nfsstat3::NFS3ERR_NOTEMPTY | nfsstat3::NFS3ERR_EXIST | nfsstat3::NFS3ERR_NOTDIR => {
+                Ok(RenameAnswer::Taken)
+            }
+            s => Err(status(at.op, at.path, s).into()),
+        }
+    }
+
+    async fn set_once(
+        &self,
+        node: &Node,
+        attrs: &Attrs,
+        with_owner: bool,
+        at: At<'_>,
+    ) -> StorageResult<SetAnswer> {
+        match self.set(node, sattr(attrs, with_owner), at).await {
+            Ok(()) => Ok(SetAnswer::Done),
+            Err(e)
+                if with_owner
+                    && matches!(e.status(), Some(nfsstat3::NFS3ERR_PERM | nfsstat3::NFS3ERR_INVAL)) =>
+            {
+                Ok(SetAnswer::OwnerRefused)
+            }
+            Err(e) => Err(e.into()),
+        }
+    }
+}
+
 impl Transport for Nfs3Transport {
     type Dir = Node;
     type Cursor = (u64, cookieverf3);
@@ -303,39 +373,7 @@ impl Transport for Nfs3Transport {
         reuse_claim: bool,
         at: At<'_>,
     ) -> StorageResult<Renamed> {
-        let (from_dir, from, to_dir, to) = (m.from_dir, m.from, m.to_dir, m.to);
-        let proto = self.proto();
-        let fresh = match proto.mkdir(&to_dir.fh, to, CLAIM_MODE, at.op, at.path).await? {
-            Mkdir::New(_) => true,
-            Mkdir::Exists { resent } => match self.lookup(to_dir, to, at).await? {
-                Some(n) if (reuse_claim || resent) && is_claim(&n) => false,
-                _ => return Ok(Renamed::Taken),
-            },
-        };
-        let answer = proto
-            .rename(&from_dir.fh, from, &to_dir.fh, to, at.op, at.path)
-            .await?;
-        match answer.status {
-            nfsstat3::NFS3_OK => Ok(Renamed::Done),
-            nfsstat3::NFS3ERR_NOENT => {
-                if answer.resent
-                    && let Some(n) = self.lookup(to_dir, to, at).await?
-                    && n.attr.fileid == from_id
-                {
-                    return Ok(Renamed::Done);
-                }
-                if fresh {
-                    // Fails harmlessly if something was put into it meanwhile.
-                    let _ = proto.rmdir(&to_dir.fh, to, at.op, at.path).await;
-                }
-                Ok(Renamed::SourceMissing)
-            }
-            // Something was put into our claim meanwhile (or replaced it): not ours any more.
-            nfsstat3::NFS3ERR_NOTEMPTY | nfsstat3::NFS3ERR_EXIST | nfsstat3::NFS3ERR_NOTDIR => {
-                Ok(Renamed::Taken)
-            }
-            s => Err(status(at.op, at.path, s).into()),
-        }
+        nfs_emulation::rename_noreplace(self, m, from_id, reuse_claim, at).await
     }
 
     async fn rename(&self, m: Move<'_, Node>, at: At<'_>) -> StorageResult<Renamed> {
@@ -567,8 +605,6 @@ impl Transport for Nfs3Transport {
         )
     }
 
-    /// One SETATTR, or two when setuid or setgid bits must survive the owner change; an owner the
-    /// server refuses (root squashed) is reported and the rest set without it.
     async fn set_attrs(
         &self,
         target: Target<'_, Node, NfsFile>,
@@ -583,37 +619,7 @@ impl Transport for Nfs3Transport {
                 None => return Err(status(at.op, at.path, nfsstat3::NFS3ERR_NOENT).into()),
             },
         };
-        let mut attrs = *attrs;
-        if link {
-            attrs.mode = None;
-            attrs.size = None;
-        }
-        let special_bits = attrs.mode.is_some_and(|m| m & 0o6000 != 0);
-        let mut owner = Owner::Kept;
-        if attrs.sets_owner() {
-            let first = if special_bits {
-                Attrs {
-                    uid: attrs.uid,
-                    gid: attrs.gid,
-                    ..Attrs::default()
-                }
-            } else {
-                attrs
-            };
-            match self.set(&node, sattr(&first, true), at).await {
-                Ok(()) if !special_bits => return Ok(Owner::Kept),
-                Ok(()) => {}
-                Err(e) if matches!(e.status(), Some(nfsstat3::NFS3ERR_PERM | nfsstat3::NFS3ERR_INVAL)) => {
-                    owner = Owner::Refused;
-                }
-                Err(e) => return Err(e.into()),
-            }
-        }
-        let rest = sattr(&attrs, false);
-        if rest.mode.is_some() || rest.size.is_some() || attrs.times.is_some() {
-            self.set(&node, rest, at).await?;
-        }
-        Ok(owner)
+        nfs_emulation::set_attrs(self, &node, link, attrs, at).await
     }
 
     /// NFSv3 has no server-side copy: the copy reads and writes.

@@ -26,6 +26,7 @@ use super::status::Status;
 use crate::core::export::{ClientOptions, Export};
 use crate::core::staging::{CLAIM_MODE, RECORD_FILE_MAX};
 use crate::storage::error::StorageResult;
+use crate::storage::nfs_emulation::{self, Claimed, NfsRequests, RenameAnswer, SetAnswer};
 use crate::storage::transport::{
     At, Attrs, Capacity, Entry, FileCopied, FileType, Kind, Made, Move, Opened, OpenedFile, Owner, Page,
     ReadFile, Renamed, Stat, Target, Transport, Unlinked,
@@ -453,6 +454,94 @@ fn restarted(at: At<'_>) -> NfsV4Error {
     )
 }
 
+/// The owner, mode, size and times of `attrs` as NFSv4 sets them (the owner only if `with_owner`).
+fn new_attributes(attrs: &Attrs, with_owner: bool) -> NewAttributes {
+    let (atime, mtime) = attrs.times.map_or((None, None), |(a, m)| {
+        (Some(SetTime::Client(a)), Some(SetTime::Client(m)))
+    });
+    NewAttributes {
+        size: attrs.size,
+        mode: attrs.mode,
+        uid: attrs.uid.filter(|_| with_owner),
+        gid: attrs.gid.filter(|_| with_owner),
+        atime,
+        mtime,
+    }
+}
+
+impl NfsRequests for Nfs4Transport {
+    type Node = Node;
+
+    async fn look_up(&self, dir: &Node, name: &[u8], at: At<'_>) -> StorageResult<Option<Node>> {
+        Ok(self.lookup(dir, name, at).await?)
+    }
+
+    fn is_claim(node: &Node) -> bool {
+        is_claim(node)
+    }
+
+    fn file_id(node: &Node) -> u64 {
+        node.stat.id
+    }
+
+    async fn make_claim(&self, dir: &Node, name: &[u8], at: At<'_>) -> StorageResult<Claimed> {
+        let ops = vec![
+            Op::PutFh(dir.fh.to_vec()),
+            Op::Create {
+                object: NewObject::Dir,
+                name: name.to_vec(),
+                attrs: NewAttributes {
+                    mode: Some(CLAIM_MODE),
+                    ..NewAttributes::default()
+                },
+            },
+        ];
+        let answer = self.call(ops, true, at).await?;
+        match answer.failed() {
+            None => Ok(Claimed::New),
+            Some((1, Status::EXIST)) => Ok(Claimed::Exists {
+                resent: answer.resent,
+            }),
+            Some((_, status)) => Err(status_error(at, status).into()),
+        }
+    }
+
+    async fn drop_claim(&self, dir: &Node, name: &[u8], at: At<'_>) {
+        let _ = self.call(Self::remove_ops(dir, name, Kind::Dir), true, at).await;
+    }
+
+    async fn rename_once(&self, m: Move<'_, Node>, at: At<'_>) -> StorageResult<RenameAnswer> {
+        let answer = self.call(Self::rename_ops(m), true, at).await?;
+        match answer.failed() {
+            None => Ok(RenameAnswer::Done),
+            Some((3, Status::NOENT)) => Ok(RenameAnswer::SourceMissing {
+                resent: answer.resent,
+            }),
+            // v4 reports a full target directory as EXIST (RFC 8881 §18.26.3); servers differ.
+            Some((3, Status::EXIST | Status::NOTEMPTY | Status::NOTDIR | Status::ISDIR)) => {
+                Ok(RenameAnswer::Taken)
+            }
+            Some((_, status)) => Err(status_error(at, status).into()),
+        }
+    }
+
+    async fn set_once(
+        &self,
+        node: &Node,
+        attrs: &Attrs,
+        with_owner: bool,
+        at: At<'_>,
+    ) -> StorageResult<SetAnswer> {
+        match self.set(&node.fh, new_attributes(attrs, with_owner), at).await {
+            Ok(()) => Ok(SetAnswer::Done),
+            Err(e) if with_owner && matches!(e.status(), Some(Status::PERM | Status::INVAL)) => {
+                Ok(SetAnswer::OwnerRefused)
+            }
+            Err(e) => Err(e.into()),
+        }
+    }
+}
+
 impl Transport for Nfs4Transport {
     type Dir = Node;
     type Cursor = (u64, [u8; 8]);
@@ -568,37 +657,7 @@ impl Transport for Nfs4Transport {
         reuse_claim: bool,
         at: At<'_>,
     ) -> StorageResult<Renamed> {
-        let fresh = match self.mkdir(m.to_dir, m.to, CLAIM_MODE, at).await? {
-            Made::New(_) => true,
-            Made::Exists | Made::Gone => match self.lookup(m.to_dir, m.to, at).await? {
-                Some(n) if reuse_claim && is_claim(&n) => false,
-                _ => return Ok(Renamed::Taken),
-            },
-        };
-        let answer = self.call(Self::rename_ops(m), true, at).await?;
-        match answer.failed() {
-            None => Ok(Renamed::Done),
-            Some((3, Status::NOENT)) => {
-                if answer.resent
-                    && let Some(n) = self.lookup(m.to_dir, m.to, at).await?
-                    && n.stat.id == from_id
-                {
-                    return Ok(Renamed::Done);
-                }
-                if fresh {
-                    // Fails harmlessly if something was put into it meanwhile.
-                    let _ = self
-                        .call(Self::remove_ops(m.to_dir, m.to, Kind::Dir), true, at)
-                        .await;
-                }
-                Ok(Renamed::SourceMissing)
-            }
-            // Something was put into our claim meanwhile (or replaced it): not ours any more.
-            Some((3, Status::EXIST | Status::NOTEMPTY | Status::NOTDIR | Status::ISDIR)) => {
-                Ok(Renamed::Taken)
-            }
-            Some((_, status)) => Err(status_error(at, status).into()),
-        }
+        nfs_emulation::rename_noreplace(self, m, from_id, reuse_claim, at).await
     }
 
     async fn rename(&self, m: Move<'_, Node>, at: At<'_>) -> StorageResult<Renamed> {
@@ -904,8 +963,6 @@ impl Transport for Nfs4Transport {
         }
     }
 
-    /// One SETATTR, or two when setuid or setgid bits must survive the owner change; an owner the
-    /// server refuses (root squashed) is reported and the rest set without it.
     async fn set_attrs(
         &self,
         target: Target<'_, Node, NfsFile>,
@@ -920,56 +977,7 @@ impl Transport for Nfs4Transport {
                 None => return Err(status_error(at, Status::NOENT).into()),
             },
         };
-        let mut attrs = *attrs;
-        if link {
-            attrs.mode = None;
-            attrs.size = None;
-        }
-        let times = |attrs: &Attrs| {
-            attrs.times.map_or((None, None), |(a, m)| {
-                (Some(SetTime::Client(a)), Some(SetTime::Client(m)))
-            })
-        };
-        let special_bits = attrs.mode.is_some_and(|m| m & 0o6000 != 0);
-        let mut owner = Owner::Kept;
-        if attrs.sets_owner() {
-            let first = if special_bits {
-                Attrs {
-                    uid: attrs.uid,
-                    gid: attrs.gid,
-                    ..Attrs::default()
-                }
-            } else {
-                attrs
-            };
-            let (atime, mtime) = times(&first);
-            let set = NewAttributes {
-                size: first.size,
-                mode: first.mode,
-                uid: first.uid,
-                gid: first.gid,
-                atime,
-                mtime,
-            };
-            match self.set(&node.fh, set, at).await {
-                Ok(()) if !special_bits => return Ok(Owner::Kept),
-                Ok(()) => {}
-                Err(e) if matches!(e.status(), Some(Status::PERM | Status::INVAL)) => owner = Owner::Refused,
-                Err(e) => return Err(e.into()),
-            }
-        }
-        let (atime, mtime) = times(&attrs);
-        let rest = NewAttributes {
-            size: attrs.size,
-            mode: attrs.mode,
-            atime,
-            mtime,
-            ..NewAttributes::default()
-        };
-        if !rest.is_empty() {
-            self.set(&node.fh, rest, at).await?;
-        }
-        Ok(owner)
+        nfs_emulation::set_attrs(self, &node, link, attrs, at).await
     }
 
     /// NFSv4.1 has no server-side copy (4.2's COPY may come later): the copy reads and writes.
