@@ -224,27 +224,24 @@ impl Fx {
     pub async fn direct(scenario: &str) -> Option<Fx> {
         let env = nfs::env(SUITE)?;
         // Connects on first use, as the provisioner's transport of a StorageClass's export does.
-        let backend = env.lazy_volumes(EXPORT, &[]);
-        Some(Fx {
-            backend: Arc::new(backend),
-            tools: Tools::Nfs(env.connect(EXPORT, &[], 4).await),
-            backing: env.export_dir,
-            top: unique(scenario),
-            id: unique("pv"),
-            outside: tempfile::tempdir().unwrap(),
-            _tmp: None,
-            _umask: None,
-            v41: false,
-        })
+        let backend = Arc::new(env.lazy_volumes(EXPORT, &[]));
+        Some(Self::on_server(env, scenario, backend, false).await)
     }
 
     /// As [`Fx::direct`], with the backend over the NFSv4.1 transport (the same server speaks
     /// both); preconditions are still made over NFSv3.
     pub async fn direct_v41(scenario: &str) -> Option<Fx> {
         let env = nfs::env(SUITE)?;
-        let backend = Volumes::new(Nfs4Transport::new(env.export(EXPORT), env.options(&[])));
-        Some(Fx {
-            backend: Arc::new(backend),
+        let backend = Arc::new(Volumes::new(Nfs4Transport::new(
+            env.export(EXPORT),
+            env.options(&[]),
+        )));
+        Some(Self::on_server(env, scenario, backend, true).await)
+    }
+
+    async fn on_server(env: nfs::Env, scenario: &str, backend: Arc<dyn Backend>, v41: bool) -> Fx {
+        Fx {
+            backend,
             tools: Tools::Nfs(env.connect(EXPORT, &[], 4).await),
             backing: env.export_dir,
             top: unique(scenario),
@@ -252,8 +249,8 @@ impl Fx {
             outside: tempfile::tempdir().unwrap(),
             _tmp: None,
             _umask: None,
-            v41: true,
-        })
+            v41,
+        }
     }
 
     pub fn is_nfs(&self) -> bool {

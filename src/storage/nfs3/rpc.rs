@@ -269,8 +269,56 @@ pub(crate) struct Pool {
     timeo: Duration,
     retrans: u32,
     idle: Mutex<Vec<Client>>,
-    permits: Semaphore,
+    permits: Permits,
+}
+
+/// How many calls may be in flight on a pool (one per connection): a number that only grows, up
+/// to [`MAX_CONNECTIONS`]. Shared by the NFSv3 and NFSv4.1 pools.
+pub(crate) struct Permits {
+    semaphore: Semaphore,
     size: AtomicUsize,
+}
+
+impl Permits {
+    pub fn new(size: usize) -> Self {
+        let size = size.clamp(1, MAX_CONNECTIONS);
+        Permits {
+            semaphore: Semaphore::new(size),
+            size: AtomicUsize::new(size),
+        }
+    }
+
+    pub fn size(&self) -> usize {
+        self.size.load(Ordering::Relaxed)
+    }
+
+    /// Raises the number to `to`, at most [`MAX_CONNECTIONS`]; never lowers it.
+    pub fn grow(&self, to: usize) {
+        let to = to.min(MAX_CONNECTIONS);
+        let mut size = self.size.load(Ordering::Relaxed);
+        while size < to {
+            match self
+                .size
+                .compare_exchange(size, to, Ordering::Relaxed, Ordering::Relaxed)
+            {
+                Ok(_) => {
+                    self.semaphore.add_permits(to - size);
+                    return;
+                }
+                Err(now) => size = now,
+            }
+        }
+    }
+
+    /// A permit to call; waiting for one is not counted against any deadline.
+    pub async fn acquire(&self) -> Result<tokio::sync::SemaphorePermit<'_>, tokio::sync::AcquireError> {
+        self.semaphore.acquire().await
+    }
+
+    #[cfg(test)]
+    pub fn available(&self) -> usize {
+        self.semaphore.available_permits()
+    }
 }
 
 impl Pool {
@@ -282,33 +330,19 @@ impl Pool {
             timeo,
             retrans,
             idle: Mutex::new(Vec::with_capacity(size)),
-            permits: Semaphore::new(size),
-            size: AtomicUsize::new(size),
+            permits: Permits::new(size),
         }
     }
 
     pub fn size(&self) -> usize {
-        self.size.load(Ordering::Relaxed)
+        self.permits.size()
     }
 
     /// Raises the number of connections (and so of calls in flight) to `to`, at most
     /// [`MAX_CONNECTIONS`]; never lowers it. The new connections are opened when first needed and then
     /// stay in the pool like the others.
     pub fn grow(&self, to: usize) {
-        let to = to.min(MAX_CONNECTIONS);
-        let mut size = self.size.load(Ordering::Relaxed);
-        while size < to {
-            match self
-                .size
-                .compare_exchange(size, to, Ordering::Relaxed, Ordering::Relaxed)
-            {
-                Ok(_) => {
-                    self.permits.add_permits(to - size);
-                    return;
-                }
-                Err(now) => size = now,
-            }
-        }
+        self.permits.grow(to);
     }
 
     pub fn uses_resvport(&self) -> bool {
@@ -565,12 +599,12 @@ mod tests {
         let timeo = Duration::from_secs(1);
         let pool = Pool::new(addr, Connector::new(false, timeo), timeo, 0, 16);
         pool.grow(8);
-        assert_eq!((pool.size(), pool.permits.available_permits()), (16, 16));
+        assert_eq!((pool.size(), pool.permits.available()), (16, 16));
         pool.grow(32);
-        assert_eq!((pool.size(), pool.permits.available_permits()), (32, 32));
+        assert_eq!((pool.size(), pool.permits.available()), (32, 32));
         pool.grow(10_000);
         assert_eq!(
-            (pool.size(), pool.permits.available_permits()),
+            (pool.size(), pool.permits.available()),
             (MAX_CONNECTIONS, MAX_CONNECTIONS)
         );
     }

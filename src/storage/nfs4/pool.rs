@@ -9,13 +9,9 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Mutex, PoisonError};
 use std::time::Duration;
 
-use tokio::sync::Semaphore;
-
 use super::compound::Reply;
 use super::session::{Connection, Nfs4Error, Op, Sent};
-
-/// Connections, and so requests in flight, to one server at most.
-pub const MAX_CONNECTIONS: usize = 64;
+use crate::storage::nfs3::rpc::Permits;
 
 pub struct Pool {
     addr: SocketAddr,
@@ -24,8 +20,7 @@ pub struct Pool {
     timeo: Duration,
     deadline: Duration,
     idle: Mutex<Vec<Connection>>,
-    permits: Semaphore,
-    size: AtomicUsize,
+    permits: Permits,
     opened: AtomicUsize,
 }
 
@@ -39,7 +34,6 @@ impl Pool {
         deadline: Duration,
         size: usize,
     ) -> Pool {
-        let size = size.clamp(1, MAX_CONNECTIONS);
         Pool {
             addr,
             owner,
@@ -47,8 +41,7 @@ impl Pool {
             timeo,
             deadline,
             idle: Mutex::new(Vec::with_capacity(size)),
-            permits: Semaphore::new(size),
-            size: AtomicUsize::new(size),
+            permits: Permits::new(size),
             opened: AtomicUsize::new(0),
         }
     }
@@ -58,7 +51,7 @@ impl Pool {
     }
 
     pub fn size(&self) -> usize {
-        self.size.load(Ordering::Relaxed)
+        self.permits.size()
     }
 
     /// Longest a call takes before it fails, recovery included.
@@ -66,22 +59,9 @@ impl Pool {
         self.deadline
     }
 
-    /// Raises the number of connections to `to` (at most [`MAX_CONNECTIONS`]); never lowers it.
+    /// Raises the number of connections to `to` (at most the NFSv3 pool's maximum); never lowers it.
     pub fn grow(&self, to: usize) {
-        let to = to.min(MAX_CONNECTIONS);
-        let mut size = self.size.load(Ordering::Relaxed);
-        while size < to {
-            match self
-                .size
-                .compare_exchange(size, to, Ordering::Relaxed, Ordering::Relaxed)
-            {
-                Ok(_) => {
-                    self.permits.add_permits(to - size);
-                    return;
-                }
-                Err(now) => size = now,
-            }
-        }
+        self.permits.grow(to);
     }
 
     fn idle(&self) -> std::sync::MutexGuard<'_, Vec<Connection>> {

@@ -16,6 +16,7 @@ use serde_json::json;
 use super::fixture::{Env, WAIT};
 use crate::support::http::get;
 use crate::support::nfs_server::{NfsServer, podman_usable};
+use crate::support::process::ManagedChild;
 use crate::support::{E2eTrial, poll_until, trial};
 
 fn leaf(pv: &PersistentVolume) -> Result<String> {
@@ -37,239 +38,308 @@ async fn ready_says(http: SocketAddr, what: &str, want: impl Fn(u16, &str) -> bo
     .await
 }
 
+/// Whether `trial` is skipped for want of podman (said loudly); an error under `E2E_REQUIRE=1`.
+fn skipped_without_podman(trial: &str) -> Result<bool> {
+    if podman_usable() {
+        return Ok(false);
+    }
+    if std::env::var("E2E_REQUIRE").is_ok_and(|v| v == "1") {
+        bail!("podman is not installed (bash scripts/podman-setup.sh); E2E_REQUIRE=1 forbids skipping");
+    }
+    eprintln!("e2e: SKIPPED {trial}: podman is not installed (bash scripts/podman-setup.sh)");
+    Ok(true)
+}
+
+/// A provisioner with no mounted export (no NFS_SERVER/NFS_PATH; NFS_MOUNT_PATH points nowhere)
+/// that gives up on an operation after 8 s.
+fn serve_without_a_mount(env: &Env) -> Result<(ManagedChild, SocketAddr)> {
+    env.start_serving(&[
+        ("ENABLE_LEADER_ELECTION", "false"),
+        ("NFS_SERVER", ""),
+        ("NFS_PATH", ""),
+        ("NFS_MOUNT_PATH", "/nonexistent/no-mount"),
+        ("FS_OPERATION_TIMEOUT", "8s"),
+    ])
+}
+
 pub fn trials() -> Vec<E2eTrial> {
     vec![
-        trial("two_nfs_servers_served_directly_by_one_provisioner_without_a_mount", |t| async move {
-            if !podman_usable() {
-                if std::env::var("E2E_REQUIRE").is_ok_and(|v| v == "1") {
-                    bail!("podman is not installed (bash scripts/podman-setup.sh); E2E_REQUIRE=1 forbids skipping");
+        trial(
+            "two_nfs_servers_served_directly_by_one_provisioner_without_a_mount",
+            |t| async move {
+                if skipped_without_podman(
+                    "two_nfs_servers_served_directly_by_one_provisioner_without_a_mount",
+                )? {
+                    return Ok(());
                 }
-                eprintln!(
-                    "e2e: SKIPPED two_nfs_servers_served_directly_by_one_provisioner_without_a_mount: podman is not installed (bash scripts/podman-setup.sh)"
-                );
-                return Ok(());
-            }
-            let env = Env::new(&t, "direct").await?;
-            let (name_a, name_b) = (format!("{}-a", env.ns), format!("{}-b", env.ns));
-            let (root_a, root_b) = (t.dir.join("server-a"), t.dir.join("server-b"));
-            let (a, b) = tokio::try_join!(
-                NfsServer::start(&name_a, "127.0.0.2", &root_a),
-                NfsServer::start(&name_b, "127.0.0.3", &root_b),
-            )?;
-            // No NFS_SERVER/NFS_PATH: nothing is mounted; NFS_MOUNT_PATH points nowhere.
-            let (provisioner, http) = env.start_serving(&[
-                ("ENABLE_LEADER_ELECTION", "false"),
-                ("NFS_SERVER", ""),
-                ("NFS_PATH", ""),
-                ("NFS_MOUNT_PATH", "/nonexistent/no-mount"),
-                ("FS_OPERATION_TIMEOUT", "8s"),
-            ])?;
-            let class_a = env
-                .class(
-                    "a",
-                    &[("server", a.bind.as_str()), ("share", "/export")],
-                    json!({ "mountOptions": a.mount_options() }),
-                )
-                .await?;
-            let class_b = env
-                .class(
-                    "b",
-                    &[("server", b.bind.as_str()), ("share", "/export"), ("onDelete", "delete"), ("mode", "2770"), ("uid", "1000"), ("gid", "2000")],
-                    json!({ "mountOptions": b.mount_options() }),
-                )
-                .await?;
+                let env = Env::new(&t, "direct").await?;
+                let (name_a, name_b) = (format!("{}-a", env.ns), format!("{}-b", env.ns));
+                let (root_a, root_b) = (t.dir.join("server-a"), t.dir.join("server-b"));
+                let (a, b) = tokio::try_join!(
+                    NfsServer::start(&name_a, "127.0.0.2", &root_a),
+                    NfsServer::start(&name_b, "127.0.0.3", &root_b),
+                )?;
+                // No NFS_SERVER/NFS_PATH: nothing is mounted; NFS_MOUNT_PATH points nowhere.
+                let (provisioner, http) = serve_without_a_mount(&env)?;
+                let class_a = env
+                    .class(
+                        "a",
+                        &[("server", a.bind.as_str()), ("share", "/export")],
+                        json!({ "mountOptions": a.mount_options() }),
+                    )
+                    .await?;
+                let class_b = env
+                    .class(
+                        "b",
+                        &[
+                            ("server", b.bind.as_str()),
+                            ("share", "/export"),
+                            ("onDelete", "delete"),
+                            ("mode", "2770"),
+                            ("uid", "1000"),
+                            ("gid", "2000"),
+                        ],
+                        json!({ "mountOptions": b.mount_options() }),
+                    )
+                    .await?;
 
-            // Both are provisioned, each on its own server only.
-            env.claim("one", Some(&class_a), json!({})).await?;
-            env.claim("two", Some(&class_b), json!({})).await?;
-            let pv_a = env.wait_bound("one").await?;
-            let pv_b = env.wait_bound("two").await?;
-            let nfs_a = pv_a.spec.as_ref().and_then(|s| s.nfs.clone()).context("no nfs")?;
-            let nfs_b = pv_b.spec.as_ref().and_then(|s| s.nfs.clone()).context("no nfs")?;
-            ensure!(nfs_a.server == "127.0.0.2" && nfs_a.path.starts_with("/export/"), "{nfs_a:?}");
-            ensure!(nfs_b.server == "127.0.0.3" && nfs_b.path.starts_with("/export/"), "{nfs_b:?}");
-            let (dir_a, dir_b) = (leaf(&pv_a)?, leaf(&pv_b)?);
-            ensure!(a.backing.join(&dir_a).is_dir(), "{dir_a} not on server a");
-            ensure!(!b.backing.join(&dir_a).exists(), "{dir_a} also on server b");
-            let md = std::fs::metadata(b.backing.join(&dir_b)).context("volume on server b")?;
-            ensure!(
-                (md.uid(), md.gid(), md.mode() & 0o7777) == (1000, 2000, 0o2770),
-                "server b holds {}:{} {:o}",
-                md.uid(),
-                md.gid(),
-                md.mode() & 0o7777
-            );
-            ensure!(!a.backing.join(&dir_b).exists(), "{dir_b} also on server a");
-            ready_says(http, "both exports to answer", |code, body| {
-                code == 200 && body.contains("[+]export 127.0.0.2:/export") && body.contains("[+]export 127.0.0.3:/export")
-            })
-            .await?;
-
-            // Server a stops answering: class a fails with Events and readiness; class b goes on.
-            a.podman("pause")?;
-            env.claim("stalled", Some(&class_a), json!({})).await?;
-            env.claim("unaffected", Some(&class_b), json!({})).await?;
-            let started = std::time::Instant::now();
-            env.wait_bound("unaffected").await?;
-            let took = started.elapsed();
-            ensure!(took < Duration::from_secs(20), "class b waited {took:?} behind the stalled server");
-            let event = env.wait_event(&env.ns, "stalled", "ProvisioningFailed").await?;
-            let note = event.note.unwrap_or_default();
-            ensure!(note.contains("127.0.0.2") || note.contains("answering"), "event note: {note}");
-            let body = ready_says(http, "readiness to name the stalled export", |code, body| {
-                code == 503 && body.contains("[-]export 127.0.0.2:/export")
-            })
-            .await?;
-            ensure!(body.contains("[+]export 127.0.0.3:/export"), "{body}");
-            a.podman("unpause")?;
-            env.wait_bound("stalled").await?;
-            ready_says(http, "readiness to return", |code, _| code == 200).await?;
-
-            // Release: class a archives on server a, class b deletes on server b.
-            for claim in ["one", "two"] {
-                env.delete_claim(claim).await?;
-            }
-            env.wait_pv_gone(&pv_a.metadata.name.clone().unwrap_or_default()).await?;
-            env.wait_pv_gone(&pv_b.metadata.name.clone().unwrap_or_default()).await?;
-            ensure!(!a.backing.join(&dir_a).exists(), "{dir_a} still on server a");
-            ensure!(
-                a.backing.join(format!("archived-{dir_a}")).is_dir(),
-                "archive of {dir_a} missing on server a"
-            );
-            ensure!(!b.backing.join(&dir_b).exists(), "{dir_b} not deleted on server b");
-            ensure!(provisioner.is_running(), "the provisioner exited");
-            Ok(())
-        })
-        .with_timeout(Duration::from_secs(400)),
-        trial("nfsv3_and_nfsv4_only_servers_served_at_once_and_a_v4_restart_converges", |t| async move {
-            if !podman_usable() {
-                if std::env::var("E2E_REQUIRE").is_ok_and(|v| v == "1") {
-                    bail!("podman is not installed (bash scripts/podman-setup.sh); E2E_REQUIRE=1 forbids skipping");
-                }
-                eprintln!(
-                    "e2e: SKIPPED nfsv3_and_nfsv4_only_servers_served_at_once_and_a_v4_restart_converges: podman is not installed (bash scripts/podman-setup.sh)"
-                );
-                return Ok(());
-            }
-            let env = Env::new(&t, "direct4").await?;
-            let (name_3, name_4) = (format!("{}-v3", env.ns), format!("{}-v4", env.ns));
-            let (root_3, root_4) = (t.dir.join("server-v3"), t.dir.join("server-v4"));
-            let (v3, v4) = tokio::try_join!(
-                NfsServer::start(&name_3, "127.0.0.6", &root_3),
-                NfsServer::start_v4_only(&name_4, "127.0.0.7", &root_4, Some(5)),
-            )?;
-            let (provisioner, http) = env.start_serving(&[
-                ("ENABLE_LEADER_ELECTION", "false"),
-                ("NFS_SERVER", ""),
-                ("NFS_PATH", ""),
-                ("NFS_MOUNT_PATH", "/nonexistent/no-mount"),
-                ("FS_OPERATION_TIMEOUT", "8s"),
-            ])?;
-            let class_3 = env
-                .class(
-                    "v3",
-                    &[("server", v3.bind.as_str()), ("share", "/export")],
-                    json!({ "mountOptions": v3.mount_options() }),
-                )
-                .await?;
-            let class_4 = env
-                .class(
-                    "v4",
-                    &[("server", v4.bind.as_str()), ("share", "/export"), ("onDelete", "delete"), ("mode", "2770"), ("uid", "1000"), ("gid", "2000")],
-                    json!({ "mountOptions": v4.mount_options() }),
-                )
-                .await?;
-
-            // One volume on each, each on its own server only, with the v4 class's owner and mode.
-            env.claim("three", Some(&class_3), json!({})).await?;
-            env.claim("four", Some(&class_4), json!({})).await?;
-            let pv_3 = env.wait_bound("three").await?;
-            let pv_4 = env.wait_bound("four").await?;
-            let (dir_3, dir_4) = (leaf(&pv_3)?, leaf(&pv_4)?);
-            ensure!(v3.backing.join(&dir_3).is_dir() && !v4.backing.join(&dir_3).exists(), "{dir_3}");
-            let md = std::fs::metadata(v4.backing.join(&dir_4)).context("volume on the v4 server")?;
-            ensure!(
-                (md.uid(), md.gid(), md.mode() & 0o7777) == (1000, 2000, 0o2770),
-                "the v4 server holds {}:{} {:o}",
-                md.uid(),
-                md.gid(),
-                md.mode() & 0o7777
-            );
-            ready_says(http, "both exports to answer", |code, body| {
-                code == 200 && body.contains("[+]export 127.0.0.6:/export") && body.contains("[+]export 127.0.0.7:/export")
-            })
-            .await?;
-
-            // The v4 server restarts (its sessions lost, then 5 s of grace) while claims arrive:
-            // each is provisioned once, into its own directory.
-            let during = ["r1", "r2", "r3"];
-            for claim in during {
-                env.claim(claim, Some(&class_4), json!({})).await?;
-            }
-            v4.restart().await?;
-            let mut dirs = Vec::new();
-            for claim in during {
-                let pv = env.wait_bound(claim).await?;
-                let dir = leaf(&pv)?;
-                ensure!(v4.backing.join(&dir).is_dir(), "{claim}: {dir} missing on the v4 server");
-                dirs.push(dir);
-            }
-            let pvs = env.volumes().list(&Default::default()).await?;
-            for claim in during {
-                let named = pvs
-                    .items
-                    .iter()
-                    .filter(|pv| {
-                        pv.spec.as_ref().and_then(|s| s.claim_ref.as_ref()).is_some_and(|r| {
-                            r.name.as_deref() == Some(claim) && r.namespace.as_deref() == Some(env.ns.as_str())
-                        })
-                    })
-                    .count();
-                ensure!(named == 1, "{claim}: {named} PVs");
-            }
-            let on_server: Vec<String> = std::fs::read_dir(&v4.backing)?
-                .filter_map(|e| e.ok().map(|e| e.file_name().to_string_lossy().into_owned()))
-                .filter(|n| !n.starts_with('.'))
-                .collect();
-            for name in &on_server {
+                // Both are provisioned, each on its own server only.
+                env.claim("one", Some(&class_a), json!({})).await?;
+                env.claim("two", Some(&class_b), json!({})).await?;
+                let pv_a = env.wait_bound("one").await?;
+                let pv_b = env.wait_bound("two").await?;
+                let nfs_a = pv_a.spec.as_ref().and_then(|s| s.nfs.clone()).context("no nfs")?;
+                let nfs_b = pv_b.spec.as_ref().and_then(|s| s.nfs.clone()).context("no nfs")?;
                 ensure!(
-                    *name == dir_4 || dirs.contains(name),
-                    "{name} on the v4 server is no volume's (all: {on_server:?})"
+                    nfs_a.server == "127.0.0.2" && nfs_a.path.starts_with("/export/"),
+                    "{nfs_a:?}"
                 );
-            }
+                ensure!(
+                    nfs_b.server == "127.0.0.3" && nfs_b.path.starts_with("/export/"),
+                    "{nfs_b:?}"
+                );
+                let (dir_a, dir_b) = (leaf(&pv_a)?, leaf(&pv_b)?);
+                ensure!(a.backing.join(&dir_a).is_dir(), "{dir_a} not on server a");
+                ensure!(!b.backing.join(&dir_a).exists(), "{dir_a} also on server b");
+                let md = std::fs::metadata(b.backing.join(&dir_b)).context("volume on server b")?;
+                ensure!(
+                    (md.uid(), md.gid(), md.mode() & 0o7777) == (1000, 2000, 0o2770),
+                    "server b holds {}:{} {:o}",
+                    md.uid(),
+                    md.gid(),
+                    md.mode() & 0o7777
+                );
+                ensure!(!a.backing.join(&dir_b).exists(), "{dir_b} also on server a");
+                ready_says(http, "both exports to answer", |code, body| {
+                    code == 200
+                        && body.contains("[+]export 127.0.0.2:/export")
+                        && body.contains("[+]export 127.0.0.3:/export")
+                })
+                .await?;
 
-            // The v4 server stops answering: its class fails with Events and readiness; the v3
-            // class goes on.
-            v4.podman("pause")?;
-            env.claim("stalled", Some(&class_4), json!({})).await?;
-            env.claim("unaffected", Some(&class_3), json!({})).await?;
-            let started = std::time::Instant::now();
-            env.wait_bound("unaffected").await?;
-            let took = started.elapsed();
-            ensure!(took < Duration::from_secs(20), "the v3 class waited {took:?} behind the stalled server");
-            let event = env.wait_event(&env.ns, "stalled", "ProvisioningFailed").await?;
-            let note = event.note.unwrap_or_default();
-            ensure!(note.contains("127.0.0.7") || note.contains("answer"), "event note: {note}");
-            let body = ready_says(http, "readiness to name the stalled export", |code, body| {
-                code == 503 && body.contains("[-]export 127.0.0.7:/export")
-            })
-            .await?;
-            ensure!(body.contains("[+]export 127.0.0.6:/export"), "{body}");
-            v4.podman("unpause")?;
-            env.wait_bound("stalled").await?;
-            ready_says(http, "readiness to return", |code, _| code == 200).await?;
+                // Server a stops answering: class a fails with Events and readiness; class b goes on.
+                a.podman("pause")?;
+                env.claim("stalled", Some(&class_a), json!({})).await?;
+                env.claim("unaffected", Some(&class_b), json!({})).await?;
+                let started = std::time::Instant::now();
+                env.wait_bound("unaffected").await?;
+                let took = started.elapsed();
+                ensure!(
+                    took < Duration::from_secs(20),
+                    "class b waited {took:?} behind the stalled server"
+                );
+                let event = env.wait_event(&env.ns, "stalled", "ProvisioningFailed").await?;
+                let note = event.note.unwrap_or_default();
+                ensure!(
+                    note.contains("127.0.0.2") || note.contains("answering"),
+                    "event note: {note}"
+                );
+                let body = ready_says(http, "readiness to name the stalled export", |code, body| {
+                    code == 503 && body.contains("[-]export 127.0.0.2:/export")
+                })
+                .await?;
+                ensure!(body.contains("[+]export 127.0.0.3:/export"), "{body}");
+                a.podman("unpause")?;
+                env.wait_bound("stalled").await?;
+                ready_says(http, "readiness to return", |code, _| code == 200).await?;
 
-            // Release: the v3 class archives, the v4 class deletes.
-            for claim in ["three", "four"] {
-                env.delete_claim(claim).await?;
-            }
-            env.wait_pv_gone(&pv_3.metadata.name.clone().unwrap_or_default()).await?;
-            env.wait_pv_gone(&pv_4.metadata.name.clone().unwrap_or_default()).await?;
-            ensure!(v3.backing.join(format!("archived-{dir_3}")).is_dir(), "archive of {dir_3} missing");
-            ensure!(!v4.backing.join(&dir_4).exists(), "{dir_4} not deleted on the v4 server");
-            ensure!(provisioner.is_running(), "the provisioner exited");
-            Ok(())
-        })
+                // Release: class a archives on server a, class b deletes on server b.
+                for claim in ["one", "two"] {
+                    env.delete_claim(claim).await?;
+                }
+                env.wait_pv_gone(&pv_a.metadata.name.clone().unwrap_or_default())
+                    .await?;
+                env.wait_pv_gone(&pv_b.metadata.name.clone().unwrap_or_default())
+                    .await?;
+                ensure!(!a.backing.join(&dir_a).exists(), "{dir_a} still on server a");
+                ensure!(
+                    a.backing.join(format!("archived-{dir_a}")).is_dir(),
+                    "archive of {dir_a} missing on server a"
+                );
+                ensure!(
+                    !b.backing.join(&dir_b).exists(),
+                    "{dir_b} not deleted on server b"
+                );
+                ensure!(provisioner.is_running(), "the provisioner exited");
+                Ok(())
+            },
+        )
+        .with_timeout(Duration::from_secs(400)),
+        trial(
+            "nfsv3_and_nfsv4_only_servers_served_at_once_and_a_v4_restart_converges",
+            |t| async move {
+                if skipped_without_podman(
+                    "nfsv3_and_nfsv4_only_servers_served_at_once_and_a_v4_restart_converges",
+                )? {
+                    return Ok(());
+                }
+                let env = Env::new(&t, "direct4").await?;
+                let (name_3, name_4) = (format!("{}-v3", env.ns), format!("{}-v4", env.ns));
+                let (root_3, root_4) = (t.dir.join("server-v3"), t.dir.join("server-v4"));
+                let (v3, v4) = tokio::try_join!(
+                    NfsServer::start(&name_3, "127.0.0.6", &root_3),
+                    NfsServer::start_v4_only(&name_4, "127.0.0.7", &root_4, Some(5)),
+                )?;
+                let (provisioner, http) = serve_without_a_mount(&env)?;
+                let class_3 = env
+                    .class(
+                        "v3",
+                        &[("server", v3.bind.as_str()), ("share", "/export")],
+                        json!({ "mountOptions": v3.mount_options() }),
+                    )
+                    .await?;
+                let class_4 = env
+                    .class(
+                        "v4",
+                        &[
+                            ("server", v4.bind.as_str()),
+                            ("share", "/export"),
+                            ("onDelete", "delete"),
+                            ("mode", "2770"),
+                            ("uid", "1000"),
+                            ("gid", "2000"),
+                        ],
+                        json!({ "mountOptions": v4.mount_options() }),
+                    )
+                    .await?;
+
+                // One volume on each, each on its own server only, with the v4 class's owner and mode.
+                env.claim("three", Some(&class_3), json!({})).await?;
+                env.claim("four", Some(&class_4), json!({})).await?;
+                let pv_3 = env.wait_bound("three").await?;
+                let pv_4 = env.wait_bound("four").await?;
+                let (dir_3, dir_4) = (leaf(&pv_3)?, leaf(&pv_4)?);
+                ensure!(
+                    v3.backing.join(&dir_3).is_dir() && !v4.backing.join(&dir_3).exists(),
+                    "{dir_3}"
+                );
+                let md = std::fs::metadata(v4.backing.join(&dir_4)).context("volume on the v4 server")?;
+                ensure!(
+                    (md.uid(), md.gid(), md.mode() & 0o7777) == (1000, 2000, 0o2770),
+                    "the v4 server holds {}:{} {:o}",
+                    md.uid(),
+                    md.gid(),
+                    md.mode() & 0o7777
+                );
+                ready_says(http, "both exports to answer", |code, body| {
+                    code == 200
+                        && body.contains("[+]export 127.0.0.6:/export")
+                        && body.contains("[+]export 127.0.0.7:/export")
+                })
+                .await?;
+
+                // The v4 server restarts (its sessions lost, then 5 s of grace) while claims arrive:
+                // each is provisioned once, into its own directory.
+                let during = ["r1", "r2", "r3"];
+                for claim in during {
+                    env.claim(claim, Some(&class_4), json!({})).await?;
+                }
+                v4.restart().await?;
+                let mut dirs = Vec::new();
+                for claim in during {
+                    let pv = env.wait_bound(claim).await?;
+                    let dir = leaf(&pv)?;
+                    ensure!(
+                        v4.backing.join(&dir).is_dir(),
+                        "{claim}: {dir} missing on the v4 server"
+                    );
+                    dirs.push(dir);
+                }
+                let pvs = env.volumes().list(&Default::default()).await?;
+                for claim in during {
+                    let named = pvs
+                        .items
+                        .iter()
+                        .filter(|pv| {
+                            pv.spec
+                                .as_ref()
+                                .and_then(|s| s.claim_ref.as_ref())
+                                .is_some_and(|r| {
+                                    r.name.as_deref() == Some(claim)
+                                        && r.namespace.as_deref() == Some(env.ns.as_str())
+                                })
+                        })
+                        .count();
+                    ensure!(named == 1, "{claim}: {named} PVs");
+                }
+                let on_server: Vec<String> = std::fs::read_dir(&v4.backing)?
+                    .filter_map(|e| e.ok().map(|e| e.file_name().to_string_lossy().into_owned()))
+                    .filter(|n| !n.starts_with('.'))
+                    .collect();
+                for name in &on_server {
+                    ensure!(
+                        *name == dir_4 || dirs.contains(name),
+                        "{name} on the v4 server is no volume's (all: {on_server:?})"
+                    );
+                }
+
+                // The v4 server stops answering: its class fails with Events and readiness; the v3
+                // class goes on.
+                v4.podman("pause")?;
+                env.claim("stalled", Some(&class_4), json!({})).await?;
+                env.claim("unaffected", Some(&class_3), json!({})).await?;
+                let started = std::time::Instant::now();
+                env.wait_bound("unaffected").await?;
+                let took = started.elapsed();
+                ensure!(
+                    took < Duration::from_secs(20),
+                    "the v3 class waited {took:?} behind the stalled server"
+                );
+                let event = env.wait_event(&env.ns, "stalled", "ProvisioningFailed").await?;
+                let note = event.note.unwrap_or_default();
+                ensure!(
+                    note.contains("127.0.0.7") || note.contains("answer"),
+                    "event note: {note}"
+                );
+                let body = ready_says(http, "readiness to name the stalled export", |code, body| {
+                    code == 503 && body.contains("[-]export 127.0.0.7:/export")
+                })
+                .await?;
+                ensure!(body.contains("[+]export 127.0.0.6:/export"), "{body}");
+                v4.podman("unpause")?;
+                env.wait_bound("stalled").await?;
+                ready_says(http, "readiness to return", |code, _| code == 200).await?;
+
+                // Release: the v3 class archives, the v4 class deletes.
+                for claim in ["three", "four"] {
+                    env.delete_claim(claim).await?;
+                }
+                env.wait_pv_gone(&pv_3.metadata.name.clone().unwrap_or_default())
+                    .await?;
+                env.wait_pv_gone(&pv_4.metadata.name.clone().unwrap_or_default())
+                    .await?;
+                ensure!(
+                    v3.backing.join(format!("archived-{dir_3}")).is_dir(),
+                    "archive of {dir_3} missing"
+                );
+                ensure!(
+                    !v4.backing.join(&dir_4).exists(),
+                    "{dir_4} not deleted on the v4 server"
+                );
+                ensure!(provisioner.is_running(), "the provisioner exited");
+                Ok(())
+            },
+        )
         .with_timeout(Duration::from_secs(400)),
     ]
 }
