@@ -57,6 +57,7 @@ use anyhow::{Context, Result, bail, ensure};
 use common::nfs::{self, Client, Ganesha, RTT_SAMPLES, RoundTrip, connect, proxy_cpu, warm_up};
 use common::{clock_ticks, env_number, median_range, parse_count, parse_list, proc_stat, uptime};
 use futures::{StreamExt, TryStreamExt, stream};
+use nfs_subdir_provisioner::storage::nfs_testing::Preconditions;
 use nfs_subdir_provisioner::storage::nfs3::{DEFAULT_CONNECTIONS, MAX_CONNECTIONS};
 use nfs_subdir_provisioner::storage::{Backend, Removed};
 

@@ -43,6 +43,18 @@ print(*[x.getsockname()[1] for x in s])')
 rm -rf "$NFS_STATE" && mkdir -p "$NFS_STATE"
 trap 'bash scripts/nfs-server.sh stop "$NFS_CONTAINER" >/dev/null 2>&1 || true' EXIT
 eval "$(bash scripts/nfs-server.sh start "$NFS_CONTAINER" "$NFS_STATE" "$NFS_PORT" "$MOUNT_PORT")"
+# A second one, NFSv4 only (no MOUNT, one port), for the NFSv4.1 transport's conformance half; its
+# variables are NFS_TEST_V4_*.
+NFS4_STATE=/var/tmp/nfs-subdir-provisioner-test-nfs4
+NFS4_CONTAINER=nfs-subdir-provisioner-test-v4-$$
+read -r NFS4_PORT NFS4_UNUSED < <(python3 -c '
+import socket
+s = [socket.socket() for _ in range(2)]
+for x in s: x.bind(("127.0.0.1", 0))
+print(*[x.getsockname()[1] for x in s])')
+rm -rf "$NFS4_STATE" && mkdir -p "$NFS4_STATE"
+trap 'bash scripts/nfs-server.sh stop "$NFS_CONTAINER" >/dev/null 2>&1 || true; bash scripts/nfs-server.sh stop "$NFS4_CONTAINER" >/dev/null 2>&1 || true' EXIT
+eval "$(NFS_SERVER_PROTOCOLS=4 bash scripts/nfs-server.sh start "$NFS4_CONTAINER" "$NFS4_STATE" "$NFS4_PORT" "$NFS4_UNUSED" | sed 's/^export NFS_TEST_/export NFS_TEST_V4_/')"
 export NFS_TEST_REQUIRE=1
 
 # Real Helm and kustomize for the chart tests: Helm's own Go code as a Python library (no helm

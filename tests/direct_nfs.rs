@@ -21,6 +21,7 @@ use std::time::{Duration, Instant};
 
 use nfs::{EXPORT, EXPORT_ROOTSQUASH, EXPORT_SECURE, p, unique};
 use nfs_subdir_provisioner::core::params::DirMode;
+use nfs_subdir_provisioner::storage::nfs_testing::Preconditions;
 use nfs_subdir_provisioner::storage::nfs3::{MAX_CONNECTIONS, Nfs3Transport, NfsError};
 use nfs_subdir_provisioner::storage::transport::{Made, Opened, Transport, at};
 use nfs_subdir_provisioner::storage::{Created, Existing, Removed, StorageFailure, Volumes};

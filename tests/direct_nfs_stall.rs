@@ -16,6 +16,7 @@ use nfs::{EXPORT, OwnServer, p, unique};
 use nfs_subdir_provisioner::core::params::DirMode;
 use nfs_subdir_provisioner::health::{ExportStatus, Health};
 use nfs_subdir_provisioner::metrics::Metrics;
+use nfs_subdir_provisioner::storage::nfs_testing::Preconditions;
 use nfs_subdir_provisioner::storage::nfs3::NfsError;
 use nfs_subdir_provisioner::storage::{Backend, Existing, Limits, Removed, Storage, StorageFailure};
 

@@ -10,6 +10,7 @@ use std::sync::{Arc, PoisonError, RwLock, RwLockReadGuard, RwLockWriteGuard};
 use crate::nfs::{self, EXPORT, p, unique};
 use nfs_subdir_provisioner::core::params::DirMode;
 use nfs_subdir_provisioner::core::staging::{STAGING_DIR, TARGET_FILE, VOL_DIR};
+use nfs_subdir_provisioner::storage::nfs_testing::Preconditions;
 use nfs_subdir_provisioner::storage::nfs3::Nfs3Transport;
 use nfs_subdir_provisioner::storage::nfs4::Nfs4Transport;
 use nfs_subdir_provisioner::storage::posix::MountedExport;
@@ -60,6 +61,19 @@ pub enum Tools {
     Local(PathBuf),
     /// NFS calls over a connection of its own.
     Nfs(Nfs3Transport),
+    /// The same over NFSv4.1, for an NFSv4-only server.
+    Nfs4(Nfs4Transport),
+}
+
+/// `$body` with `$t` bound to whichever NFS transport `$tools` holds.
+macro_rules! over_nfs {
+    ($tools:expr, $t:ident => $body:expr) => {
+        match $tools {
+            Tools::Nfs($t) => $body,
+            Tools::Nfs4($t) => $body,
+            Tools::Local(_) => unreachable!("a local fixture"),
+        }
+    };
 }
 
 impl Tools {
@@ -70,7 +84,7 @@ impl Tools {
     pub async fn mkdir_p(&self, path: &[&str]) {
         match self {
             Tools::Local(root) => fs::create_dir_all(Self::local(root, path)).unwrap(),
-            Tools::Nfs(t) => t.mkdir_p(path).await.unwrap(),
+            Tools::Nfs(_) | Tools::Nfs4(_) => over_nfs!(self, t => t.mkdir_p(path).await.unwrap()),
         }
     }
 
@@ -83,7 +97,9 @@ impl Tools {
                 let mut f = fs::File::create_new(Self::local(root, path)).unwrap();
                 f.write_all(content).unwrap();
             }
-            Tools::Nfs(t) => t.write_file_at(path, content, 0o644).await.unwrap(),
+            Tools::Nfs(_) | Tools::Nfs4(_) => {
+                over_nfs!(self, t => t.write_file_at(path, content, 0o644).await.unwrap())
+            }
         }
     }
 
@@ -96,14 +112,16 @@ impl Tools {
                     fs::File::create_new(dir.join(name)).unwrap();
                 }
             }
-            Tools::Nfs(t) => t.create_files(dir, names, 16).await.unwrap(),
+            Tools::Nfs(_) | Tools::Nfs4(_) => {
+                over_nfs!(self, t => t.create_files(dir, names, 16).await.unwrap())
+            }
         }
     }
 
     pub async fn symlink(&self, path: &[&str], target: &str) {
         match self {
             Tools::Local(root) => std::os::unix::fs::symlink(target, Self::local(root, path)).unwrap(),
-            Tools::Nfs(t) => t.symlink(path, target).await.unwrap(),
+            Tools::Nfs(_) | Tools::Nfs4(_) => over_nfs!(self, t => t.symlink_at(path, target).await.unwrap()),
         }
     }
 
@@ -112,7 +130,7 @@ impl Tools {
             Tools::Local(root) => {
                 fs::set_permissions(Self::local(root, path), fs::Permissions::from_mode(mode)).unwrap();
             }
-            Tools::Nfs(t) => t.chmod_at(path, mode).await.unwrap(),
+            Tools::Nfs(_) | Tools::Nfs4(_) => over_nfs!(self, t => t.chmod_at(path, mode).await.unwrap()),
         }
     }
 
@@ -120,7 +138,7 @@ impl Tools {
     pub async fn chown(&self, path: &[&str], uid: Option<u32>, gid: Option<u32>) {
         match self {
             Tools::Local(root) => std::os::unix::fs::lchown(Self::local(root, path), uid, gid).unwrap(),
-            Tools::Nfs(t) => t.chown_at(path, uid, gid).await.unwrap(),
+            Tools::Nfs(_) | Tools::Nfs4(_) => over_nfs!(self, t => t.chown_at(path, uid, gid).await.unwrap()),
         }
     }
 
@@ -130,7 +148,7 @@ impl Tools {
             Tools::Local(root) => {
                 fs::hard_link(Self::local(root, existing), Self::local(root, path)).unwrap()
             }
-            Tools::Nfs(t) => t.link_at(existing, path).await.unwrap(),
+            Tools::Nfs(_) | Tools::Nfs4(_) => over_nfs!(self, t => t.link_at(existing, path).await.unwrap()),
         }
     }
 
@@ -143,7 +161,7 @@ impl Tools {
             Tools::Local(root) => {
                 nix::unistd::mkfifo(&Self::local(root, path), Mode::from_bits_truncate(0o644)).unwrap();
             }
-            Tools::Nfs(t) => t.mknod_at(path, socket).await.unwrap(),
+            Tools::Nfs(_) | Tools::Nfs4(_) => over_nfs!(self, t => t.mknod_at(path, socket).await.unwrap()),
         }
     }
 
@@ -158,7 +176,9 @@ impl Tools {
                     .set_times(times)
                     .unwrap();
             }
-            Tools::Nfs(t) => t.set_times_at(path, (seconds, 0), (seconds, 0)).await.unwrap(),
+            Tools::Nfs(_) | Tools::Nfs4(_) => {
+                over_nfs!(self, t => t.set_times_at(path, (seconds, 0), (seconds, 0)).await.unwrap())
+            }
         }
     }
 
@@ -166,7 +186,7 @@ impl Tools {
     pub async fn remove(&self, path: &[&str]) {
         match self {
             Tools::Local(root) => fs::remove_file(Self::local(root, path)).unwrap(),
-            Tools::Nfs(t) => t.remove_at(path).await.unwrap(),
+            Tools::Nfs(_) | Tools::Nfs4(_) => over_nfs!(self, t => t.remove_at(path).await.unwrap()),
         }
     }
 }
@@ -225,24 +245,30 @@ impl Fx {
         let env = nfs::env(SUITE)?;
         // Connects on first use, as the provisioner's transport of a StorageClass's export does.
         let backend = Arc::new(env.lazy_volumes(EXPORT, &[]));
-        Some(Self::on_server(env, scenario, backend, false).await)
+        let tools = Tools::Nfs(env.connect(EXPORT, &[], 4).await);
+        Some(Self::on_server(env, scenario, backend, tools, false))
     }
 
-    /// As [`Fx::direct`], with the backend over the NFSv4.1 transport (the same server speaks
-    /// both); preconditions are still made over NFSv3.
+    /// As [`Fx::direct`], over the NFSv4.1 transport, on the NFSv4-only test server; the
+    /// preconditions are made over NFSv4.1 too.
     pub async fn direct_v41(scenario: &str) -> Option<Fx> {
-        let env = nfs::env(SUITE)?;
+        let env = nfs::env_v4_only(SUITE)?;
         let backend = Arc::new(Volumes::new(Nfs4Transport::new(
             env.export(EXPORT),
-            env.options(&[]),
+            env.options_v41(&[]),
         )));
-        Some(Self::on_server(env, scenario, backend, true).await)
+        let tools = Tools::Nfs4(
+            Nfs4Transport::connect(env.export(EXPORT), env.options_v41(&[]), 4)
+                .await
+                .unwrap(),
+        );
+        Some(Self::on_server(env, scenario, backend, tools, true))
     }
 
-    async fn on_server(env: nfs::Env, scenario: &str, backend: Arc<dyn Backend>, v41: bool) -> Fx {
+    fn on_server(env: nfs::Env, scenario: &str, backend: Arc<dyn Backend>, tools: Tools, v41: bool) -> Fx {
         Fx {
             backend,
-            tools: Tools::Nfs(env.connect(EXPORT, &[], 4).await),
+            tools,
             backing: env.export_dir,
             top: unique(scenario),
             id: unique("pv"),
@@ -254,7 +280,7 @@ impl Fx {
     }
 
     pub fn is_nfs(&self) -> bool {
-        matches!(self.tools, Tools::Nfs(_))
+        matches!(self.tools, Tools::Nfs(_) | Tools::Nfs4(_))
     }
 
     /// Whether the backend can set any owner: over NFS (no_root_squash), or mounted as root.

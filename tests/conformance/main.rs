@@ -6,7 +6,9 @@
 //!   the export mounted at NFS_MOUNT_PATH;
 //! * `direct_<scenario>`: `Volumes<Nfs3Transport>` on the test NFS server's `/export` (backing
 //!   directory `NFS_TEST_EXPORT_DIR`; see tests/nfs/mod.rs for the environment). Without
-//!   `NFS_TEST_SERVER` the direct half is skipped (loudly), or fails with `NFS_TEST_REQUIRE=1`.
+//!   `NFS_TEST_SERVER` the direct half is skipped (loudly), or fails with `NFS_TEST_REQUIRE=1`;
+//! * `<scenario>::direct_v41`: `Volumes<Nfs4Transport>` on an NFSv4-only test server (no MOUNT,
+//!   one port; `NFS_TEST_V4_*`, which scripts/test.sh starts), preconditions made over NFSv4.1 too.
 //!
 //! Scenarios: [`volumes`] (create, archive, delete, refusals, capacity, probe, listing) and [`trees`]
 //! (clone: a volume filled with a copy of another, across transports too; usage).

@@ -55,7 +55,7 @@ pub async fn create_applies_mode_and_owner_exactly(fx: &Fx) {
     // volume; the volume itself has left it. The placing marker only where placing claims the
     // target first (NFS: its RENAME replaces an empty directory).
     let record = fx.staging().join(&pv);
-    if matches!(fx.tools, Tools::Nfs(_)) {
+    if fx.is_nfs() {
         assert_eq!(names(&record), [INODE_FILE, PLACING_FILE, TARGET_FILE]);
     } else {
         assert_eq!(names(&record), [INODE_FILE, TARGET_FILE]);

@@ -11,6 +11,8 @@
 //! * `NFS_TEST_EXPORT_DIR`             host directory behind `/export` (No_Root_Squash).
 //! * `NFS_TEST_EXPORT_ROOTSQUASH_DIR`  host directory behind `/export-rootsquash` (Root_Squash).
 //! * `NFS_TEST_REQUIRE=1`              a missing `NFS_TEST_SERVER` fails every test instead.
+//! * `NFS_TEST_V4_SERVER`, `NFS_TEST_V4_NFS_PORT`, `NFS_TEST_V4_EXPORT_DIR`: an NFSv4-only server
+//!   (`NFS_SERVER_PROTOCOLS=4`), for the NFSv4.1 half of the conformance suite ([`env_v4_only`]).
 //!
 //! The server also serves `/export-secure` (the `/export` directory again, `PrivilegedPort = true`),
 //! see tests/nfs/server/ganesha.conf.
@@ -87,6 +89,13 @@ impl Env {
         Nfs3Transport::connect(self.export(share), self.options(extra), connections).await
     }
 
+    /// Client options of an NFSv4.1 class of this server.
+    pub fn options_v41(&self, extra: &[&str]) -> ClientOptions {
+        let mut list = vec!["nfsvers=4.1".to_owned(), format!("port={}", self.nfs_port)];
+        list.extend(extra.iter().map(|o| (*o).to_owned()));
+        client_options(&list).expect("test mount options")
+    }
+
     /// The volume protocol over [`Env::connect`]; its transport makes preconditions
     /// (`volumes.transport().mkdir_p(..)`).
     pub async fn volumes(&self, share: &str, extra: &[&str], connections: usize) -> Volumes<Nfs3Transport> {
@@ -146,6 +155,39 @@ pub fn env(suite: &str) -> Option<Env> {
         mount_port: port("NFS_TEST_MOUNT_PORT"),
         export_dir: PathBuf::from(var("NFS_TEST_EXPORT_DIR")),
         rootsquash_dir: PathBuf::from(var("NFS_TEST_EXPORT_ROOTSQUASH_DIR")),
+    })
+}
+
+/// The NFSv4-only test server (`NFS_TEST_V4_*`, as scripts/test.sh starts it), or `None` when
+/// [`SERVER_VAR`] is unset, as [`env`]. With the shared server set but this one not, the v4
+/// half fails under `NFS_TEST_REQUIRE=1` and is skipped loudly otherwise.
+pub fn env_v4_only(suite: &str) -> Option<Env> {
+    env(suite)?;
+    let Some(server) = std::env::var("NFS_TEST_V4_SERVER").ok().filter(|v| !v.is_empty()) else {
+        if required() {
+            panic!(
+                "NFS_TEST_V4_SERVER not set but {REQUIRE_VAR}=1: start an NFSv4-only server with \
+                 NFS_SERVER_PROTOCOLS=4 bash scripts/nfs-server.sh start ... (scripts/test.sh does)"
+            );
+        }
+        static BANNER: Once = Once::new();
+        BANNER.call_once(|| {
+            loud(&format!(
+                "*** SKIPPED {suite} over NFSv4-only: NFS_TEST_V4_SERVER not set ***"
+            ));
+        });
+        return None;
+    };
+    let port = var("NFS_TEST_V4_NFS_PORT")
+        .parse::<u16>()
+        .unwrap_or_else(|e| panic!("NFS_TEST_V4_NFS_PORT: not a port: {e}"));
+    Some(Env {
+        server,
+        nfs_port: port,
+        // NFSv4 has no MOUNT.
+        mount_port: 0,
+        export_dir: PathBuf::from(var("NFS_TEST_V4_EXPORT_DIR")),
+        rootsquash_dir: PathBuf::from(var("NFS_TEST_V4_EXPORT_ROOTSQUASH_DIR")),
     })
 }
 

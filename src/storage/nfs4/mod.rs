@@ -11,6 +11,7 @@ mod error;
 pub mod pool;
 pub mod session;
 pub mod status;
+mod testing;
 mod transport;
 pub mod xdr;
 

@@ -1,8 +1,8 @@
 //! Connections to one NFSv4.1 server, N at most, each with a session of its own (one slot each,
 //! so one request in flight per connection, as the NFSv3 pool has). Each connection is its own
-//! client (its owner is this process's owner and the connection's number): a client's
-//! CREATE_SESSION calls are numbered in one sequence, which connections recovering on their own
-//! could not share. N only grows; connections are opened on first use and kept.
+//! client (its owner is this process's owner and the connection's number in the process): a
+//! client's CREATE_SESSION calls are numbered in one sequence, which connections recovering on
+//! their own could not share. N only grows; connections are opened on first use and kept.
 
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -21,8 +21,14 @@ pub struct Pool {
     deadline: Duration,
     idle: Mutex<Vec<Connection>>,
     permits: Permits,
-    opened: AtomicUsize,
 }
+
+/// Connections opened by this process, to any server: numbers them apart in their owners. Two
+/// connections under one owner would be one client to the server, and their CREATE_SESSION calls
+/// would share one sequence (a server answers the second as a replay, or with
+/// NFS4ERR_STALE_CLIENTID); two pools may reach one server (two classes naming one export with
+/// other options), so the number is the process's, not the pool's.
+static OPENED: AtomicUsize = AtomicUsize::new(0);
 
 impl Pool {
     /// `owner`: this process among the server's clients (unique per provisioner replica).
@@ -42,7 +48,6 @@ impl Pool {
             deadline,
             idle: Mutex::new(Vec::with_capacity(size)),
             permits: Permits::new(size),
-            opened: AtomicUsize::new(0),
         }
     }
 
@@ -83,7 +88,7 @@ impl Pool {
         let mut connection = match pooled {
             Some(connection) => connection,
             None => {
-                let n = self.opened.fetch_add(1, Ordering::Relaxed);
+                let n = OPENED.fetch_add(1, Ordering::Relaxed);
                 let owner = format!("{}/{n}", self.owner);
                 Connection::open(
                     self.addr,

@@ -46,7 +46,7 @@ const READDIR_BYTES: u32 = 32 * 1024;
 /// An open directory or file: its handle, and its attributes when it was opened.
 #[derive(Debug, Clone)]
 pub struct Node {
-    fh: Arc<[u8]>,
+    pub(super) fh: Arc<[u8]>,
     pub stat: Stat,
 }
 
@@ -75,7 +75,7 @@ pub struct Nfs4Transport {
 }
 
 /// What the server answered to one COMPOUND: its results and whether it may have run twice.
-struct Answer {
+pub(super) struct Answer {
     reply: Reply,
     resent: bool,
 }
@@ -204,7 +204,12 @@ impl Nfs4Transport {
     }
 
     /// As [`Nfs4Transport::call`], with any failed operation an error.
-    async fn call_ok(&self, ops: Vec<Op>, cache_this: bool, at: At<'_>) -> Result<Answer, NfsV4Error> {
+    pub(super) async fn call_ok(
+        &self,
+        ops: Vec<Op>,
+        cache_this: bool,
+        at: At<'_>,
+    ) -> Result<Answer, NfsV4Error> {
         let answer = self.call(ops, cache_this, at).await?;
         match answer.failed() {
             Some((_, status)) => Err(status_error(at, status)),
@@ -212,7 +217,12 @@ impl Nfs4Transport {
         }
     }
 
-    async fn lookup(&self, dir: &Node, name: &[u8], at: At<'_>) -> Result<Option<Node>, NfsV4Error> {
+    pub(super) async fn lookup(
+        &self,
+        dir: &Node,
+        name: &[u8],
+        at: At<'_>,
+    ) -> Result<Option<Node>, NfsV4Error> {
         let ops = vec![
             Op::PutFh(dir.fh.to_vec()),
             Op::Lookup(name.to_vec()),
@@ -238,12 +248,13 @@ impl Nfs4Transport {
         self.call_ok(ops, true, at).await.map(|_| ())
     }
 
-    /// Creates `name` in `dir` exclusively as a regular file of mode 0600, with `content` if
+    /// Creates `name` in `dir` exclusively as a regular file of `mode`, with `content` if
     /// any, closed again in the same request. `None`: something is there.
-    async fn create(
+    pub(super) async fn create(
         &self,
         dir: &Node,
         name: &[u8],
+        mode: u32,
         content: Option<&[u8]>,
         at: At<'_>,
     ) -> Result<Option<Node>, NfsV4Error> {
@@ -259,7 +270,7 @@ impl Nfs4Transport {
                 name: name.to_vec(),
                 verifier,
                 attrs: NewAttributes {
-                    mode: Some(0o600),
+                    mode: Some(mode),
                     ..NewAttributes::default()
                 },
             },
@@ -302,7 +313,7 @@ impl Nfs4Transport {
         // The server kept our verifier in attributes of the file (its times, as a rule): they
         // are set to what they should be now, in a request of their own (RFC 8881 §18.16.4).
         let settle = NewAttributes {
-            mode: (!attrs_set.contains(id::MODE)).then_some(0o600),
+            mode: (!attrs_set.contains(id::MODE)).then_some(mode),
             atime: Some(SetTime::Server),
             mtime: Some(SetTime::Server),
             ..NewAttributes::default()
@@ -674,7 +685,7 @@ impl Transport for Nfs4Transport {
     }
 
     async fn write_file(&self, dir: &Node, name: &[u8], content: &[u8], at: At<'_>) -> StorageResult<bool> {
-        Ok(self.create(dir, name, Some(content), at).await?.is_some())
+        Ok(self.create(dir, name, 0o600, Some(content), at).await?.is_some())
     }
 
     async fn read_file(&self, dir: &Node, name: &[u8], at: At<'_>) -> StorageResult<ReadFile> {
@@ -845,7 +856,7 @@ impl Transport for Nfs4Transport {
     }
 
     async fn create_file(&self, dir: &Node, name: &[u8], at: At<'_>) -> StorageResult<Made<NfsFile>> {
-        Ok(match self.create(dir, name, None, at).await? {
+        Ok(match self.create(dir, name, 0o600, None, at).await? {
             Some(node) => Made::New(NfsFile {
                 node,
                 unstable: Mutex::new(None),

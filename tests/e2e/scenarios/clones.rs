@@ -13,6 +13,7 @@ use k8s_openapi::api::events::v1::Event;
 use kube::ResourceExt;
 use kube::api::PostParams;
 use nfs_subdir_provisioner::core::export::{Export, client_options};
+use nfs_subdir_provisioner::storage::nfs_testing::Preconditions;
 use nfs_subdir_provisioner::storage::nfs3::Nfs3Transport;
 use serde_json::{Value, json};
 
@@ -148,7 +149,7 @@ async fn fill_source(nfs: &Nfs3Transport, dir: &str) -> Result<()> {
         .await?;
     let big: Vec<u8> = (0..5 * 1024 * 1024u32).map(|i| (i % 253) as u8 | 1).collect();
     nfs.write_file_at(&[dir, "sub", "big.bin"], &big, 0o600).await?;
-    nfs.symlink(&[dir, "link"], "hello.txt").await?;
+    nfs.symlink_at(&[dir, "link"], "hello.txt").await?;
     nfs.create_files(
         &[dir, "sub", "deeper"],
         (0..300).map(|i| format!("f{i}")).collect(),
