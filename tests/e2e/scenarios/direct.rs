@@ -223,11 +223,37 @@ pub fn trials() -> Vec<E2eTrial> {
                     )
                     .await?;
 
+                // And the other way of releasing on each: the v3 server deletes, the v4 one archives.
+                let class_3_delete = env
+                    .class(
+                        "v3-delete",
+                        &[
+                            ("server", v3.bind.as_str()),
+                            ("share", "/export"),
+                            ("onDelete", "delete"),
+                        ],
+                        json!({ "mountOptions": v3.mount_options() }),
+                    )
+                    .await?;
+                let class_4_archive = env
+                    .class(
+                        "v4-archive",
+                        &[("server", v4.bind.as_str()), ("share", "/export")],
+                        json!({ "mountOptions": v4.mount_options() }),
+                    )
+                    .await?;
+
                 // One volume on each, each on its own server only, with the v4 class's owner and mode.
                 env.claim("three", Some(&class_3), json!({})).await?;
                 env.claim("four", Some(&class_4), json!({})).await?;
+                env.claim("three-d", Some(&class_3_delete), json!({})).await?;
+                env.claim("four-a", Some(&class_4_archive), json!({})).await?;
                 let pv_3 = env.wait_bound("three").await?;
                 let pv_4 = env.wait_bound("four").await?;
+                let pv_3d = env.wait_bound("three-d").await?;
+                let pv_4a = env.wait_bound("four-a").await?;
+                let (dir_3d, dir_4a) = (leaf(&pv_3d)?, leaf(&pv_4a)?);
+                ensure!(v3.backing.join(&dir_3d).is_dir() && v4.backing.join(&dir_4a).is_dir());
                 let (dir_3, dir_4) = (leaf(&pv_3)?, leaf(&pv_4)?);
                 ensure!(
                     v3.backing.join(&dir_3).is_dir() && !v4.backing.join(&dir_3).exists(),
@@ -288,7 +314,7 @@ pub fn trials() -> Vec<E2eTrial> {
                     .collect();
                 for name in &on_server {
                     ensure!(
-                        *name == dir_4 || dirs.contains(name),
+                        *name == dir_4 || *name == dir_4a || dirs.contains(name),
                         "{name} on the v4 server is no volume's (all: {on_server:?})"
                     );
                 }
@@ -320,22 +346,32 @@ pub fn trials() -> Vec<E2eTrial> {
                 env.wait_bound("stalled").await?;
                 ready_says(http, "readiness to return", |code, _| code == 200).await?;
 
-                // Release: the v3 class archives, the v4 class deletes.
-                for claim in ["three", "four"] {
+                // Release, both ways on each server.
+                for claim in ["three", "four", "three-d", "four-a"] {
                     env.delete_claim(claim).await?;
                 }
-                env.wait_pv_gone(&pv_3.metadata.name.clone().unwrap_or_default())
-                    .await?;
-                env.wait_pv_gone(&pv_4.metadata.name.clone().unwrap_or_default())
-                    .await?;
-                ensure!(
-                    v3.backing.join(format!("archived-{dir_3}")).is_dir(),
-                    "archive of {dir_3} missing"
-                );
-                ensure!(
-                    !v4.backing.join(&dir_4).exists(),
-                    "{dir_4} not deleted on the v4 server"
-                );
+                for pv in [&pv_3, &pv_4, &pv_3d, &pv_4a] {
+                    env.wait_pv_gone(&pv.metadata.name.clone().unwrap_or_default())
+                        .await?;
+                }
+                for (server, dir, archived) in [
+                    (&v3, &dir_3, true),
+                    (&v4, &dir_4, false),
+                    (&v3, &dir_3d, false),
+                    (&v4, &dir_4a, true),
+                ] {
+                    ensure!(
+                        !server.backing.join(dir).exists(),
+                        "{dir} still on {}",
+                        server.bind
+                    );
+                    ensure!(
+                        server.backing.join(format!("archived-{dir}")).is_dir() == archived,
+                        "{dir} on {}: archived {}, expected {archived}",
+                        server.bind,
+                        !archived
+                    );
+                }
                 ensure!(provisioner.is_running(), "the provisioner exited");
                 Ok(())
             },
