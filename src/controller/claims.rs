@@ -40,7 +40,7 @@ pub fn pending_claims_of_class(
         .collect()
 }
 
-/// Claims handed to us and still unbound, bound to a volume of ours that is to grow, or holding a
+/// Claims handed to us and not provisioned yet, bound to a volume of ours that is to grow, or holding a
 /// cloning protection nothing needs any more, without a retry already scheduled: for the resync.
 pub fn pending_for_us(ctx: &Ctx) -> Vec<ObjectRef<Packed<PersistentVolumeClaim>>> {
     ctx.claims
@@ -51,11 +51,13 @@ pub fn pending_for_us(ctx: &Ctx) -> Vec<ObjectRef<Packed<PersistentVolumeClaim>>
         .collect()
 }
 
-/// Whether `claim` is handed to us and unbound, bound to a volume of ours that is to grow, or
-/// holding a cloning protection nothing needs any more, without a retry already scheduled.
+/// Whether `claim` is handed to us and not provisioned yet, bound to a volume of ours that is to
+/// grow, or holding a cloning protection nothing needs any more, without a retry already
+/// scheduled.
 pub fn waiting_for_us(ctx: &Ctx, claim: &Packed<PersistentVolumeClaim>) -> bool {
     let c = claim.unpack();
-    (claim::awaits_provisioner(&c, ctx.provisioner())
+    let volume_made = claim::pv_name(&c).is_some_and(|pv| ctx.pvs.get(&ObjectRef::new(&pv)).is_some());
+    (claim::awaits_provisioning(&c, ctx.provisioner(), volume_made)
         || resizes::wanted(&c, ctx)
         || clones::protection_to_release(&c, ctx))
         && !ctx.backing_off(&key(&c))
