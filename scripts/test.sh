@@ -28,33 +28,31 @@ fi
 # Here the end-to-end suite must run: missing binaries are a failure, not a skip.
 export E2E_REQUIRE=1
 
-# The NFS server for the direct backend's tests: nfs-ganesha in a podman container (podman and
-# the base image are set up from Debian's archive on first use). One shared instance for the
-# conformance and client tests; the end-to-end and stall tests start their own.
+# The NFS servers for the direct backend's tests: nfs-ganesha in podman containers (podman and
+# the base image are set up from Debian's archive on first use). One serving v3 and v4.1, shared by
+# the conformance and client tests, and one NFSv4 only (no MOUNT, one port) for the NFSv4.1
+# transport's conformance half, whose variables are renamed NFS_TEST_V4_*. The end-to-end and stall
+# tests start their own.
 bash scripts/podman-setup.sh
 bash scripts/nfs-server.sh build
-NFS_STATE=/var/tmp/nfs-subdir-provisioner-test-nfs
-NFS_CONTAINER=nfs-subdir-provisioner-test-$$
-read -r NFS_PORT MOUNT_PORT < <(python3 -c '
+containers=()
+trap 'for c in "${containers[@]}"; do bash scripts/nfs-server.sh stop "$c" >/dev/null 2>&1 || true; done' EXIT
+# start_nfs_server NAME STATE_DIR PROTOCOLS VARIABLE_PREFIX: on two free loopback ports, from an
+# empty state directory; exports its NFS_TEST_* variables under VARIABLE_PREFIX.
+start_nfs_server() {
+  local name=$1 state=$2 protocols=$3 prefix=$4 nfs_port mount_port
+  read -r nfs_port mount_port < <(python3 -c '
 import socket
 s = [socket.socket() for _ in range(2)]
 for x in s: x.bind(("127.0.0.1", 0))
 print(*[x.getsockname()[1] for x in s])')
-rm -rf "$NFS_STATE" && mkdir -p "$NFS_STATE"
-trap 'bash scripts/nfs-server.sh stop "$NFS_CONTAINER" >/dev/null 2>&1 || true' EXIT
-eval "$(bash scripts/nfs-server.sh start "$NFS_CONTAINER" "$NFS_STATE" "$NFS_PORT" "$MOUNT_PORT")"
-# A second one, NFSv4 only (no MOUNT, one port), for the NFSv4.1 transport's conformance half; its
-# variables are NFS_TEST_V4_*.
-NFS4_STATE=/var/tmp/nfs-subdir-provisioner-test-nfs4
-NFS4_CONTAINER=nfs-subdir-provisioner-test-v4-$$
-read -r NFS4_PORT NFS4_UNUSED < <(python3 -c '
-import socket
-s = [socket.socket() for _ in range(2)]
-for x in s: x.bind(("127.0.0.1", 0))
-print(*[x.getsockname()[1] for x in s])')
-rm -rf "$NFS4_STATE" && mkdir -p "$NFS4_STATE"
-trap 'bash scripts/nfs-server.sh stop "$NFS_CONTAINER" >/dev/null 2>&1 || true; bash scripts/nfs-server.sh stop "$NFS4_CONTAINER" >/dev/null 2>&1 || true' EXIT
-eval "$(NFS_SERVER_PROTOCOLS=4 bash scripts/nfs-server.sh start "$NFS4_CONTAINER" "$NFS4_STATE" "$NFS4_PORT" "$NFS4_UNUSED" | sed 's/^export NFS_TEST_/export NFS_TEST_V4_/')"
+  rm -rf "$state" && mkdir -p "$state"
+  containers+=("$name")
+  eval "$(NFS_SERVER_PROTOCOLS=$protocols bash scripts/nfs-server.sh start "$name" "$state" "$nfs_port" "$mount_port" |
+    sed "s/^export NFS_TEST_/export $prefix/")"
+}
+start_nfs_server "nfs-subdir-provisioner-test-$$" /var/tmp/nfs-subdir-provisioner-test-nfs 3,4 NFS_TEST_
+start_nfs_server "nfs-subdir-provisioner-test-v4-$$" /var/tmp/nfs-subdir-provisioner-test-nfs4 4 NFS_TEST_V4_
 export NFS_TEST_REQUIRE=1
 
 # Real Helm and kustomize for the chart tests: Helm's own Go code as a Python library (no helm

@@ -23,6 +23,8 @@ use nfs::{EXPORT, EXPORT_ROOTSQUASH, EXPORT_SECURE, p, unique};
 use nfs_subdir_provisioner::core::params::DirMode;
 use nfs_subdir_provisioner::storage::nfs_testing::Preconditions;
 use nfs_subdir_provisioner::storage::nfs3::{MAX_CONNECTIONS, Nfs3Transport, NfsError};
+use nfs_subdir_provisioner::storage::nfs4::status::Status as Nfs4Status;
+use nfs_subdir_provisioner::storage::nfs4::{Nfs4Transport, NfsV4Error};
 use nfs_subdir_provisioner::storage::transport::{Made, Opened, Transport, at};
 use nfs_subdir_provisioner::storage::{Created, Existing, Removed, StorageFailure, Volumes};
 use nfs3_client::nfs3_types::mount::mountstat3;
@@ -214,8 +216,36 @@ async fn root_squash_refuses_chown_with_an_error_naming_the_export_option() {
     let Some(env) = nfs::env(SUITE) else {
         return;
     };
+    let err = root_squash_refuses_chown(env.lazy_volumes(EXPORT_ROOTSQUASH, &[]), &env, "NFS3ERR_PERM").await;
+    assert_eq!(nfs_err(&err).status(), Some(nfsstat3::NFS3ERR_PERM));
+}
+
+/// The same over NFSv4.1 (the test server speaks both on one port): the squash is told apart
+/// the same way, from the server's own answer.
+#[tokio::test]
+async fn root_squash_refuses_chown_over_nfsv41_the_same_way() {
+    let Some(env) = nfs::env(SUITE) else {
+        return;
+    };
+    let v = Volumes::new(Nfs4Transport::new(
+        env.export(EXPORT_ROOTSQUASH),
+        env.options_v41(&[]),
+    ));
+    let err = root_squash_refuses_chown(v, &env, "NFS4ERR_PERM").await;
+    assert_eq!(
+        err.transport::<NfsV4Error>().map(NfsV4Error::status),
+        Some(Some(Nfs4Status::PERM)),
+        "{err:?}"
+    );
+}
+
+/// Runs the root_squash case on `v` (the rootsquash export of `env`) and gives back the refusal.
+async fn root_squash_refuses_chown<T: Transport>(
+    v: Volumes<T>,
+    env: &nfs::Env,
+    status: &str,
+) -> StorageFailure {
     let backing = env.rootsquash_dir.clone();
-    let v = env.lazy_volumes(EXPORT_ROOTSQUASH, &[]);
     let top = unique("squash");
     let pv = unique("pv");
     let err = v
@@ -224,9 +254,8 @@ async fn root_squash_refuses_chown_with_an_error_naming_the_export_option() {
         .unwrap_err();
     assert!(
         matches!(
-            nfs_err(&err),
-            NfsError::RootSquashed {
-                status: nfsstat3::NFS3ERR_PERM,
+            err,
+            StorageFailure::RootSquashed {
                 anon_uid: 65534,
                 anon_gid: 65534,
                 ..
@@ -234,14 +263,13 @@ async fn root_squash_refuses_chown_with_an_error_naming_the_export_option() {
         ),
         "{err}"
     );
-    assert_eq!(nfs_err(&err).status(), Some(nfsstat3::NFS3ERR_PERM));
     let msg = err.to_string();
     assert!(
         msg.contains("root_squash") && msg.contains("no_root_squash"),
         "{msg}"
     );
     assert!(
-        msg.starts_with(&format!("change owner of {top}/vol: NFS3ERR_PERM")),
+        msg.starts_with(&format!("change owner of {top}/vol: {status}")),
         "{msg}"
     );
     assert!(!backing.join(&top).join("vol").exists());
@@ -268,6 +296,7 @@ async fn root_squash_refuses_chown_with_an_error_naming_the_export_option() {
         v.delete(&p(&[&top]), 4).await.unwrap(),
         Removed::Removed { entries: 2 }
     );
+    err
 }
 
 // ---- a proxy in front of the NFS port ----

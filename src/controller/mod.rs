@@ -83,7 +83,11 @@ impl Error {
     pub fn reason(&self) -> &'static str {
         match self {
             Error::Storage(StorageFailure::TimedOut { .. }) => "ExportTimeout",
-            Error::Storage(StorageFailure::Transport(_) | StorageFailure::Worker { .. }) => "ExportError",
+            Error::Storage(
+                StorageFailure::Transport(_)
+                | StorageFailure::RootSquashed { .. }
+                | StorageFailure::Worker { .. },
+            ) => "ExportError",
             Error::Storage(StorageFailure::NoMountedExport) => "NoMountedExport",
             Error::Storage(StorageFailure::Refused(StorageRefusal::Taken { .. }))
             | Error::ReuseRefused { .. } => "DirectoryTaken",

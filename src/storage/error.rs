@@ -70,6 +70,18 @@ pub enum StorageFailure {
         path: String,
         after: Duration,
     },
+    /// An NFS server refused to let root choose a directory's owner, and the directory we made
+    /// came out belonging to `anon_uid`:`anon_gid`: the export squashes root.
+    #[error(
+        "{answer}: the export squashes root (root_squash; new directories belong to \
+         {anon_uid}:{anon_gid}); set no_root_squash on the export or drop uid/gid from the StorageClass"
+    )]
+    RootSquashed {
+        /// The server's answer, as the transport reported it.
+        answer: Box<StorageFailure>,
+        anon_uid: u32,
+        anon_gid: u32,
+    },
     #[error("{op}: worker thread failed: {reason}")]
     Worker { op: &'static str, reason: String },
     #[error(
@@ -92,10 +104,12 @@ impl StorageFailure {
         }
     }
 
-    /// The transport's own failure, if it is one of type `E` (`PosixError`, `NfsError`).
+    /// The transport's own failure, if it is one of type `E` (`PosixError`, `NfsError`), also
+    /// where it is the answer behind a [`StorageFailure::RootSquashed`].
     pub fn transport<E: std::error::Error + 'static>(&self) -> Option<&E> {
         match self {
             StorageFailure::Transport(e) => e.downcast_ref(),
+            StorageFailure::RootSquashed { answer, .. } => answer.transport(),
             _ => None,
         }
     }

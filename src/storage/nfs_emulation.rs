@@ -4,7 +4,10 @@
 //!   no flag against it, so the target is first claimed with an exclusive MKDIR of an empty
 //!   mode-000 directory, and the RENAME then replaces only that claim;
 //! * setuid and setgid that survive a change of owner: the owner goes first, in a SETATTR of
-//!   its own, then the mode (a server clears those bits on a chown, as a kernel does).
+//!   its own, then the mode (a server clears those bits on a chown, as a kernel does);
+//! * attributes of a symlink, which cannot be opened without following it: found by name;
+//! * a root-squashing export told apart from other refusals of an owner: we ask as uid 0, so a
+//!   directory we made that belongs to someone else says the server squashed us.
 //!
 //! A request sent again (v3: on a new connection; v4: on a new session) may have run the first
 //! time: an EXIST from a claim, or a NOENT from a rename whose target now holds the source, is then
@@ -12,8 +15,8 @@
 
 use std::future::Future;
 
-use super::error::StorageResult;
-use super::transport::{At, Attrs, Move, Owner, Renamed};
+use super::error::{StorageFailure, StorageResult};
+use super::transport::{At, Attrs, Move, Owner, Renamed, Target};
 
 /// What an exclusive MKDIR of a claim found.
 pub enum Claimed {
@@ -36,15 +39,37 @@ pub enum RenameAnswer {
 }
 
 /// What one SETATTR that sets an owner did.
-pub enum SetAnswer {
+enum SetAnswer {
     Done,
-    /// The server does not let us choose owners (root squashed); nothing was set.
-    OwnerRefused,
+    /// The server refused the owner; nothing was set. `error`: its answer, as the transport
+    /// reports it.
+    OwnerRefused {
+        why: OwnerRefusal,
+        error: StorageFailure,
+    },
+}
+
+/// How a server refused an owner, in the terms v3 and v4 share.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum OwnerRefusal {
+    /// PERM: we may not choose owners (root squashed, or an id-mapping server).
+    NotPermitted,
+    /// INVAL: the server does not take this owner.
+    Invalid,
+    /// ACCES: access denied, which a squashed root also gets where it may not write.
+    AccessDenied,
 }
 
 /// The requests the shared steps are written over.
 pub trait NfsRequests: Send + Sync {
     type Node: Send + Sync;
+    type File: Send + Sync;
+
+    fn file_node(file: &Self::File) -> &Self::Node;
+    /// Its owner, as the server last reported it: (uid, gid).
+    fn owner(node: &Self::Node) -> (u32, u32);
+    /// The transport's NOENT for `at`.
+    fn not_found(at: At<'_>) -> StorageFailure;
 
     /// `name` in `dir`, not following a symlink.
     fn look_up(
@@ -78,7 +103,9 @@ pub trait NfsRequests: Send + Sync {
         attrs: &Attrs,
         with_owner: bool,
         at: At<'_>,
-    ) -> impl Future<Output = StorageResult<SetAnswer>> + Send;
+    ) -> impl Future<Output = StorageResult<()>> + Send;
+    /// The refusal of an owner that `failure` (of a SETATTR) is: PERM, INVAL or ACCES.
+    fn owner_refusal(failure: &StorageFailure) -> Option<OwnerRefusal>;
 }
 
 /// Renames `from` (inode `from_id`) to `to` unless `to` exists; `reuse_claim`: an empty mode-000
@@ -117,21 +144,27 @@ pub async fn rename_noreplace<R: NfsRequests>(
     }
 }
 
-/// Sets `attrs` on `node` (a symlink's: `link`, no mode or size): one SETATTR, or two when setuid
-/// or setgid bits must survive the owner change; an owner the server refuses is reported and the
-/// rest set without it.
+/// Sets `attrs` on `target` (a symlink's: no mode or size): one SETATTR, or two when setuid or
+/// setgid bits must survive the owner change; an owner the server refuses is reported and the rest
+/// set without it.
 pub async fn set_attrs<R: NfsRequests>(
     r: &R,
-    node: &R::Node,
-    link: bool,
+    target: Target<'_, R::Node, R::File>,
     attrs: &Attrs,
     at: At<'_>,
 ) -> StorageResult<Owner> {
     let mut attrs = *attrs;
-    if link {
-        attrs.mode = None;
-        attrs.size = None;
-    }
+    let looked_up;
+    let node = match target {
+        Target::Dir(node) => node,
+        Target::File(file) => R::file_node(file),
+        Target::Link(dir, name) => {
+            looked_up = r.look_up(dir, name, at).await?.ok_or_else(|| R::not_found(at))?;
+            attrs.mode = None;
+            attrs.size = None;
+            &looked_up
+        }
+    };
     let special_bits = attrs.mode.is_some_and(|m| m & 0o6000 != 0);
     let mut owner = Owner::Kept;
     if attrs.sets_owner() {
@@ -144,14 +177,69 @@ pub async fn set_attrs<R: NfsRequests>(
         } else {
             attrs
         };
-        match r.set_once(node, &first, true, at).await? {
+        match set_owner_once(r, node, &first, at).await? {
             SetAnswer::Done if !special_bits => return Ok(Owner::Kept),
             SetAnswer::Done => {}
-            SetAnswer::OwnerRefused => owner = Owner::Refused,
+            SetAnswer::OwnerRefused {
+                why: OwnerRefusal::AccessDenied,
+                error,
+            } => return Err(error),
+            SetAnswer::OwnerRefused { .. } => owner = Owner::Refused,
         }
     }
     if attrs.mode.is_some() || attrs.size.is_some() || attrs.times.is_some() {
         r.set_once(node, &attrs, false, at).await?;
     }
     Ok(owner)
+}
+
+/// Gives `dir`, a directory we made, the owner `uid`/`gid`. `best_effort`: a server that does not
+/// let us choose owners is no error. Otherwise a refusal on a directory that came out belonging to
+/// someone else is reported as the export squashing root, with what to change.
+pub async fn chown<R: NfsRequests>(
+    r: &R,
+    dir: &R::Node,
+    uid: Option<u32>,
+    gid: Option<u32>,
+    best_effort: bool,
+    at: At<'_>,
+) -> StorageResult<()> {
+    let owner = Attrs {
+        uid,
+        gid,
+        ..Attrs::default()
+    };
+    let (why, error) = match set_owner_once(r, dir, &owner, at).await? {
+        SetAnswer::Done => return Ok(()),
+        SetAnswer::OwnerRefused { why, error } => (why, error),
+    };
+    if best_effort && why != OwnerRefusal::AccessDenied {
+        return Ok(());
+    }
+    match R::owner(dir) {
+        (anon_uid, anon_gid) if anon_uid != 0 && why != OwnerRefusal::Invalid => {
+            Err(StorageFailure::RootSquashed {
+                answer: Box::new(error),
+                anon_uid,
+                anon_gid,
+            })
+        }
+        _ => Err(error),
+    }
+}
+
+/// One SETATTR of `attrs` with their owner, a refusal of the owner told apart.
+async fn set_owner_once<R: NfsRequests>(
+    r: &R,
+    node: &R::Node,
+    attrs: &Attrs,
+    at: At<'_>,
+) -> StorageResult<SetAnswer> {
+    match r.set_once(node, attrs, true, at).await {
+        Ok(()) => Ok(SetAnswer::Done),
+        Err(error) => match R::owner_refusal(&error) {
+            Some(why) => Ok(SetAnswer::OwnerRefused { why, error }),
+            None => Err(error),
+        },
+    }
 }

@@ -10,7 +10,7 @@ use std::future::Future;
 use futures::StreamExt;
 
 use super::error::{Refusal, StorageResult};
-use super::nfs_emulation::{NfsRequests, SetAnswer};
+use super::nfs_emulation::NfsRequests;
 use super::transport::{At, Attrs, Kind, Made, Stat, Time, Transport, at};
 
 /// What the preconditions are made of, besides the transport's own primitives.
@@ -190,15 +190,7 @@ async fn set_at<T: TestRequests>(t: &T, path: &[&str], attrs: Attrs) -> StorageR
     const OP: &str = "change attributes of";
     let node = existing(t, path, OP).await?;
     let full = path.join("/");
-    match t.set_once(&node, &attrs, true, at(OP, &full)).await? {
-        SetAnswer::Done => Ok(()),
-        SetAnswer::OwnerRefused => Err(super::error::StorageFailure::Transport(Box::new(
-            std::io::Error::new(
-                std::io::ErrorKind::PermissionDenied,
-                format!("{OP} {full}: the server refused the owner"),
-            ),
-        ))),
-    }
+    t.set_once(&node, &attrs, true, at(OP, &full)).await
 }
 
 /// Access and modification times, seconds and nanoseconds.

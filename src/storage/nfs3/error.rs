@@ -22,17 +22,6 @@ pub enum NfsError {
         path: String,
         status: nfsstat3,
     },
-    #[error(
-        "{op} {path}: {status}: the export squashes root (root_squash; new directories belong to \
-         {anon_uid}:{anon_gid}); set no_root_squash on the export or drop uid/gid from the StorageClass"
-    )]
-    RootSquashed {
-        op: &'static str,
-        path: String,
-        status: nfsstat3,
-        anon_uid: u32,
-        anon_gid: u32,
-    },
     #[error("{op} {path}: no answer within {after:?} (timeo x (retrans + 1)): is the server answering?")]
     TimedOut {
         op: &'static str,
@@ -80,7 +69,7 @@ impl NfsError {
     /// The NFS status the server answered with, if the failure is one.
     pub fn status(&self) -> Option<nfsstat3> {
         match self {
-            NfsError::Status { status, .. } | NfsError::RootSquashed { status, .. } => Some(*status),
+            NfsError::Status { status, .. } => Some(*status),
             _ => None,
         }
     }

@@ -42,8 +42,8 @@ pub use rpc::MAX_CONNECTIONS;
 
 pub use self::proto::Node;
 use self::proto::{Mkdir, mode_attr, status};
-use super::error::StorageResult;
-use super::nfs_emulation::{self, Claimed, NfsRequests, RenameAnswer, SetAnswer};
+use super::error::{StorageFailure, StorageResult};
+use super::nfs_emulation::{self, Claimed, NfsRequests, OwnerRefusal, RenameAnswer};
 use super::transport::{
     At, Attrs, Capacity, Entry, FileCopied, FileType, Kind, Made, Move, Opened, OpenedFile, Owner, Page,
     ReadFile, Renamed, Stat, Target, Time, Transport, Unlinked,
@@ -214,6 +214,19 @@ impl Nfs3Transport {
 
 impl NfsRequests for Nfs3Transport {
     type Node = Node;
+    type File = NfsFile;
+
+    fn file_node(file: &NfsFile) -> &Node {
+        &file.node
+    }
+
+    fn owner(node: &Node) -> (u32, u32) {
+        (node.attr.uid, node.attr.gid)
+    }
+
+    fn not_found(at: At<'_>) -> StorageFailure {
+        status(at.op, at.path, nfsstat3::NFS3ERR_NOENT).into()
+    }
 
     async fn look_up(&self, dir: &Node, name: &[u8], at: At<'_>) -> StorageResult<Option<Node>> {
         self.lookup(dir, name, at).await
@@ -261,22 +274,16 @@ impl NfsRequests for Nfs3Transport {
         }
     }
 
-    async fn set_once(
-        &self,
-        node: &Node,
-        attrs: &Attrs,
-        with_owner: bool,
-        at: At<'_>,
-    ) -> StorageResult<SetAnswer> {
-        match self.set(node, sattr(attrs, with_owner), at).await {
-            Ok(()) => Ok(SetAnswer::Done),
-            Err(e)
-                if with_owner
-                    && matches!(e.status(), Some(nfsstat3::NFS3ERR_PERM | nfsstat3::NFS3ERR_INVAL)) =>
-            {
-                Ok(SetAnswer::OwnerRefused)
-            }
-            Err(e) => Err(e.into()),
+    async fn set_once(&self, node: &Node, attrs: &Attrs, with_owner: bool, at: At<'_>) -> StorageResult<()> {
+        Ok(self.set(node, sattr(attrs, with_owner), at).await?)
+    }
+
+    fn owner_refusal(failure: &StorageFailure) -> Option<OwnerRefusal> {
+        match failure.transport::<NfsError>()?.status()? {
+            nfsstat3::NFS3ERR_PERM => Some(OwnerRefusal::NotPermitted),
+            nfsstat3::NFS3ERR_INVAL => Some(OwnerRefusal::Invalid),
+            nfsstat3::NFS3ERR_ACCES => Some(OwnerRefusal::AccessDenied),
+            _ => None,
         }
     }
 }
@@ -333,33 +340,7 @@ impl Transport for Nfs3Transport {
         best_effort: bool,
         at: At<'_>,
     ) -> StorageResult<()> {
-        let owner = sattr3 {
-            uid: uid.map_or(Nfs3Option::None, Nfs3Option::Some),
-            gid: gid.map_or(Nfs3Option::None, Nfs3Option::Some),
-            ..sattr3::default()
-        };
-        match self.set(dir, owner, at).await {
-            Ok(()) => Ok(()),
-            Err(e)
-                if best_effort
-                    && matches!(e.status(), Some(nfsstat3::NFS3ERR_PERM | nfsstat3::NFS3ERR_INVAL)) =>
-            {
-                Ok(())
-            }
-            // We asked as uid 0 and the directory we made belongs to someone else: squashed.
-            Err(NfsError::Status {
-                status: s @ (nfsstat3::NFS3ERR_PERM | nfsstat3::NFS3ERR_ACCES),
-                ..
-            }) if dir.attr.uid != 0 => Err(NfsError::RootSquashed {
-                op: at.op,
-                path: at.path.to_owned(),
-                status: s,
-                anon_uid: dir.attr.uid,
-                anon_gid: dir.attr.gid,
-            }
-            .into()),
-            Err(e) => Err(e.into()),
-        }
+        nfs_emulation::chown(self, dir, uid, gid, best_effort, at).await
     }
 
     async fn chmod(&self, dir: &Node, mode: u32, at: At<'_>) -> StorageResult<()> {
@@ -611,15 +592,7 @@ impl Transport for Nfs3Transport {
         attrs: &Attrs,
         at: At<'_>,
     ) -> StorageResult<Owner> {
-        let (node, link) = match target {
-            Target::Dir(node) => (node.clone(), false),
-            Target::File(file) => (file.node.clone(), false),
-            Target::Link(dir, name) => match self.lookup(dir, name, at).await? {
-                Some(node) => (node, true),
-                None => return Err(status(at.op, at.path, nfsstat3::NFS3ERR_NOENT).into()),
-            },
-        };
-        nfs_emulation::set_attrs(self, &node, link, attrs, at).await
+        nfs_emulation::set_attrs(self, target, attrs, at).await
     }
 
     /// NFSv3 has no server-side copy: the copy reads and writes.

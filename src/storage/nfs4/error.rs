@@ -13,17 +13,6 @@ pub enum NfsV4Error {
         path: String,
         status: Status,
     },
-    #[error(
-        "{op} {path}: {status}: the export squashes root (root_squash; new directories belong to \
-         {anon_uid}:{anon_gid}); set no_root_squash on the export or drop uid/gid from the StorageClass"
-    )]
-    RootSquashed {
-        op: &'static str,
-        path: String,
-        status: Status,
-        anon_uid: u32,
-        anon_gid: u32,
-    },
     #[error("{op} {path}: {source}")]
     Call {
         op: &'static str,
@@ -53,7 +42,7 @@ fn status_hint(status: Status) -> &'static str {
 impl NfsV4Error {
     pub fn status(&self) -> Option<Status> {
         match self {
-            NfsV4Error::Status { status, .. } | NfsV4Error::RootSquashed { status, .. } => Some(*status),
+            NfsV4Error::Status { status, .. } => Some(*status),
             NfsV4Error::Call {
                 source: Nfs4Error::Status { status, .. },
                 ..

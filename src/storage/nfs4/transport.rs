@@ -25,8 +25,8 @@ use super::session::{Op, Sent};
 use super::status::Status;
 use crate::core::export::{ClientOptions, Export};
 use crate::core::staging::{CLAIM_MODE, RECORD_FILE_MAX};
-use crate::storage::error::StorageResult;
-use crate::storage::nfs_emulation::{self, Claimed, NfsRequests, RenameAnswer, SetAnswer};
+use crate::storage::error::{StorageFailure, StorageResult};
+use crate::storage::nfs_emulation::{self, Claimed, NfsRequests, OwnerRefusal, RenameAnswer};
 use crate::storage::transport::{
     At, Attrs, Capacity, Entry, FileCopied, FileType, Kind, Made, Move, Opened, OpenedFile, Owner, Page,
     ReadFile, Renamed, Stat, Target, Transport, Unlinked,
@@ -482,6 +482,19 @@ fn new_attributes(attrs: &Attrs, with_owner: bool) -> NewAttributes {
 
 impl NfsRequests for Nfs4Transport {
     type Node = Node;
+    type File = NfsFile;
+
+    fn file_node(file: &NfsFile) -> &Node {
+        &file.node
+    }
+
+    fn owner(node: &Node) -> (u32, u32) {
+        (node.stat.uid, node.stat.gid)
+    }
+
+    fn not_found(at: At<'_>) -> StorageFailure {
+        status_error(at, Status::NOENT).into()
+    }
 
     async fn look_up(&self, dir: &Node, name: &[u8], at: At<'_>) -> StorageResult<Option<Node>> {
         Ok(self.lookup(dir, name, at).await?)
@@ -536,19 +549,16 @@ impl NfsRequests for Nfs4Transport {
         }
     }
 
-    async fn set_once(
-        &self,
-        node: &Node,
-        attrs: &Attrs,
-        with_owner: bool,
-        at: At<'_>,
-    ) -> StorageResult<SetAnswer> {
-        match self.set(&node.fh, new_attributes(attrs, with_owner), at).await {
-            Ok(()) => Ok(SetAnswer::Done),
-            Err(e) if with_owner && matches!(e.status(), Some(Status::PERM | Status::INVAL)) => {
-                Ok(SetAnswer::OwnerRefused)
-            }
-            Err(e) => Err(e.into()),
+    async fn set_once(&self, node: &Node, attrs: &Attrs, with_owner: bool, at: At<'_>) -> StorageResult<()> {
+        Ok(self.set(&node.fh, new_attributes(attrs, with_owner), at).await?)
+    }
+
+    fn owner_refusal(failure: &StorageFailure) -> Option<OwnerRefusal> {
+        match failure.transport::<NfsV4Error>()?.status()? {
+            Status::PERM => Some(OwnerRefusal::NotPermitted),
+            Status::INVAL => Some(OwnerRefusal::Invalid),
+            Status::ACCESS => Some(OwnerRefusal::AccessDenied),
+            _ => None,
         }
     }
 }
@@ -629,28 +639,7 @@ impl Transport for Nfs4Transport {
         best_effort: bool,
         at: At<'_>,
     ) -> StorageResult<()> {
-        let owner = NewAttributes {
-            uid,
-            gid,
-            ..NewAttributes::default()
-        };
-        match self.set(&dir.fh, owner, at).await {
-            Ok(()) => Ok(()),
-            Err(e) if best_effort && matches!(e.status(), Some(Status::PERM | Status::INVAL)) => Ok(()),
-            // We asked as uid 0 and the directory we made belongs to someone else: squashed.
-            Err(NfsV4Error::Status {
-                status: s @ (Status::PERM | Status::ACCESS),
-                ..
-            }) if dir.stat.uid != 0 => Err(NfsV4Error::RootSquashed {
-                op: at.op,
-                path: at.path.to_owned(),
-                status: s,
-                anon_uid: dir.stat.uid,
-                anon_gid: dir.stat.gid,
-            }
-            .into()),
-            Err(e) => Err(e.into()),
-        }
+        nfs_emulation::chown(self, dir, uid, gid, best_effort, at).await
     }
 
     async fn chmod(&self, dir: &Node, mode: u32, at: At<'_>) -> StorageResult<()> {
@@ -980,15 +969,7 @@ impl Transport for Nfs4Transport {
         attrs: &Attrs,
         at: At<'_>,
     ) -> StorageResult<Owner> {
-        let (node, link) = match target {
-            Target::Dir(node) => (node.clone(), false),
-            Target::File(file) => (file.node.clone(), false),
-            Target::Link(dir, name) => match self.lookup(dir, name, at).await? {
-                Some(node) => (node, true),
-                None => return Err(status_error(at, Status::NOENT).into()),
-            },
-        };
-        nfs_emulation::set_attrs(self, &node, link, attrs, at).await
+        nfs_emulation::set_attrs(self, target, attrs, at).await
     }
 
     /// NFSv4.1 has no server-side copy (4.2's COPY may come later): the copy reads and writes.
