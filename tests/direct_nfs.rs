@@ -239,6 +239,38 @@ async fn root_squash_refuses_chown_over_nfsv41_the_same_way() {
     );
 }
 
+/// An exclusive create over NFSv4.1 leaves its verifier in the file's times until they are set
+/// again (RFC 8881 §18.16.4): a record file written over it has the time of its writing and mode
+/// 0600, as over NFSv3.
+#[tokio::test]
+async fn a_file_written_over_nfsv41_has_its_mode_and_the_time_of_its_writing() {
+    let Some(env) = nfs::env(SUITE) else {
+        return;
+    };
+    let t = Nfs4Transport::connect(env.export(EXPORT), env.options_v41(&[]), 1)
+        .await
+        .unwrap();
+    let root = t.root().await.unwrap();
+    let name = unique("v41-record");
+    let before = std::time::SystemTime::now();
+    assert!(
+        t.write_file(&root, name.as_bytes(), b"record", at("write", &name))
+            .await
+            .unwrap()
+    );
+    let md = fs::metadata(env.export_dir.join(&name)).unwrap();
+    assert_eq!((md.mode() & 0o7777, md.len()), (0o600, 6));
+    for (what, time) in [("mtime", md.modified()), ("atime", md.accessed())] {
+        let time = time.unwrap();
+        let off = time
+            .duration_since(before)
+            .or_else(|e| Ok::<_, ()>(e.duration()))
+            .unwrap();
+        assert!(off < Duration::from_secs(60), "{what} {time:?} is not the time of writing");
+    }
+    fs::remove_file(env.export_dir.join(&name)).unwrap();
+}
+
 /// Runs the root_squash case on `v` (the rootsquash export of `env`) and gives back the refusal.
 async fn root_squash_refuses_chown<T: Transport>(
     v: Volumes<T>,

@@ -249,7 +249,8 @@ impl Nfs4Transport {
     }
 
     /// Creates `name` in `dir` exclusively as a regular file of `mode`, with `content` if
-    /// any, closed again in the same request. `None`: something is there.
+    /// any, closed again and its attributes settled, all in one request. `None`: something is
+    /// there.
     pub(super) async fn create(
         &self,
         dir: &Node,
@@ -285,6 +286,20 @@ impl Nfs4Transport {
             });
         }
         ops.push(Op::Close(CURRENT_STATEID));
+        // The server kept our verifier in attributes of the file (its times, as a rule): they are
+        // set to what they should be now (RFC 8881 §18.16.4), with the mode, which a server may not
+        // have set from OPEN's attributes. CLOSE leaves the file the current handle.
+        ops.push(Op::SetAttr {
+            stateid: ANONYMOUS_STATEID,
+            attrs: NewAttributes {
+                mode: Some(mode),
+                atime: Some(SetTime::Server),
+                mtime: Some(SetTime::Server),
+                ..NewAttributes::default()
+            },
+        });
+        ops.push(Op::GetAttr(node_attrs()));
+        let last = ops.len() - 1;
         let answer = self.call(ops, true, at).await?;
         match answer.failed() {
             None => {}
@@ -304,34 +319,15 @@ impl Nfs4Transport {
             Some((1, Status::EXIST)) => return Ok(None),
             Some((_, status)) => return Err(status_error(at, status)),
         }
-        let (Some(Done::GetFh(fh)), Some(Done::Open { attrs_set, .. })) =
-            (answer.result(2), answer.result(1))
+        let (Some(Done::GetFh(fh)), Some(Done::GetAttr(attrs))) = (answer.result(2), answer.result(last))
         else {
-            return Err(protocol_error(at, "OPEN's reply lacks a file handle"));
-        };
-        let fh: Arc<[u8]> = Arc::from(fh.as_slice());
-        // The server kept our verifier in attributes of the file (its times, as a rule): they
-        // are set to what they should be now, in a request of their own (RFC 8881 §18.16.4).
-        let settle = NewAttributes {
-            mode: (!attrs_set.contains(id::MODE)).then_some(mode),
-            atime: Some(SetTime::Server),
-            mtime: Some(SetTime::Server),
-            ..NewAttributes::default()
-        };
-        let ops = vec![
-            Op::PutFh(fh.to_vec()),
-            Op::SetAttr {
-                stateid: ANONYMOUS_STATEID,
-                attrs: settle,
-            },
-            Op::GetAttr(node_attrs()),
-        ];
-        let answer = self.call_ok(ops, true, at).await?;
-        let Some(Done::GetAttr(attrs)) = answer.result(2) else {
-            return Err(protocol_error(at, "the server's reply lacks attributes"));
+            return Err(protocol_error(
+                at,
+                "OPEN's reply lacks a file handle or attributes",
+            ));
         };
         Ok(Some(Node {
-            fh,
+            fh: Arc::from(fh.as_slice()),
             stat: stat_of(attrs, at)?,
         }))
     }
