@@ -266,7 +266,10 @@ async fn a_file_written_over_nfsv41_has_its_mode_and_the_time_of_its_writing() {
             .duration_since(before)
             .or_else(|e| Ok::<_, ()>(e.duration()))
             .unwrap();
-        assert!(off < Duration::from_secs(60), "{what} {time:?} is not the time of writing");
+        assert!(
+            off < Duration::from_secs(60),
+            "{what} {time:?} is not the time of writing"
+        );
     }
     fs::remove_file(env.export_dir.join(&name)).unwrap();
 }

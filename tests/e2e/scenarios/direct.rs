@@ -62,6 +62,107 @@ fn serve_without_a_mount(env: &Env) -> Result<(ManagedChild, SocketAddr)> {
     ])
 }
 
+/// What the owned classes ask for: deleted on release, 1000:2000, mode 2770.
+const OWNED: &[(&str, &str)] = &[
+    ("onDelete", "delete"),
+    ("mode", "2770"),
+    ("uid", "1000"),
+    ("gid", "2000"),
+];
+
+/// A class `suffix` of volumes on `server`'s `/export`, with `params` besides.
+async fn class_on(env: &Env, suffix: &str, server: &NfsServer, params: &[(&str, &str)]) -> Result<String> {
+    let mut all = vec![("server", server.bind.as_str()), ("share", "/export")];
+    all.extend_from_slice(params);
+    env.class(suffix, &all, json!({ "mountOptions": server.mount_options() }))
+        .await
+}
+
+/// `dir` on `server` is owned as [`OWNED`] says.
+fn ensure_owned(server: &NfsServer, dir: &str) -> Result<()> {
+    let md =
+        std::fs::metadata(server.backing.join(dir)).with_context(|| format!("{dir} on {}", server.bind))?;
+    ensure!(
+        (md.uid(), md.gid(), md.mode() & 0o7777) == (1000, 2000, 0o2770),
+        "{dir} on {} is {}:{} {:o}",
+        server.bind,
+        md.uid(),
+        md.gid(),
+        md.mode() & 0o7777
+    );
+    Ok(())
+}
+
+/// `stalled` stops answering: a new claim of `stalled_class` fails with an Event naming it and
+/// readiness names its export, while one of `other_class` (on `other`) is provisioned without
+/// waiting; then it answers again and both converge.
+async fn a_stalled_server_fails_only_its_own_class(
+    env: &Env,
+    http: SocketAddr,
+    (stalled, stalled_class): (&NfsServer, &str),
+    (other, other_class): (&NfsServer, &str),
+) -> Result<()> {
+    stalled.podman("pause")?;
+    env.claim("stalled", Some(stalled_class), json!({})).await?;
+    env.claim("unaffected", Some(other_class), json!({})).await?;
+    let started = std::time::Instant::now();
+    env.wait_bound("unaffected").await?;
+    let took = started.elapsed();
+    ensure!(
+        took < Duration::from_secs(20),
+        "the class on {} waited {took:?} behind the stalled server",
+        other.bind
+    );
+    let event = env.wait_event(&env.ns, "stalled", "ProvisioningFailed").await?;
+    let note = event.note.unwrap_or_default();
+    ensure!(
+        note.contains(&stalled.bind) || note.contains("answer"),
+        "event note: {note}"
+    );
+    let body = ready_says(http, "readiness to name the stalled export", |code, body| {
+        code == 503 && body.contains(&format!("[-]export {}:/export", stalled.bind))
+    })
+    .await?;
+    ensure!(
+        body.contains(&format!("[+]export {}:/export", other.bind)),
+        "{body}"
+    );
+    stalled.podman("unpause")?;
+    env.wait_bound("stalled").await?;
+    ready_says(http, "readiness to return", |code, _| code == 200).await?;
+    Ok(())
+}
+
+/// Deletes `claims` and waits until their PVs are gone; then each `(server, dir, archived)`:
+/// `dir` is gone from `server`, and archived there or not.
+async fn release_as_classes_say(
+    env: &Env,
+    claims: &[(&str, &PersistentVolume)],
+    expected: &[(&NfsServer, &str, bool)],
+) -> Result<()> {
+    for (claim, _) in claims {
+        env.delete_claim(claim).await?;
+    }
+    for (_, pv) in claims {
+        env.wait_pv_gone(&pv.metadata.name.clone().unwrap_or_default())
+            .await?;
+    }
+    for (server, dir, archived) in expected {
+        ensure!(
+            !server.backing.join(dir).exists(),
+            "{dir} still on {}",
+            server.bind
+        );
+        ensure!(
+            server.backing.join(format!("archived-{dir}")).is_dir() == *archived,
+            "{dir} on {}: archived {}, expected {archived}",
+            server.bind,
+            !archived
+        );
+    }
+    Ok(())
+}
+
 pub fn trials() -> Vec<E2eTrial> {
     vec![
         trial(
@@ -81,27 +182,8 @@ pub fn trials() -> Vec<E2eTrial> {
                 )?;
                 // No NFS_SERVER/NFS_PATH: nothing is mounted; NFS_MOUNT_PATH points nowhere.
                 let (provisioner, http) = serve_without_a_mount(&env)?;
-                let class_a = env
-                    .class(
-                        "a",
-                        &[("server", a.bind.as_str()), ("share", "/export")],
-                        json!({ "mountOptions": a.mount_options() }),
-                    )
-                    .await?;
-                let class_b = env
-                    .class(
-                        "b",
-                        &[
-                            ("server", b.bind.as_str()),
-                            ("share", "/export"),
-                            ("onDelete", "delete"),
-                            ("mode", "2770"),
-                            ("uid", "1000"),
-                            ("gid", "2000"),
-                        ],
-                        json!({ "mountOptions": b.mount_options() }),
-                    )
-                    .await?;
+                let class_a = class_on(&env, "a", &a, &[]).await?;
+                let class_b = class_on(&env, "b", &b, OWNED).await?;
 
                 // Both are provisioned, each on its own server only.
                 env.claim("one", Some(&class_a), json!({})).await?;
@@ -121,14 +203,7 @@ pub fn trials() -> Vec<E2eTrial> {
                 let (dir_a, dir_b) = (leaf(&pv_a)?, leaf(&pv_b)?);
                 ensure!(a.backing.join(&dir_a).is_dir(), "{dir_a} not on server a");
                 ensure!(!b.backing.join(&dir_a).exists(), "{dir_a} also on server b");
-                let md = std::fs::metadata(b.backing.join(&dir_b)).context("volume on server b")?;
-                ensure!(
-                    (md.uid(), md.gid(), md.mode() & 0o7777) == (1000, 2000, 0o2770),
-                    "server b holds {}:{} {:o}",
-                    md.uid(),
-                    md.gid(),
-                    md.mode() & 0o7777
-                );
+                ensure_owned(&b, &dir_b)?;
                 ensure!(!a.backing.join(&dir_b).exists(), "{dir_b} also on server a");
                 ready_says(http, "both exports to answer", |code, body| {
                     code == 200
@@ -138,48 +213,15 @@ pub fn trials() -> Vec<E2eTrial> {
                 .await?;
 
                 // Server a stops answering: class a fails with Events and readiness; class b goes on.
-                a.podman("pause")?;
-                env.claim("stalled", Some(&class_a), json!({})).await?;
-                env.claim("unaffected", Some(&class_b), json!({})).await?;
-                let started = std::time::Instant::now();
-                env.wait_bound("unaffected").await?;
-                let took = started.elapsed();
-                ensure!(
-                    took < Duration::from_secs(20),
-                    "class b waited {took:?} behind the stalled server"
-                );
-                let event = env.wait_event(&env.ns, "stalled", "ProvisioningFailed").await?;
-                let note = event.note.unwrap_or_default();
-                ensure!(
-                    note.contains("127.0.0.2") || note.contains("answering"),
-                    "event note: {note}"
-                );
-                let body = ready_says(http, "readiness to name the stalled export", |code, body| {
-                    code == 503 && body.contains("[-]export 127.0.0.2:/export")
-                })
-                .await?;
-                ensure!(body.contains("[+]export 127.0.0.3:/export"), "{body}");
-                a.podman("unpause")?;
-                env.wait_bound("stalled").await?;
-                ready_says(http, "readiness to return", |code, _| code == 200).await?;
+                a_stalled_server_fails_only_its_own_class(&env, http, (&a, &class_a), (&b, &class_b)).await?;
 
                 // Release: class a archives on server a, class b deletes on server b.
-                for claim in ["one", "two"] {
-                    env.delete_claim(claim).await?;
-                }
-                env.wait_pv_gone(&pv_a.metadata.name.clone().unwrap_or_default())
-                    .await?;
-                env.wait_pv_gone(&pv_b.metadata.name.clone().unwrap_or_default())
-                    .await?;
-                ensure!(!a.backing.join(&dir_a).exists(), "{dir_a} still on server a");
-                ensure!(
-                    a.backing.join(format!("archived-{dir_a}")).is_dir(),
-                    "archive of {dir_a} missing on server a"
-                );
-                ensure!(
-                    !b.backing.join(&dir_b).exists(),
-                    "{dir_b} not deleted on server b"
-                );
+                release_as_classes_say(
+                    &env,
+                    &[("one", &pv_a), ("two", &pv_b)],
+                    &[(&a, &dir_a, true), (&b, &dir_b, false)],
+                )
+                .await?;
                 ensure!(provisioner.is_running(), "the provisioner exited");
                 Ok(())
             },
@@ -201,47 +243,11 @@ pub fn trials() -> Vec<E2eTrial> {
                     NfsServer::start_v4_only(&name_4, "127.0.0.7", &root_4, Some(5)),
                 )?;
                 let (provisioner, http) = serve_without_a_mount(&env)?;
-                let class_3 = env
-                    .class(
-                        "v3",
-                        &[("server", v3.bind.as_str()), ("share", "/export")],
-                        json!({ "mountOptions": v3.mount_options() }),
-                    )
-                    .await?;
-                let class_4 = env
-                    .class(
-                        "v4",
-                        &[
-                            ("server", v4.bind.as_str()),
-                            ("share", "/export"),
-                            ("onDelete", "delete"),
-                            ("mode", "2770"),
-                            ("uid", "1000"),
-                            ("gid", "2000"),
-                        ],
-                        json!({ "mountOptions": v4.mount_options() }),
-                    )
-                    .await?;
-
+                let class_3 = class_on(&env, "v3", &v3, &[]).await?;
+                let class_4 = class_on(&env, "v4", &v4, OWNED).await?;
                 // And the other way of releasing on each: the v3 server deletes, the v4 one archives.
-                let class_3_delete = env
-                    .class(
-                        "v3-delete",
-                        &[
-                            ("server", v3.bind.as_str()),
-                            ("share", "/export"),
-                            ("onDelete", "delete"),
-                        ],
-                        json!({ "mountOptions": v3.mount_options() }),
-                    )
-                    .await?;
-                let class_4_archive = env
-                    .class(
-                        "v4-archive",
-                        &[("server", v4.bind.as_str()), ("share", "/export")],
-                        json!({ "mountOptions": v4.mount_options() }),
-                    )
-                    .await?;
+                let class_3_delete = class_on(&env, "v3-delete", &v3, &[("onDelete", "delete")]).await?;
+                let class_4_archive = class_on(&env, "v4-archive", &v4, &[]).await?;
 
                 // One volume on each, each on its own server only, with the v4 class's owner and mode.
                 env.claim("three", Some(&class_3), json!({})).await?;
@@ -259,14 +265,7 @@ pub fn trials() -> Vec<E2eTrial> {
                     v3.backing.join(&dir_3).is_dir() && !v4.backing.join(&dir_3).exists(),
                     "{dir_3}"
                 );
-                let md = std::fs::metadata(v4.backing.join(&dir_4)).context("volume on the v4 server")?;
-                ensure!(
-                    (md.uid(), md.gid(), md.mode() & 0o7777) == (1000, 2000, 0o2770),
-                    "the v4 server holds {}:{} {:o}",
-                    md.uid(),
-                    md.gid(),
-                    md.mode() & 0o7777
-                );
+                ensure_owned(&v4, &dir_4)?;
                 ready_says(http, "both exports to answer", |code, body| {
                     code == 200
                         && body.contains("[+]export 127.0.0.6:/export")
@@ -321,57 +320,26 @@ pub fn trials() -> Vec<E2eTrial> {
 
                 // The v4 server stops answering: its class fails with Events and readiness; the v3
                 // class goes on.
-                v4.podman("pause")?;
-                env.claim("stalled", Some(&class_4), json!({})).await?;
-                env.claim("unaffected", Some(&class_3), json!({})).await?;
-                let started = std::time::Instant::now();
-                env.wait_bound("unaffected").await?;
-                let took = started.elapsed();
-                ensure!(
-                    took < Duration::from_secs(20),
-                    "the v3 class waited {took:?} behind the stalled server"
-                );
-                let event = env.wait_event(&env.ns, "stalled", "ProvisioningFailed").await?;
-                let note = event.note.unwrap_or_default();
-                ensure!(
-                    note.contains("127.0.0.7") || note.contains("answer"),
-                    "event note: {note}"
-                );
-                let body = ready_says(http, "readiness to name the stalled export", |code, body| {
-                    code == 503 && body.contains("[-]export 127.0.0.7:/export")
-                })
-                .await?;
-                ensure!(body.contains("[+]export 127.0.0.6:/export"), "{body}");
-                v4.podman("unpause")?;
-                env.wait_bound("stalled").await?;
-                ready_says(http, "readiness to return", |code, _| code == 200).await?;
+                a_stalled_server_fails_only_its_own_class(&env, http, (&v4, &class_4), (&v3, &class_3))
+                    .await?;
 
                 // Release, both ways on each server.
-                for claim in ["three", "four", "three-d", "four-a"] {
-                    env.delete_claim(claim).await?;
-                }
-                for pv in [&pv_3, &pv_4, &pv_3d, &pv_4a] {
-                    env.wait_pv_gone(&pv.metadata.name.clone().unwrap_or_default())
-                        .await?;
-                }
-                for (server, dir, archived) in [
-                    (&v3, &dir_3, true),
-                    (&v4, &dir_4, false),
-                    (&v3, &dir_3d, false),
-                    (&v4, &dir_4a, true),
-                ] {
-                    ensure!(
-                        !server.backing.join(dir).exists(),
-                        "{dir} still on {}",
-                        server.bind
-                    );
-                    ensure!(
-                        server.backing.join(format!("archived-{dir}")).is_dir() == archived,
-                        "{dir} on {}: archived {}, expected {archived}",
-                        server.bind,
-                        !archived
-                    );
-                }
+                release_as_classes_say(
+                    &env,
+                    &[
+                        ("three", &pv_3),
+                        ("four", &pv_4),
+                        ("three-d", &pv_3d),
+                        ("four-a", &pv_4a),
+                    ],
+                    &[
+                        (&v3, &dir_3, true),
+                        (&v4, &dir_4, false),
+                        (&v3, &dir_3d, false),
+                        (&v4, &dir_4a, true),
+                    ],
+                )
+                .await?;
                 ensure!(provisioner.is_running(), "the provisioner exited");
                 Ok(())
             },
