@@ -518,7 +518,6 @@ async fn after_a_restart_into_a_grace_period_a_remove_waits_it_out_and_goes_thro
     drop(gone);
     server.restart();
 
-    let started = std::time::Instant::now();
     let root = export_root(&mut c).await;
     c.call(
         "remove",
@@ -527,13 +526,8 @@ async fn after_a_restart_into_a_grace_period_a_remove_waits_it_out_and_goes_thro
     )
     .await
     .unwrap();
-    let took = started.elapsed();
     assert!(!server.env.export_dir.join("before").exists());
     assert!(c.recoveries >= 1);
-    // The grace period (5 s) held the remove back; the deadline (30 s) did not run out.
-    assert!(
-        took >= Duration::from_secs(2),
-        "no grace period seen: took {took:?}"
-    );
-    assert!(took < Duration::from_secs(20), "took {took:?}");
+    // The grace period (5 s) held the remove back, and it was waited out within the deadline.
+    assert!(c.grace_waits >= 1, "no grace period seen");
 }

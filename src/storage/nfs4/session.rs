@@ -116,6 +116,8 @@ pub struct Connection {
     pub fore: ChannelAttrs,
     /// How many times a new session (or client id) had to be made.
     pub recoveries: u32,
+    /// How many NFS4ERR_GRACE answers were waited out (a restarted server's grace period).
+    pub grace_waits: u32,
     /// A request went unanswered past its deadline: the server may yet run it, so the slot's
     /// sequence id is in doubt, and the next call starts a new session rather than reuse it
     /// (the same id with other operations would be answered from the reply cache of the old).
@@ -163,6 +165,7 @@ impl Connection {
             sequence: 1,
             fore: fore_channel(1 << 20),
             recoveries: 0,
+            grace_waits: 0,
             in_doubt: false,
         };
         connection.new_client().await?;
@@ -351,6 +354,7 @@ impl Connection {
                 Ok(reply) => {
                     let grace = matches!(reply.failed(), Some((_, Status::GRACE)));
                     if grace && Instant::now() + BUSY_PAUSE < grace_until {
+                        self.grace_waits += 1;
                         tokio::time::sleep(BUSY_PAUSE).await;
                         until = Instant::now() + self.deadline;
                         continue;
