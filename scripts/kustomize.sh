@@ -10,7 +10,7 @@ if command -v kustomize >/dev/null 2>&1; then
   exit 0
 fi
 
-CACHE=${NFS_SUBDIR_PROVISIONER_CACHE:-/var/cache/nfs-subdir-provisioner}/kustomize
+CACHE=${NFS_PROVISIONER_CACHE:-/var/cache/nfs-subdir-provisioner}/kustomize
 BIN=$CACHE/root/usr/bin/kustomize
 if [ -x "$BIN" ] && "$BIN" version >/dev/null 2>&1; then
   echo "$BIN"

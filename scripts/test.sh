@@ -5,6 +5,8 @@
 # The control plane comes from $KUBEBUILDER_ASSETS (a directory with etcd, kube-apiserver and
 # kube-controller-manager); when unset it is built once from Debian's kubernetes 1.20.2 source
 # package into a cache outside the repo (scripts/build-control-plane.sh; needs root for apt-get).
+# That cache, and those of Helm, kustomize and Prometheus below, are under $NFS_PROVISIONER_CACHE
+# (default /var/cache/nfs-subdir-provisioner).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -58,7 +60,7 @@ export NFS_TEST_REQUIRE=1
 # Real Helm and kustomize for the chart tests: Helm's own Go code as a Python library (no helm
 # binary is packaged in Debian or on PyPI), in a venv cached outside the repo, and Debian's
 # kustomize (from trixie; bookworm has none).
-HELM_VENV=/var/cache/nfs-subdir-provisioner/helm-venv
+HELM_VENV=${NFS_PROVISIONER_CACHE:-/var/cache/nfs-subdir-provisioner}/helm-venv
 if ! "$HELM_VENV/bin/python" -c 'import helm_python' 2>/dev/null; then
   python3 -m venv "$HELM_VENV"
   "$HELM_VENV/bin/pip" install -q helm-python-sdk
