@@ -213,18 +213,33 @@ pub async fn chown<R: NfsRequests>(
         SetAnswer::Done => return Ok(()),
         SetAnswer::OwnerRefused { why, error } => (why, error),
     };
-    if best_effort && why != OwnerRefusal::AccessDenied {
-        return Ok(());
+    let (anon_uid, anon_gid) = R::owner(dir);
+    match refused_chown(why, anon_uid, best_effort) {
+        RefusedChown::Ignored => Ok(()),
+        RefusedChown::Squashed => Err(StorageFailure::RootSquashed {
+            answer: Box::new(error),
+            anon_uid,
+            anon_gid,
+        }),
+        RefusedChown::Failed => Err(error),
     }
-    match R::owner(dir) {
-        (anon_uid, anon_gid) if anon_uid != 0 && why != OwnerRefusal::Invalid => {
-            Err(StorageFailure::RootSquashed {
-                answer: Box::new(error),
-                anon_uid,
-                anon_gid,
-            })
-        }
-        _ => Err(error),
+}
+
+/// What a refused chown of a directory we made amounts to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum RefusedChown {
+    /// Best effort, and the server merely does not let us choose owners.
+    Ignored,
+    /// We asked as uid 0 and the directory came out belonging to `dir_uid`: root is squashed.
+    Squashed,
+    Failed,
+}
+
+fn refused_chown(why: OwnerRefusal, dir_uid: u32, best_effort: bool) -> RefusedChown {
+    match why {
+        OwnerRefusal::NotPermitted | OwnerRefusal::Invalid if best_effort => RefusedChown::Ignored,
+        OwnerRefusal::NotPermitted | OwnerRefusal::AccessDenied if dir_uid != 0 => RefusedChown::Squashed,
+        _ => RefusedChown::Failed,
     }
 }
 
@@ -241,5 +256,36 @@ async fn set_owner_once<R: NfsRequests>(
             Some(why) => Ok(SetAnswer::OwnerRefused { why, error }),
             None => Err(error),
         },
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_refused_chown_is_root_squash_only_where_the_directory_we_made_is_someone_elses() {
+        use OwnerRefusal::{AccessDenied, Invalid, NotPermitted};
+        use RefusedChown::{Failed, Ignored, Squashed};
+        let cases = [
+            // (why, owner of the directory we made, best effort) → outcome
+            (NotPermitted, 65534, false, Squashed),
+            (AccessDenied, 65534, false, Squashed),
+            (Invalid, 65534, false, Failed),
+            (NotPermitted, 0, false, Failed),
+            (AccessDenied, 0, false, Failed),
+            (NotPermitted, 65534, true, Ignored),
+            (Invalid, 0, true, Ignored),
+            // Access denied is no refusal to choose owners: not ignored even at best effort.
+            (AccessDenied, 65534, true, Squashed),
+            (AccessDenied, 0, true, Failed),
+        ];
+        for (why, uid, best_effort, want) in cases {
+            assert_eq!(
+                refused_chown(why, uid, best_effort),
+                want,
+                "{why:?} uid {uid} best effort {best_effort}"
+            );
+        }
     }
 }
