@@ -1,7 +1,9 @@
 //! The storage layer's own cost on the mounted export, without the control plane: the CPU time
-//! the provisioner's process spends per volume operation (create, finish, archive, delete) on a
-//! directory of the local filesystem, driven as the controllers drive it (up to `BENCH_PARALLEL`
-//! operations at once on a multi-threaded runtime).
+//! the provisioner's process spends per volume operation (create, finish, measure, archive,
+//! delete) on a directory of the local filesystem, driven as the controllers drive it (up to
+//! `BENCH_PARALLEL` operations at once on a multi-threaded runtime; a usage round's measurements
+//! one after another, at the default pace of USAGE_OPS_PER_SECOND or `BENCH_USAGE_PACE`, over
+//! `BENCH_MEASURED` (default 400) of the new, empty volumes).
 //!
 //! `cargo bench --bench volume_ops`; `BENCH_VOLUMES` (default 2000) volumes per round,
 //! `BENCH_RUNS` (default 5) rounds, `BENCH_PARALLEL` (default 16), `BENCH_DIR` (default a fresh
@@ -39,7 +41,7 @@ fn cpu_seconds(ticks: f64) -> Result<f64> {
     Ok((utime + stime) / ticks)
 }
 
-fn storage(root: &Path) -> Storage {
+fn storage(root: &Path, usage_pace: u32) -> Storage {
     let export = Export {
         server: "bench.invalid".into(),
         path: "/export".into(),
@@ -48,6 +50,7 @@ fn storage(root: &Path) -> Storage {
         timeout: Duration::from_secs(60),
         delete_timeout: Duration::from_secs(600),
         delete_concurrency: 16,
+        usage_ops_per_second: usage_pace,
         ..Limits::default()
     };
     let metrics = Metrics::new();
@@ -98,8 +101,14 @@ fn path(i: usize) -> VolumePath {
     VolumePath::from_components(vec![format!("bench-claim-{i}-pvc-{i:08}")]).expect("a valid name")
 }
 
-async fn round(root: &Path, n: usize, parallel: usize, ticks: f64) -> Result<Vec<Phase>> {
-    let storage = storage(root);
+async fn round(
+    root: &Path,
+    n: usize,
+    parallel: usize,
+    (measured, pace): (usize, u32),
+    ticks: f64,
+) -> Result<Vec<Phase>> {
+    let storage = storage(root, pace);
     let pv = |i: usize| format!("pvc-{i:08}");
     let create = phase("create", n, parallel, ticks, |i| {
         let storage = storage.clone();
@@ -114,6 +123,17 @@ async fn round(root: &Path, n: usize, parallel: usize, ticks: f64) -> Result<Vec
     let finish = phase("finish", n, parallel, ticks, |i| {
         let storage = storage.clone();
         async move { Ok(storage.finish_volume(&pv(i)).await?) }
+    })
+    .await?;
+    let measure = phase("measure", measured.min(n), 1, ticks, |i| {
+        let storage = storage.clone();
+        async move {
+            storage
+                .measure_volume(&path(i))
+                .await?
+                .context("a volume was not found")?;
+            Ok(())
+        }
     })
     .await?;
     let archive = phase("archive", n / 2, parallel, ticks, |i| {
@@ -132,7 +152,7 @@ async fn round(root: &Path, n: usize, parallel: usize, ticks: f64) -> Result<Vec
         }
     })
     .await?;
-    Ok(vec![create, finish, archive, delete])
+    Ok(vec![create, finish, measure, archive, delete])
 }
 
 fn empty(root: &Path) -> Result<()> {
@@ -157,6 +177,8 @@ fn main() -> Result<()> {
     let n: usize = common::env_number("BENCH_VOLUMES", 2000)?;
     let runs: usize = common::env_number("BENCH_RUNS", 5)?;
     let parallel: usize = common::env_number("BENCH_PARALLEL", 16)?;
+    let measured: usize = common::env_number("BENCH_MEASURED", 400)?;
+    let pace: u32 = common::env_number("BENCH_USAGE_PACE", 200)?;
     if n < 2 || runs == 0 || parallel == 0 {
         bail!("BENCH_VOLUMES must be at least 2, BENCH_RUNS and BENCH_PARALLEL at least 1");
     }
@@ -178,7 +200,7 @@ fn main() -> Result<()> {
     let mut per_phase: Vec<(&'static str, Vec<f64>, Vec<f64>)> = Vec::new();
     for r in 0..runs {
         empty(&root)?;
-        let phases = runtime.block_on(round(&root, n, parallel, ticks))?;
+        let phases = runtime.block_on(round(&root, n, parallel, (measured, pace), ticks))?;
         let line: Vec<String> = phases
             .iter()
             .map(|p| {
