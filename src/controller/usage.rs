@@ -28,10 +28,15 @@ use crate::storage::Usage;
 /// [`super::packed`]) or even its labels and path for that long held 2.2 MiB at 10 000 volumes.
 type Target = Box<str>;
 
-/// A volume whose turn has come: its series' labels and its directory, as its PV says now.
+/// A volume whose turn has come: its series' labels, its directory, its capacity and crossing
+/// mark, as its PV says now, and the PV's resourceVersion then, which tells after the measurement
+/// whether the PV changed meanwhile without decoding it again.
 struct Volume {
     labels: VolumeLabels,
     path: VolumePath,
+    capacity: Option<u64>,
+    marked_over: bool,
+    version: Option<String>,
 }
 
 /// Measures every volume of ours each USAGE_INTERVAL until the term ends (nothing if measuring
@@ -95,12 +100,27 @@ fn measured(ctx: &Ctx, pv: &PersistentVolume, served: &[Export]) -> Option<(volu
 
 /// `target` as its PV says now, if it is still in `export` and ours to measure.
 fn volume_now(ctx: &Ctx, target: &str, export: &Export) -> Option<Volume> {
-    let pv = ctx.pv(target)?;
+    let packed = ctx.pvs.get(&ObjectRef::new(target))?;
+    let pv = packed.unpack();
     let (located, labels) = measured(ctx, &pv, &ctx.class_exports().exports)?;
-    (located.export == *export).then_some(Volume {
+    (located.export == *export).then(|| Volume {
         labels,
         path: located.path,
+        capacity: usage::capacity(&pv),
+        marked_over: usage::is_marked_over(&pv),
+        version: packed.resource_version(),
     })
+}
+
+/// `volume` after its measurement: as it was if its PV has not changed since, else as its PV says
+/// now (`None`: released or gone meanwhile, nothing to report).
+fn volume_after(ctx: &Ctx, volume: Volume, export: &Export) -> Option<Volume> {
+    let name = volume.labels.persistentvolume.as_str();
+    let current = ctx.pvs.get(&ObjectRef::new(name))?.resource_version();
+    if current.is_some() && current == volume.version {
+        return Some(volume);
+    }
+    volume_now(ctx, name, export)
 }
 
 /// One round over every export; the volumes measured.
@@ -140,16 +160,18 @@ async fn measure_export(
         };
         match storage.measure_volume(&target.path).await {
             Ok(Some(usage)) => {
-                // Released since the round began: nothing to report.
-                let Some(pv) = ctx.pv(&target.labels.persistentvolume) else {
+                // Released since its turn came: nothing to report.
+                let Some(target) = volume_after(ctx, target, &export) else {
                     continue;
                 };
-                let capacity = usage::capacity(&pv);
-                ctx.shared
-                    .metrics
-                    .volume_measured(&target.labels, usage.used_bytes, usage.inodes, capacity);
-                measured.push(target.labels.clone());
-                tell_crossing(ctx, &target, usage::is_marked_over(&pv), &usage, capacity).await;
+                ctx.shared.metrics.volume_measured(
+                    &target.labels,
+                    usage.used_bytes,
+                    usage.inodes,
+                    target.capacity,
+                );
+                tell_crossing(ctx, &target, &usage).await;
+                measured.push(target.labels);
             }
             // Released and removed since the round began.
             Ok(None) => {}
@@ -165,8 +187,9 @@ async fn measure_export(
 }
 
 /// An Event on the claim and a mark on the PV when the measurement crossed the claim's request.
-async fn tell_crossing(ctx: &Ctx, target: &Volume, marked: bool, usage: &Usage, capacity: Option<u64>) {
-    let Some(crossing) = usage::crossing(marked, usage.used_bytes, capacity) else {
+async fn tell_crossing(ctx: &Ctx, target: &Volume, usage: &Usage) {
+    let capacity = target.capacity;
+    let Some(crossing) = usage::crossing(target.marked_over, usage.used_bytes, capacity) else {
         return;
     };
     let pv = target.labels.persistentvolume.as_str();
