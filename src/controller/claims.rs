@@ -16,7 +16,7 @@ use super::provision::{self, key, refuse, source_kind};
 use super::{Cache, Ctx, Error, clones, lock, resizes};
 use crate::core::claim::{self, ClaimDecision, Skip};
 use crate::core::events;
-use crate::core::resize;
+use crate::core::{resize, resync};
 use k8s_openapi::jiff::Timestamp;
 
 /// Claims waiting for a volume from `class`: re-evaluated when the class appears or changes.
@@ -55,8 +55,16 @@ pub fn pending_for_us(ctx: &Ctx) -> Vec<ObjectRef<Packed<PersistentVolumeClaim>>
 /// grow, or holding a cloning protection nothing needs any more, without a retry already
 /// scheduled.
 pub fn waiting_for_us(ctx: &Ctx, claim: &Packed<PersistentVolumeClaim>) -> bool {
+    let own_volume = claim
+        .uid()
+        .and_then(|uid| ctx.pvs.get(&ObjectRef::new(&format!("pvc-{uid}"))));
+    // Nearly every claim is ruled out here, by what was noted when it was cached, without being
+    // decoded (and its volume with it, for a resize).
+    if !resync::claim_may_wait(claim.facts(), own_volume.as_ref().map(|pv| pv.facts())) {
+        return false;
+    }
     let c = claim.unpack();
-    let volume_made = claim::pv_name(&c).is_some_and(|pv| ctx.pvs.get(&ObjectRef::new(&pv)).is_some());
+    let volume_made = own_volume.is_some();
     (claim::awaits_provisioning(&c, ctx.provisioner(), volume_made)
         || resizes::wanted(&c, ctx)
         || clones::protection_to_release(&c, ctx))

@@ -322,7 +322,7 @@ impl Slim for PersistentVolumeClaim {
 }
 
 /// A cache of `K`, its index, and the changes its watch reports (see [`cached`]).
-struct Cached<K: Resource<DynamicType = ()> + 'static, I, S> {
+struct Cached<K: Pack + 'static, I, S> {
     store: Cache<K>,
     index: Indexed<I>,
     changes: S,

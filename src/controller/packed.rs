@@ -27,18 +27,25 @@ use kube::runtime::reflector::ObjectRef;
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Deserializer, Serialize};
 
-use crate::core::annotations;
+use crate::core::{annotations, resync};
 
 /// A kind of object the caches pack.
 pub trait Pack: Resource<DynamicType = ()> + Serialize + DeserializeOwned + Clone {
+    /// What the periodic resync reads of each cached object without decoding it
+    /// ([`crate::core::resync`]).
+    type Facts: Copy + Send + Sync + 'static;
+
     /// The JSON of a typical object of the kind: the compression's dictionary.
     fn dictionary() -> &'static [u8];
+
+    fn facts(&self) -> Self::Facts;
 }
 
 /// `K`, cached compactly.
-pub struct Packed<K> {
+pub struct Packed<K: Pack> {
     /// Name, namespace, uid and resourceVersion only: the identity.
     metadata: ObjectMeta,
+    facts: K::Facts,
     body: Body<K>,
 }
 
@@ -53,6 +60,7 @@ enum Body<K> {
 
 impl<K: Pack> Packed<K> {
     pub fn pack(mut object: K) -> Self {
+        let facts = object.facts();
         let meta = object.meta_mut();
         let metadata = ObjectMeta {
             name: meta.name.take(),
@@ -72,11 +80,20 @@ impl<K: Pack> Packed<K> {
             }
             Err(_) => Body::Whole(Box::new(object)),
         };
-        let mut packed = Packed { metadata, body };
+        let mut packed = Packed {
+            metadata,
+            facts,
+            body,
+        };
         if let Body::Whole(object) = &mut packed.body {
             restore_identity(object.meta_mut(), &packed.metadata);
         }
         packed
+    }
+
+    /// What the resync reads of it, taken when it was packed.
+    pub fn facts(&self) -> K::Facts {
+        self.facts
     }
 
     /// The object as it was packed.
@@ -106,7 +123,7 @@ fn restore_identity(meta: &mut ObjectMeta, identity: &ObjectMeta) {
 }
 
 /// The cache's key of `object`.
-pub fn cache_ref<K: Resource<DynamicType = ()>>(object: &K) -> ObjectRef<Packed<K>> {
+pub fn cache_ref<K: Pack>(object: &K) -> ObjectRef<Packed<K>> {
     let meta = object.meta();
     let name = ObjectRef::new(meta.name.as_deref().unwrap_or_default());
     match meta.namespace.as_deref() {
@@ -115,10 +132,11 @@ pub fn cache_ref<K: Resource<DynamicType = ()>>(object: &K) -> ObjectRef<Packed<
     }
 }
 
-impl<K: Clone> Clone for Packed<K> {
+impl<K: Pack> Clone for Packed<K> {
     fn clone(&self) -> Self {
         Packed {
             metadata: self.metadata.clone(),
+            facts: self.facts,
             body: match &self.body {
                 Body::Compressed(bytes) => Body::Compressed(bytes.clone()),
                 Body::Whole(object) => Body::Whole(object.clone()),
@@ -127,7 +145,7 @@ impl<K: Clone> Clone for Packed<K> {
     }
 }
 
-impl<K: Resource<DynamicType = ()>> fmt::Debug for Packed<K> {
+impl<K: Pack> fmt::Debug for Packed<K> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Packed")
             .field("kind", &K::kind(&()))
@@ -145,7 +163,7 @@ impl<'de, K: Pack> Deserialize<'de> for Packed<K> {
     }
 }
 
-impl<K: Resource<DynamicType = ()>> Resource for Packed<K> {
+impl<K: Pack> Resource for Packed<K> {
     type DynamicType = ();
     type Scope = K::Scope;
 
@@ -203,6 +221,12 @@ fn sample_meta(annotations: &[(&str, &str)], finalizers: &[&str]) -> ObjectMeta 
 const SAMPLE_PROVISIONER: &str = "cluster.local/nfs-subdir-external-provisioner";
 
 impl Pack for PersistentVolume {
+    type Facts = resync::VolumeFacts;
+
+    fn facts(&self) -> resync::VolumeFacts {
+        resync::volume_facts(self)
+    }
+
     fn dictionary() -> &'static [u8] {
         static DICTIONARY: OnceLock<Vec<u8>> = OnceLock::new();
         DICTIONARY.get_or_init(|| {
@@ -249,6 +273,12 @@ impl Pack for PersistentVolume {
 }
 
 impl Pack for PersistentVolumeClaim {
+    type Facts = resync::ClaimFacts;
+
+    fn facts(&self) -> resync::ClaimFacts {
+        resync::claim_facts(self)
+    }
+
     fn dictionary() -> &'static [u8] {
         static DICTIONARY: OnceLock<Vec<u8>> = OnceLock::new();
         DICTIONARY.get_or_init(|| {
@@ -284,6 +314,10 @@ impl Pack for PersistentVolumeClaim {
 }
 
 impl Pack for StorageClass {
+    type Facts = ();
+
+    fn facts(&self) {}
+
     fn dictionary() -> &'static [u8] {
         static DICTIONARY: OnceLock<Vec<u8>> = OnceLock::new();
         DICTIONARY.get_or_init(|| {

@@ -13,6 +13,7 @@ use super::packed::Packed;
 use super::{Ctx, Error};
 use crate::core::events;
 use crate::core::params::OnDelete;
+use crate::core::resync;
 use crate::core::volume::{self, ReleasePlan, VolumeDecision};
 use crate::k8s;
 use crate::storage::{Archived, Removed};
@@ -43,6 +44,10 @@ pub fn released_of_ours(ctx: &Ctx) -> Vec<ObjectRef<Packed<PersistentVolume>>> {
 
 /// Whether `pv` may have a release for us to carry out, without a retry already scheduled.
 pub fn waiting_for_us(ctx: &Ctx, pv: &Packed<PersistentVolume>) -> bool {
+    // Nearly every PV is ruled out here, without being decoded.
+    if !resync::volume_may_wait(pv.facts()) {
+        return false;
+    }
     let pv = pv.unpack();
     volume::awaits_release(&pv, ctx.provisioner()) && !ctx.backing_off(&key(&pv))
 }

@@ -34,6 +34,7 @@ pub mod params;
 pub mod pv;
 pub mod quantity;
 pub mod resize;
+pub mod resync;
 pub mod staging;
 pub mod usage;
 pub mod volume;
