@@ -158,7 +158,10 @@ fn scan_facts(c: &Caches) -> usize {
         .claims
         .iter()
         .filter(|packed| {
-            let own = packed.uid().and_then(|uid| c.pvs.get(&format!("pvc-{uid}")));
+            let own = packed
+                .uid()
+                .and_then(|uid| claim::pv_name_of_uid(&uid))
+                .and_then(|name| c.pvs.get(&name));
             resync::claim_may_wait(packed.facts(), own.map(Packed::facts))
         })
         .count();

@@ -57,7 +57,8 @@ pub fn pending_for_us(ctx: &Ctx) -> Vec<ObjectRef<Packed<PersistentVolumeClaim>>
 pub fn waiting_for_us(ctx: &Ctx, claim: &Packed<PersistentVolumeClaim>) -> bool {
     let own_volume = claim
         .uid()
-        .and_then(|uid| ctx.pvs.get(&ObjectRef::new(&format!("pvc-{uid}"))));
+        .and_then(|uid| claim::pv_name_of_uid(&uid))
+        .and_then(|pv| ctx.pvs.get(&ObjectRef::new(&pv)));
     // Nearly every claim is ruled out here, by what was noted when it was cached, without being
     // decoded (and its volume with it, for a resize).
     if !resync::claim_may_wait(claim.facts(), own_volume.as_ref().map(|pv| pv.facts())) {

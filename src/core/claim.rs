@@ -167,12 +167,12 @@ pub struct ProvisionPlan {
 
 /// Deterministic, so a retry or a second replica can only ever make the same PV.
 pub fn pv_name(claim: &PersistentVolumeClaim) -> Option<String> {
-    claim
-        .metadata
-        .uid
-        .as_deref()
-        .filter(|u| !u.is_empty())
-        .map(|uid| format!("pvc-{uid}"))
+    pv_name_of_uid(claim.metadata.uid.as_deref()?)
+}
+
+/// [`pv_name`] of the claim whose uid is `uid`.
+pub fn pv_name_of_uid(uid: &str) -> Option<String> {
+    (!uid.is_empty()).then(|| format!("pvc-{uid}"))
 }
 
 /// The class a claim asks for: `spec.storageClassName`, or the legacy beta annotation.

@@ -9,8 +9,8 @@
 
 use k8s_openapi::api::core::v1::{PersistentVolume, PersistentVolumeClaim};
 
-use super::annotations::{CLONING_PROTECTION, FINALIZER, STORAGE_PROVISIONER, STORAGE_PROVISIONER_BETA};
-use super::quantity;
+use super::annotations::{STORAGE_PROVISIONER, STORAGE_PROVISIONER_BETA};
+use super::{claim, clone, quantity, volume};
 
 /// A cached claim's facts for the resync.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -48,7 +48,7 @@ pub fn claim_facts(claim: &PersistentVolumeClaim) -> ClaimFacts {
         .as_ref()
         .is_some_and(|a| a.contains_key(STORAGE_PROVISIONER) || a.contains_key(STORAGE_PROVISIONER_BETA));
     let status = claim.status.as_ref();
-    let own_volume = meta.uid.as_deref().map(|uid| format!("pvc-{uid}"));
+    let own_volume = claim::pv_name(claim);
     let requested = spec
         .and_then(|s| s.resources.as_ref()?.requests.as_ref()?.get("storage"))
         .map(|q| q.0.as_str());
@@ -63,7 +63,7 @@ pub fn claim_facts(claim: &PersistentVolumeClaim) -> ClaimFacts {
         && requested == recorded;
     ClaimFacts {
         may_await_provisioner: !deleting && volume.is_none() && handed_over,
-        protected: meta.finalizers.iter().flatten().any(|f| f == CLONING_PROTECTION),
+        protected: clone::is_protected(claim),
         bound: volume.is_some(),
         settled_bytes: requested.filter(|_| settled).and_then(bytes),
     }
@@ -72,7 +72,7 @@ pub fn claim_facts(claim: &PersistentVolumeClaim) -> ClaimFacts {
 pub fn volume_facts(pv: &PersistentVolume) -> VolumeFacts {
     let meta = &pv.metadata;
     let spec = pv.spec.as_ref();
-    let protected = meta.finalizers.iter().flatten().any(|f| f == FINALIZER);
+    let protected = volume::is_protected(pv);
     let reclaim_delete = spec.and_then(|s| s.persistent_volume_reclaim_policy.as_deref()) == Some("Delete");
     let bound = pv.status.as_ref().and_then(|s| s.phase.as_deref()) == Some("Bound");
     VolumeFacts {
@@ -119,8 +119,8 @@ mod tests {
     use proptest::prelude::*;
 
     use super::*;
-    use crate::core::annotations::{PROVISIONED_BY, RELEASED};
-    use crate::core::{claim, resize, volume};
+    use crate::core::annotations::{CLONING_PROTECTION, FINALIZER, PROVISIONED_BY, RELEASED};
+    use crate::core::resize;
 
     const ME: &str = "example.com/nfs";
     const UID: &str = "1111-2222";
